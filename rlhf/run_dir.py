@@ -1,0 +1,126 @@
+"""A run directory: resolved config, ``metrics.jsonl``, TensorBoard events, checkpoints.
+
+Layout::
+
+    <run_dir>/config.yaml            the resolved config of the run
+    <run_dir>/metrics.jsonl          one JSON object per logged step: {"step": n, "train/loss": ...}
+    <run_dir>/tensorboard/           the same scalars as TensorBoard events
+    <run_dir>/checkpoints/step_N/    trainer state (DeepSpeed) + driver_state.json
+    <run_dir>/checkpoints/latest     the name of the last complete checkpoint
+    <run_dir>/model/                 the final policy in Hugging Face format
+
+A checkpoint is written to ``step_N.tmp`` and renamed when complete; ``latest`` is replaced
+atomically afterwards. A kill at any moment leaves the last good checkpoint and its pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+LATEST = "latest"
+DRIVER_STATE = "driver_state.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` so that ``path`` holds either the old or the new content, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsLogger:
+    """Appends metrics to ``metrics.jsonl`` and TensorBoard; resumable without duplicates."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+        self._file = open(self.path, "a")
+
+    def _truncate_after(self, step: int) -> None:
+        """Drops lines logged after the checkpoint a resumed run continues from."""
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """One record per call; non-finite numbers are written as null in JSON."""
+        record = {"step": step}
+        for key, value in metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                record[key] = None
+            else:
+                record[key] = value
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tensorboard.add_scalar(key, value, step)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        self.tensorboard.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All records of ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Checkpoints:
+    """The checkpoints of a run: where to write the next one, which is the latest good one."""
+
+    def __init__(self, run_dir: Path, keep: int = 2) -> None:
+        self.root = run_dir / "checkpoints"
+        self.keep = keep
+
+    def staging_dir(self, step: int) -> Path:
+        """An empty directory to write checkpoint ``step`` into (not yet visible as complete)."""
+        tmp = self.root / f"step_{step:08d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(self, staging: Path, driver_state: dict[str, Any]) -> Path:
+        """Marks a fully written staging dir as the latest checkpoint, then prunes old ones."""
+        atomic_write_text(staging / DRIVER_STATE, json.dumps(driver_state, indent=1))
+        final = staging.with_name(staging.name.removesuffix(".tmp"))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        atomic_write_text(self.root / LATEST, final.name)
+        self._prune(final)
+        return final
+
+    def latest(self) -> Path | None:
+        """The last complete checkpoint, or None."""
+        pointer = self.root / LATEST
+        if not pointer.exists():
+            return None
+        path = self.root / pointer.read_text().strip()
+        return path if (path / DRIVER_STATE).exists() else None
+
+    def driver_state(self, checkpoint: Path) -> dict[str, Any]:
+        return json.loads((checkpoint / DRIVER_STATE).read_text())
+
+    def _prune(self, current: Path) -> None:
+        done = sorted(p for p in self.root.glob("step_*") if not p.name.endswith(".tmp"))
+        for old in done[: max(0, len(done) - self.keep)]:
+            if old != current:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob("step_*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)

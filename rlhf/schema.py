@@ -1,0 +1,90 @@
+"""The config sections shared by every job (model, engines, sampling, Ray resources).
+
+Each section is a dataclass with defaults that run on a 2-core laptop; YAML files in
+``configs/`` and ``key.sub=value`` overrides change them. ``validate()`` holds the rules that
+involve more than one field, and is called by :func:`rlhf.config.from_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlhf.config import ConfigError
+from rlhf.models.vllm_engine import EngineSettings
+
+EMBEDDED_MODEL = "embedded"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train and sample: a Hugging Face directory / hub name, or ``embedded``."""
+
+    path: str = EMBEDDED_MODEL  # "embedded": the project's own tiny model, built on first use
+    dtype: str = "float32"
+    trust_remote_code: bool = False  # off unless the user turns it on: remote code runs locally
+
+    def validate(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype {self.dtype!r} is not one of float32, bfloat16, float16")
+
+
+@dataclass
+class EngineConfig:
+    """vLLM engine settings for samplers and the reference server."""
+
+    max_model_len: int = 256
+    enforce_eager: bool = True
+    tensor_parallel_size: int = 1
+    # CPU: bytes of KV cache to reserve (vLLM refuses to start if more than is free).
+    # GPU: set to null and use gpu_memory_utilization instead.
+    kv_cache_memory_bytes: int | None = 64 * 2**20
+    gpu_memory_utilization: float = 0.5
+    num_cpus: float = 1.0  # Ray resources of each engine actor
+    num_gpus: float = 0.0
+
+    def validate(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ConfigError("tensor_parallel_size must be at least 1")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError("gpu_memory_utilization must be in (0, 1]")
+
+    def settings(self, model: ModelConfig, model_path: str, seed: int) -> EngineSettings:
+        """The plain settings one engine starts with."""
+        return EngineSettings(
+            model=model_path,
+            dtype=model.dtype,
+            seed=seed,
+            max_model_len=self.max_model_len,
+            enforce_eager=self.enforce_eager,
+            tensor_parallel_size=self.tensor_parallel_size,
+            kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            trust_remote_code=model.trust_remote_code,
+        )
+
+
+@dataclass
+class SamplingConfig:
+    """How samplers draw responses."""
+
+    n: int = 4  # K responses per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 48
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ConfigError("n must be at least 1")
+        if self.temperature < 0:
+            raise ConfigError("temperature must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("top_p must be in (0, 1]")
+
+
+@dataclass
+class RayConfig:
+    """Where the job runs: a local Ray started by the driver, or an existing cluster."""
+
+    address: str | None = None  # None: start a local Ray; "auto" or ray://...: join a cluster
+    num_cpus: int | None = 8  # logical CPUs of a local Ray (actors share the real cores)
+    env_vars: dict[str, str] = field(default_factory=dict)  # for every actor
