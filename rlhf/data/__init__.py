@@ -1,0 +1,43 @@
+"""Preference data: Arrow storage, validation, tokenization, batches.
+
+Read a file (:func:`read_preferences`), tokenize it once (:func:`tokenize_preferences`, or both
+with :func:`load_preferences`), add reference log-probs (:func:`with_ref_logps`), cache the
+table (:func:`cache_key`, :func:`load_cached`, :func:`save_cached`), split it
+(:func:`split_by_prompt`) and batch it (:func:`batches`, :func:`collate`).
+"""
+
+from rlhf.data.batch import PreferenceBatch
+from rlhf.data.cache import cache_key, load_cached, save_cached
+from rlhf.data.config import DataConfig
+from rlhf.data.errors import DataError, DataReport
+from rlhf.data.io import read_preferences, write_preferences
+from rlhf.data.loader import batch_order, batches, collate, sequence_lengths, split_by_prompt
+from rlhf.data.prepare import load_preferences
+from rlhf.data.records import PreferenceRecord
+from rlhf.data.table import FORMAT_VERSION, num_responses, report_of, source_of, with_ref_logps
+from rlhf.data.tokenize import tokenize_preferences
+
+__all__ = [
+    "FORMAT_VERSION",
+    "DataConfig",
+    "DataError",
+    "DataReport",
+    "PreferenceBatch",
+    "PreferenceRecord",
+    "batch_order",
+    "batches",
+    "cache_key",
+    "collate",
+    "load_cached",
+    "load_preferences",
+    "num_responses",
+    "read_preferences",
+    "report_of",
+    "save_cached",
+    "sequence_lengths",
+    "source_of",
+    "split_by_prompt",
+    "tokenize_preferences",
+    "with_ref_logps",
+    "write_preferences",
+]

@@ -1,0 +1,60 @@
+"""The typed batch that moves between the driver and the trainer ranks.
+
+Arrow tables are the storage and transport format; this dataclass is the API. Every field
+carries its shape. Rows are grouped by prompt: row ``i * K + k`` is response ``k`` of prompt
+``i``, and column 0 (k = 0) is the most preferred response. A pair is K = 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PreferenceBatch:
+    """B prompts with K ranked responses each, flattened to N = B * K sequences."""
+
+    input_ids: torch.Tensor  # [N, T] int64 prompt + response tokens, right-padded
+    attention_mask: torch.Tensor  # [N, T] int64, 1 on real tokens (prompt and response)
+    loss_mask: torch.Tensor  # [N, T] int64, 1 on response tokens (EOS included), by position
+    ref_logps: torch.Tensor | None  # [N] float32 reference log-probs summed over response tokens
+    num_responses: int  # K
+
+    def __post_init__(self) -> None:
+        n, _ = self.input_ids.shape
+        if n % self.num_responses:
+            raise ValueError(f"{n} sequences is not a multiple of K = {self.num_responses}")
+        for name in ("attention_mask", "loss_mask"):
+            if getattr(self, name).shape != self.input_ids.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(getattr(self, name).shape)}, "
+                    f"input_ids {tuple(self.input_ids.shape)}"
+                )
+        if self.ref_logps is not None and self.ref_logps.shape != (n,):
+            raise ValueError(f"ref_logps has shape {tuple(self.ref_logps.shape)}, expected ({n},)")
+
+    @property
+    def num_prompts(self) -> int:
+        """B."""
+        return self.input_ids.shape[0] // self.num_responses
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """[N] number of response tokens of each sequence."""
+        return self.loss_mask.sum(-1)
+
+    def shard(self, rank: int, world_size: int) -> PreferenceBatch:
+        """The prompts of one data-parallel rank (whole groups, never a split ranking)."""
+        per_rank = -(-self.num_prompts // world_size)
+        lo = min(rank * per_rank, self.num_prompts) * self.num_responses
+        hi = min((rank + 1) * per_rank, self.num_prompts) * self.num_responses
+        ref = None if self.ref_logps is None else self.ref_logps[lo:hi]
+        return PreferenceBatch(
+            self.input_ids[lo:hi],
+            self.attention_mask[lo:hi],
+            self.loss_mask[lo:hi],
+            ref,
+            self.num_responses,
+        )

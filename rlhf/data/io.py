@@ -1,0 +1,228 @@
+"""Reading and writing preference files (Parquet, JSONL) through pyarrow, with row checks.
+
+Two shapes of file:
+
+- pairs: ``{prompt, chosen, rejected}``;
+- rankings: ``{prompt, responses}`` (best first) or ``{prompt, responses, scores}`` (sorted by
+  score, highest first; equal scores are ties and never become a preference).
+
+Prompts and responses are plain strings or chat messages (lists of ``{role, content}``). Each
+row is checked (:mod:`rlhf.data.records`); a bad row is an error naming file, row and field, or
+(``on_bad_row="skip"``) a counted skip in the :class:`DataReport`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+
+from rlhf.data.errors import BadRow, DataError, DataReport, OnBadRow, row_kind_of
+from rlhf.data.records import (
+    UNDECODABLE,
+    PreferenceRecord,
+    Tied,
+    Ties,
+    check_pair,
+    check_ranking,
+    keep_one_k,
+)
+
+Shape = Literal["pairs", "ranking"]
+
+SUFFIXES = (".parquet", ".jsonl")
+
+
+def read_preferences(
+    path: str | Path, *, on_bad_row: OnBadRow = "error", ties: Ties = "drop_row"
+) -> tuple[list[PreferenceRecord], DataReport]:
+    """Reads and checks a preference file; returns its good rows and a report of the rest.
+
+    ``ties="drop_row"`` drops a scored ranking with any tie; ``"drop_response"`` keeps the first
+    (in file order) of each group of equal scores and drops the others. All rows of a dataset
+    must have the same number of responses K; rows with another K are bad rows.
+    """
+    name = str(path)
+    if not name.endswith(SUFFIXES):
+        raise DataError(f"{name}: unknown file type; expected one of {', '.join(SUFFIXES)}")
+    if not Path(path).is_file():
+        raise DataError(f"{name}: no such file")
+    columns, rows = _read_jsonl(Path(path)) if name.endswith(".jsonl") else _read_parquet(name)
+    shape = _shape(columns, name)
+    report = DataReport(name, row_kind_of(name))
+    records = []
+    for source_row, raw in rows:
+        report.rows_read += 1
+        try:
+            if isinstance(raw, BadRow):
+                raise raw
+            if shape == "pairs":
+                record = check_pair(raw, source_row)
+            else:
+                record, tied = check_ranking(raw, source_row, "scores" in columns, ties)
+                report.tied_responses_dropped += tied
+        except BadRow as error:
+            report.bad_row(source_row, error, on_bad_row)
+            continue
+        except Tied:
+            report.tied_rows_dropped += 1
+            continue
+        records.append(record)
+    records = keep_one_k(records, report, on_bad_row)
+    report.rows_kept = len(records)
+    return records, report
+
+
+# ---- reading files -------------------------------------------------------------------------
+
+Rows = Iterator[tuple[int, "dict[str, Any] | BadRow"]]
+
+
+def _read_parquet(path: str) -> tuple[list[str], Rows]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file: {error}") from None
+    return table.column_names, _arrow_rows(table, range(table.num_rows))
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], Rows]:
+    """pyarrow reads the file; where it cannot, lines are parsed one by one to name the bad one."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    numbers = [i + 1 for i, line in enumerate(lines) if line.strip()]  # pyarrow skips blanks
+    if not numbers:
+        raise DataError(f"{path}: the file is empty")
+    block_size = max(1 << 20, max((len(line) for line in lines), default=0) + 2)
+    try:
+        table = pj.read_json(pa.BufferReader(data), pj.ReadOptions(block_size=block_size))
+    except pa.ArrowException:
+        table = None  # malformed JSON, or a field whose type changes between rows
+    if table is not None and table.num_rows == len(numbers):
+        return table.column_names, _arrow_rows(table, numbers)
+    return _parse_lines(lines, path)  # also when a line holds two objects: the counts differ
+
+
+def _parse_lines(lines: list[bytes], path: Path) -> tuple[list[str], Rows]:
+    columns: dict[str, None] = {}
+    rows: list[tuple[int, dict[str, Any] | BadRow]] = []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        # surrogateescape keeps undecodable bytes as lone surrogates: the row check names the field
+        text = line.decode("utf-8", "surrogateescape")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as error:
+            rows.append((index + 1, BadRow("malformed JSON", None, _json_message(error))))
+            continue
+        if not isinstance(obj, dict):
+            detail = f"malformed JSON: expected an object, got {type(obj).__name__}"
+            rows.append((index + 1, BadRow("malformed JSON", None, detail)))
+            continue
+        columns.update(dict.fromkeys(obj))
+        rows.append((index + 1, obj))
+    malformed = [(line, row) for line, row in rows if isinstance(row, BadRow)]
+    if not columns and malformed:  # no object in the file: name its first line, not a column
+        line, error = malformed[0]
+        raise DataError(f"{path} line {line}: {error.detail}")
+    return list(columns), iter(rows)
+
+
+def _json_message(error: json.JSONDecodeError) -> str:
+    return f"malformed JSON: {error.msg} (column {error.colno})"
+
+
+def _arrow_rows(table: pa.Table, numbers: Sequence[int]) -> Rows:
+    position = 0
+    for batch in table.to_batches():
+        try:
+            rows = batch.to_pylist()
+        except UnicodeDecodeError:  # some cell is not UTF-8: decode cell by cell to find it
+            rows = [_decode_row(batch, i) for i in range(batch.num_rows)]
+        for row in rows:
+            yield numbers[position], row
+            position += 1
+
+
+def _decode_row(batch: pa.RecordBatch, index: int) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        try:
+            row[name] = column[index].as_py()
+        except UnicodeDecodeError:
+            row[name] = UNDECODABLE
+    return row
+
+
+def _shape(columns: Sequence[str], path: str) -> Shape:
+    found = ", ".join(columns) or "none"
+    if "prompt" not in columns:
+        raise DataError(f"{path}: no 'prompt' column (columns: {found})")
+    if "responses" in columns:
+        if "chosen" in columns or "rejected" in columns:
+            raise DataError(
+                f"{path}: has both 'responses' and 'chosen'/'rejected' columns; a file holds "
+                "either pairs {prompt, chosen, rejected} or rankings {prompt, responses[, scores]}"
+            )
+        return "ranking"
+    if "chosen" in columns or "rejected" in columns:
+        missing = [c for c in ("chosen", "rejected") if c not in columns]
+        if missing:
+            raise DataError(
+                f"{path}: pairs need columns prompt, chosen, rejected; no {missing[0]!r} column "
+                f"(columns: {found})"
+            )
+        return "pairs"
+    raise DataError(
+        f"{path}: neither pairs {{prompt, chosen, rejected}} nor rankings "
+        f"{{prompt, responses[, scores]}} (columns: {found})"
+    )
+
+
+# ---- writing -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; on success it replaces ``path`` in one step."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(temp)
+        os.replace(temp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def write_preferences(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Writes pairs or rankings (all rows the same keys) to a Parquet file, atomically."""
+    if not str(path).endswith(".parquet"):
+        raise ValueError(f"{path}: write_preferences writes Parquet; name the file *.parquet")
+    if not rows:
+        raise ValueError(f"{path}: no rows to write")
+    keys = list(rows[0])
+    _shape(keys, f"{path} (rows[0])")
+    for index, row in enumerate(rows):
+        if set(row) != set(keys):
+            raise ValueError(
+                f"{path}: rows[{index}] has keys {sorted(row)}, rows[0] has {sorted(keys)}"
+            )
+    try:
+        table = pa.Table.from_pylist([dict(row) for row in rows])
+    except (pa.ArrowException, TypeError) as error:
+        raise ValueError(f"{path}: rows cannot be stored as one Arrow table: {error}") from None
+    with atomic_path(path) as temp:
+        pq.write_table(table, temp)
+    return Path(path)
