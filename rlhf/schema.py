@@ -32,7 +32,7 @@ class ModelConfig:
 class EngineConfig:
     """vLLM engine settings for samplers and the reference server."""
 
-    max_model_len: int = 256
+    max_model_len: int | None = None  # None: the model's own limit
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
     # CPU: bytes of KV cache to reserve (vLLM refuses to start if more than is free).

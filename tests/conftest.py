@@ -1,0 +1,46 @@
+"""Shared, expensive fixtures: one local Ray, one embedded model, one engine of each role.
+
+Integration tests (marked ``integration``) start the real Ray, vLLM and DeepSpeed on the
+project's own tiny model; everything here is built once per test session.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def embedded_model_path() -> str:
+    """The embedded tiny SFT model (built once into the user's cache, then reused)."""
+    from rlhf.task import build_tiny_model
+
+    return str(build_tiny_model(progress=False))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session (logical CPUs: actors share the real cores)."""
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference_server(ray_cluster, embedded_model_path):
+    """A vLLM reference server holding the embedded model (never changed by tests)."""
+    from actors.group import spawn
+    from actors.reference import ReferenceServer
+    from rlhf.models.vllm_engine import EngineSettings
+
+    actor = spawn(ReferenceServer, EngineSettings(model=embedded_model_path), num_cpus=1)
+    ray_cluster.get(actor.token_logprobs.remote([[1, 2]]))  # wait until the engine is up
+    yield actor
+    ray_cluster.kill(actor)
