@@ -36,11 +36,26 @@ def cmd_build(args: argparse.Namespace) -> None:
     print(path)
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+def cmd_sample(args: argparse.Namespace) -> None:
     from rlhf.driver import sample
 
     config, overrides = _split_config(args)
     sample.run(load_config(sample.SampleJobConfig, config, overrides))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Online DPO on the embedded task; a fresh run each time (``--resume`` continues one)."""
+    import shutil
+
+    if not args.resume:
+        config, overrides = _split_config(args)
+        import yaml
+
+        from rlhf.config import apply_overrides
+
+        raw = apply_overrides(yaml.safe_load(Path(config).read_text()) or {}, overrides)
+        shutil.rmtree(raw.get("output_dir", "runs/demo"), ignore_errors=True)
+    cmd_train(args)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -75,9 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("demo", help="the README's main job on the embedded model and task")
+    p = sub.add_parser("demo", help="the README's main job: online DPO on the embedded task")
     _add_config_args(p, str(CONFIGS / "demo.yaml"))
+    p.add_argument("--resume", action="store_true", help="continue the last demo run")
     p.set_defaults(func=cmd_demo, default_config=str(CONFIGS / "demo.yaml"))
+
+    p = sub.add_parser("sample", help="sample the model on held-out prompts, with rewards")
+    _add_config_args(p, str(CONFIGS / "sample.yaml"))
+    p.set_defaults(func=cmd_sample, default_config=str(CONFIGS / "sample.yaml"))
 
     p = sub.add_parser("train", help="train with the algorithm the config names (dpo, ...)")
     _add_config_args(p, None)

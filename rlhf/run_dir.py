@@ -46,7 +46,7 @@ class MetricsLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the run, closed by close())
 
     def _truncate_after(self, step: int) -> None:
         """Drops lines logged after the checkpoint a resumed run continues from."""

@@ -81,11 +81,21 @@ def test_load_config_names_the_file(tmp_path):
         load_config(Outer, tmp_path / "missing.yaml")
 
 
-def test_shipped_configs_load():
+@pytest.mark.parametrize(
+    "name, module, cls",
+    [
+        ("sample.yaml", "rlhf.driver.sample", "SampleJobConfig"),
+        ("make_data.yaml", "rlhf.driver.make_data", "MakeDataConfig"),
+        ("dpo.yaml", "rlhf.driver.dpo", "DPOConfig"),
+        ("online_dpo.yaml", "rlhf.driver.online_dpo", "OnlineDPOConfig"),
+        ("demo.yaml", "rlhf.driver.online_dpo", "OnlineDPOConfig"),
+    ],
+)
+def test_shipped_configs_load(name, module, cls):
+    import importlib
     from pathlib import Path
 
-    from rlhf.driver.sample import SampleJobConfig
-
     root = Path(__file__).resolve().parent.parent / "configs"
-    cfg = load_config(SampleJobConfig, root / "demo.yaml")
-    assert cfg.sampling.n >= 2
+    assert load_config(getattr(importlib.import_module(module), cls), root / name)
+    first_line = (root / name).read_text().splitlines()[0]
+    assert first_line.startswith("# rlhf "), "each config starts with the command that runs it"

@@ -50,11 +50,12 @@ class PreferenceBatch:
         per_rank = -(-self.num_prompts // world_size)
         lo = min(rank * per_rank, self.num_prompts) * self.num_responses
         hi = min((rank + 1) * per_rank, self.num_prompts) * self.num_responses
-        ref = None if self.ref_logps is None else self.ref_logps[lo:hi]
+        # Cloned: a pickled slice would carry its whole storage (every rank's rows) along.
+        ref = None if self.ref_logps is None else self.ref_logps[lo:hi].clone()
         return PreferenceBatch(
-            self.input_ids[lo:hi],
-            self.attention_mask[lo:hi],
-            self.loss_mask[lo:hi],
+            self.input_ids[lo:hi].clone(),
+            self.attention_mask[lo:hi].clone(),
+            self.loss_mask[lo:hi].clone(),
             ref,
             self.num_responses,
         )

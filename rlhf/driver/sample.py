@@ -57,7 +57,7 @@ def _print_table(records: list[dict]) -> None:
         if r["prompt"] != last_prompt:
             print(f"\n>>> {r['prompt']}")
             last_prompt = r["prompt"]
-        print(f"   {r['reward']:.3f}  {r['response']}{'' if r['finished'] else ' [cut]'}")
+        print(f"   {r['reward']:.3f}  {r['response'].strip()}{'' if r['finished'] else ' [cut]'}")
     rewards = [r["reward"] for r in records]
     print(
         f"\n{len(records)} samples: mean reward {statistics.mean(rewards):.3f}, "

@@ -99,7 +99,7 @@ def generate(
             Completion(
                 prompt=prompt,
                 prompt_ids=list(out.prompt_token_ids),
-                text=choice.text.strip(),
+                text=choice.text,  # as generated (a leading space joins it to the prompt)
                 token_ids=list(choice.token_ids),
                 finished=choice.finish_reason == "stop",
                 logprob=float(choice.cumulative_logprob),

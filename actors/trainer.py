@@ -1,0 +1,392 @@
+"""Policy trainer: one data-parallel rank that owns one DeepSpeed engine around the policy.
+
+The driver starts ``num_ranks`` of these in an ``ActorGroup`` (see ``start_policy_trainers``),
+shards each batch by prompt (``group.call_sharded("train_step", batch)``) and reads the metrics
+from any rank: they are reduced across ranks inside ``train_step``, so every rank returns the
+global answer. DeepSpeed owns the optimizer, the lr schedule, clipping, ZeRO and offload.
+
+A train step is one optimizer step: the rank's shard is cut into micro batches of at most
+``micro_batch_size`` prompts, each runs one forward pass over all its K responses per prompt
+and one backward pass, then ``engine.step()``. The loss is the mean over all prompts of the
+step (all ranks), whatever the shard sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import ray
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from actors.group import ActorGroup
+from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
+from rlhf.data.batch import PreferenceBatch
+from rlhf.models.deepspeed_config import (
+    TrainerConfig,
+    check_device,
+    deepspeed_config,
+    scheduler_start,
+)
+from rlhf.models.hf import batch_logps, load_causal_lm
+
+Device = Literal["cpu", "cuda"]
+
+_METRIC_KEYS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+def trainer_env(device: Device) -> dict[str, str]:
+    """Environment variables a trainer rank's process needs before it imports DeepSpeed."""
+    return {"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}
+
+
+class PolicyTrainer:
+    """One rank of the policy trainer: a DeepSpeed engine and a preference loss by name.
+
+    Args:
+        rank, world_size: this rank and the number of trainer ranks.
+        master_addr, master_port: where rank 0's process group listens (the group finds them).
+        model_path: a Hugging Face model directory (weights, config, tokenizer).
+        config: the trainer settings (ZeRO stage, optimizer, schedule, batch sizes).
+        loss: a registered preference loss name (``rlhf.algorithms.get_preference_loss``).
+        beta: the KL strength of the loss; ``loss_options`` its keyword options.
+        device: ``"cpu"`` (gloo) or ``"cuda"`` (nccl; the actor sees its one GPU as cuda:0).
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        model_path: str,
+        config: TrainerConfig,
+        loss: str,
+        beta: float,
+        loss_options: dict[str, Any] | None = None,
+        device: Device = "cpu",
+    ) -> None:
+        config.validate()
+        check_device(config, device)
+        if world_size != config.num_ranks:
+            raise ValueError(
+                f"world_size {world_size} differs from the config's num_ranks "
+                f"{config.num_ranks}; start the ranks with start_policy_trainers(config)"
+            )
+        self.rank, self.world_size = rank, world_size
+        self.model_path = str(model_path)
+        self.config = config
+        self.loss_fn = get_preference_loss(loss)  # unknown names fail here, not mid-run
+        self.beta = beta
+        self.loss_options = dict(loss_options or {})
+        # Each actor sees only its own device (Ray sets CUDA_VISIBLE_DEVICES), so LOCAL_RANK 0.
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK="0",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        for key, value in trainer_env(device).items():
+            os.environ.setdefault(key, value)
+        import deepspeed
+
+        self._deepspeed = deepspeed
+        torch.manual_seed(config.seed)
+        deepspeed.init_distributed(
+            dist_backend="gloo" if device == "cpu" else "nccl",
+            auto_mpi_discovery=False,
+            distributed_port=master_port,
+            rank=rank,
+            world_size=world_size,
+            verbose=False,
+        )
+        if device == "cuda":
+            torch.cuda.set_device(0)
+        ds_config = deepspeed_config(config)
+        self._zero3 = config.zero_stage == 3
+        if self._zero3:
+            # Must be alive while the model loads: from_pretrained then partitions as it loads.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(ds_config)
+        model = load_causal_lm(
+            self.model_path,
+            dtype="bfloat16" if config.bf16 else "float32",
+            trust_remote_code=config.trust_remote_code,
+            gradient_checkpointing=config.gradient_checkpointing,
+        )
+        self.engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=ds_config,
+        )
+        if self.engine.lr_scheduler is not None:
+            self.engine.lr_scheduler.step(scheduler_start(config))
+        self.device = self.engine.device
+
+    # --- training ---------------------------------------------------------------------------
+
+    def train_step(self, batch: PreferenceBatch) -> dict[str, float]:
+        """One optimizer step on this rank's shard; returns metrics averaged over all ranks.
+
+        Keys: loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected},
+        grad_norm (DeepSpeed's global norm before clipping; NaN at zero_stage 0, where DeepSpeed
+        does not report it), lr (used by this step), prompts and tokens (all ranks),
+        tokens_per_s (over the slowest rank's time).
+        """
+        start = time.perf_counter()
+        self.engine.train()
+        lr = self.engine.get_lr()[0]
+        sizes, chunks = self._plan(batch)
+        # Each prompt weighs 1/total in the step; DeepSpeed averages gradients over ranks.
+        weight = self.world_size / max(int(sizes.sum()), 1)
+        ranked = []
+        for chunk in chunks:
+            sub, logps = self._forward(batch, chunk)
+            if sub is None:  # no prompts left on this rank: keep the collectives in step
+                self.engine.backward(logps.sum() * 0.0, scale_wrt_gas=False)
+                continue
+            losses = self.loss_fn(logps, self.beta, **self.loss_options)
+            self.engine.backward(losses.sum() * weight, scale_wrt_gas=False)
+            ranked.append(
+                (dataclasses.replace(logps, policy=logps.policy.detach()), losses.detach())
+            )
+        self.engine.step()
+        metrics = self._reduce_metrics(batch, ranked, start)
+        grad_norm = self.engine.get_global_grad_norm()
+        metrics["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)
+        metrics["lr"] = float(lr)
+        return metrics
+
+    @torch.no_grad()
+    def eval_step(self, batch: PreferenceBatch) -> dict[str, float]:
+        """The train step's metrics without a gradient or an update."""
+        start = time.perf_counter()
+        self.engine.eval()
+        _, chunks = self._plan(batch)
+        ranked = []
+        for chunk in chunks:
+            sub, logps = self._forward(batch, chunk)
+            if sub is not None:
+                ranked.append((logps, self.loss_fn(logps, self.beta, **self.loss_options)))
+        self.engine.train()
+        return self._reduce_metrics(batch, ranked, start)
+
+    def _plan(self, batch: PreferenceBatch) -> tuple[Tensor, list[Tensor]]:
+        """Every rank's prompt count, and this rank's micro batches (prompt indices).
+
+        All ranks must run the same number of forward/backward passes (ZeRO's collectives run
+        inside them), so the count is agreed across ranks; a rank with fewer prompts gets
+        smaller (possibly empty) micro batches.
+        """
+        sizes = torch.zeros(self.world_size, dtype=torch.long, device=self.device)
+        sizes[self.rank] = batch.num_prompts
+        dist.all_reduce(sizes)
+        micro = self.config.micro_batch_size
+        num_micro = max(1, int(-(-sizes.max() // micro)))
+        return sizes.cpu(), list(torch.arange(batch.num_prompts).tensor_split(num_micro))
+
+    def _forward(
+        self, batch: PreferenceBatch, prompts: Tensor
+    ) -> tuple[PreferenceBatch | None, RankedLogps | Tensor]:
+        """One forward pass over the K responses of the given prompts.
+
+        Returns the sub-batch and its ranked log-probs, or (None, dummy log-probs) for an
+        empty micro batch (a two-token pass that keeps the ranks' collectives aligned).
+        """
+        k = batch.num_responses
+        if len(prompts) == 0:
+            ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
+            mask = torch.tensor([[0, 1]], device=self.device)
+            logps, _ = batch_logps(self.engine, ids, torch.ones_like(ids), mask)
+            return None, logps
+        rows = (prompts[:, None] * k + torch.arange(k)).flatten()
+        on = {
+            name: getattr(batch, name)[rows].to(self.device)
+            for name in ("input_ids", "attention_mask", "loss_mask")
+        }
+        # Trim right padding shared by the whole micro batch.
+        width = int(on["attention_mask"].sum(-1).max())
+        on = {name: value[:, :width] for name, value in on.items()}
+        logps, _ = batch_logps(self.engine, on["input_ids"], on["attention_mask"], on["loss_mask"])
+        ref = None if batch.ref_logps is None else batch.ref_logps[rows].to(self.device)
+        sub = PreferenceBatch(**on, ref_logps=ref, num_responses=k)
+        ranked = RankedLogps(
+            policy=logps.view(-1, k),
+            reference=None if ref is None else ref.view(-1, k).to(logps.dtype),
+            lengths=sub.response_lengths.view(-1, k),
+        )
+        return sub, ranked
+
+    def _reduce_metrics(
+        self,
+        batch: PreferenceBatch,
+        ranked: list[tuple[RankedLogps, Tensor]],
+        start: float,
+    ) -> dict[str, float]:
+        """Prompt-weighted means over all ranks (rank-local values would depend on sharding)."""
+        local = torch.zeros(len(_METRIC_KEYS) + 2, dtype=torch.float64)
+        if ranked:
+            logps = RankedLogps(
+                policy=torch.cat([r.policy for r, _ in ranked]),
+                reference=None
+                if ranked[0][0].reference is None
+                else torch.cat([r.reference for r, _ in ranked]),
+                lengths=torch.cat([r.lengths for r, _ in ranked]),
+            )
+            values = preference_metrics(logps, self.beta)
+            values["loss"] = torch.cat([loss for _, loss in ranked]).float().mean().item()
+            local[: len(_METRIC_KEYS)] = torch.tensor([values[k] for k in _METRIC_KEYS])
+            local[: len(_METRIC_KEYS)] *= batch.num_prompts
+        local[-2] = batch.num_prompts
+        local[-1] = float(batch.attention_mask.sum())
+        elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+        total, elapsed = local.to(self.device), elapsed.to(self.device)
+        dist.all_reduce(total)
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+        total = total.cpu()
+        prompts, tokens = total[-2].item(), total[-1].item()
+        metrics = {k: (total[i] / max(prompts, 1)).item() for i, k in enumerate(_METRIC_KEYS)}
+        metrics.update(prompts=prompts, tokens=tokens, tokens_per_s=tokens / elapsed.item())
+        return metrics
+
+    # --- weights out ------------------------------------------------------------------------
+
+    def _full_state_dict(self) -> dict[str, Tensor] | None:
+        """The whole model's weights (Hugging Face names) on rank 0's CPU; None on others.
+
+        Under ZeRO-3 every rank takes part in gathering each parameter in turn.
+        """
+        module = self.engine.module
+        keep = set(module.state_dict().keys())
+        state: dict[str, Tensor] = {}
+        for name, param in module.named_parameters():
+            with self._deepspeed.zero.GatheredParameters([param], enabled=self._zero3):
+                if self.rank == 0:
+                    state[name] = param.detach().to("cpu", copy=True)
+        if self.rank == 0:
+            for name, buffer in module.named_buffers():
+                if name in keep:
+                    state[name] = buffer.detach().to("cpu", copy=True)
+        return state if self.rank == 0 else None
+
+    def state_dict_for_sync(self) -> dict[str, Tensor] | None:
+        """Full weights with Hugging Face names from rank 0 (None from other ranks).
+
+        Every rank must be called (ZeRO-3 gathers). Tied weights appear once.
+        """
+        return self._full_state_dict()
+
+    def save_pretrained(self, path: str) -> None:
+        """Writes a Hugging Face model directory (safetensors, config, tokenizer) at ``path``.
+
+        Rank 0 writes into a temporary sibling directory and renames it into place, so a
+        reader never sees half a model; every rank must be called (ZeRO-3 gathers).
+        """
+        state = self._full_state_dict()
+        if self.rank == 0:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+            self.engine.module.save_pretrained(tmp, state_dict=state)
+            self._save_tokenizer(tmp)
+            _replace_dir(tmp, target)
+        dist.barrier()
+
+    def _save_tokenizer(self, directory: Path) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                self.model_path, trust_remote_code=self.config.trust_remote_code
+            )
+        except (OSError, ValueError) as error:
+            print(f"[trainer] no tokenizer copied from {self.model_path}: {error}")
+            return
+        tokenizer.save_pretrained(directory)
+
+    def weights_digest(self) -> str:
+        """SHA-256 of this rank's view of the full weights (equal on all ranks when in sync)."""
+        digest = hashlib.sha256()
+        for name, param in self.engine.module.named_parameters():
+            with self._deepspeed.zero.GatheredParameters([param], enabled=self._zero3):
+                data = param.detach().to("cpu").contiguous()
+                digest.update(name.encode())
+                digest.update(data.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str, tag: str, client_state: dict[str, Any]) -> None:
+        """Saves weights, optimizer and lr-scheduler state (DeepSpeed format); all ranks."""
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+
+    def load_checkpoint(self, directory: str, tag: str) -> dict[str, Any]:
+        """Restores a ``save_checkpoint``; returns its ``client_state``. All ranks."""
+        path, client_state = self.engine.load_checkpoint(
+            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {tag!r} in {directory}")
+        return client_state
+
+    # --- placement checks -------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """True once the rank is up (its constructor has finished)."""
+        return True
+
+    def node_id(self) -> str:
+        """The Ray node this rank runs on."""
+        return ray.get_runtime_context().get_node_id()
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Moves directory ``new`` to ``target``, replacing what is there, by renames."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def start_policy_trainers(
+    model_path: str,
+    config: TrainerConfig,
+    loss: str,
+    beta: float,
+    loss_options: dict[str, Any] | None = None,
+    device: Device = "cpu",
+    strategy: str = "PACK",
+) -> ActorGroup:
+    """Starts ``config.num_ranks`` policy trainer ranks in one placement group."""
+    config.validate()
+    check_device(config, device)
+    return ActorGroup(
+        PolicyTrainer,
+        config.num_ranks,
+        args=(model_path, config, loss, beta, loss_options, device),
+        num_cpus_per_rank=config.num_cpus_per_rank,
+        num_gpus_per_rank=config.num_gpus_per_rank,
+        strategy=strategy,
+        env_vars=trainer_env(device),
+    )

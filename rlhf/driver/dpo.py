@@ -1,0 +1,116 @@
+"""Offline DPO: preference data -> reference log-probs (vLLM, once) -> DeepSpeed steps -> model.
+
+rlhf train configs/dpo.yaml data.path=prefs.parquet loss.name=plackett_luce
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+from rlhf.data.config import DataConfig
+from rlhf.driver.common import ray_session, resolve_model_path
+from rlhf.driver.loops import register_loop
+from rlhf.driver.preference_training import (
+    LossConfig,
+    ReferenceConfig,
+    ScheduleConfig,
+    TrainState,
+    epoch_batches,
+    evaluate,
+    restore_checkpoint,
+    save_checkpoint,
+    train_step,
+)
+from rlhf.driver.setup import load_preference_tables, open_run, start_trainers
+from rlhf.models.deepspeed_config import TrainerConfig
+from rlhf.run_dir import Checkpoints, MetricsLogger
+from rlhf.schema import ModelConfig, RayConfig
+
+
+@dataclass
+class DPOConfig:
+    """Settings of an offline DPO run (``algorithm: dpo``)."""
+
+    algorithm: Literal["dpo"] = "dpo"
+    output_dir: str = "runs/dpo"
+    seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+@register_loop("dpo", config=DPOConfig)
+def run(cfg: DPOConfig, resume: bool = False) -> Path:
+    """Trains, evaluates and checkpoints; returns the run directory (final model in ``model/``)."""
+    run_dir = open_run(cfg, resume)
+    model_path = resolve_model_path(cfg.model)
+    with ray_session(cfg.ray):
+        train, held_out, tokenizer = load_preference_tables(cfg, model_path)
+        pad = tokenizer.pad_token_id
+        group = start_trainers(cfg, model_path)
+        checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
+        state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
+        logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)
+        batch_size = cfg.trainer.prompts_per_step
+        steps_per_epoch = -(-train.num_rows // batch_size)
+        total = steps_per_epoch * cfg.schedule.epochs
+        if cfg.schedule.max_steps is not None:
+            total = min(total, cfg.schedule.max_steps)
+        bar = tqdm(total=total, initial=state.step, desc="dpo", unit="step")
+        while state.epoch < cfg.schedule.epochs and state.step < total:
+            for indices in epoch_batches(train, batch_size, cfg.schedule, cfg.seed, state):
+                metrics = train_step(group, train, indices, pad)
+                state.step += 1
+                state.batch_in_epoch += 1
+                state.tokens += int(metrics.get("tokens", 0))
+                logger.log(state.step, {f"train/{k}": v for k, v in metrics.items()})
+                bar.update()
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}"
+                )
+                if _due(state.step, cfg.schedule.eval_every) and held_out is not None:
+                    logger.log(state.step, _eval(group, held_out, cfg, pad))
+                if _due(state.step, cfg.schedule.save_every):
+                    save_checkpoint(group, checkpoints, state)
+                if state.step >= total:
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if held_out is not None:
+                    logger.log(state.step, _eval(group, held_out, cfg, pad))
+                save_checkpoint(group, checkpoints, state)
+        bar.close()
+        if (
+            checkpoints.latest() is None
+            or checkpoints.driver_state(checkpoints.latest())["step"] != state.step
+        ):
+            save_checkpoint(group, checkpoints, state)
+        if held_out is not None:
+            final = _eval(group, held_out, cfg, pad)
+            logger.log(state.step, final)
+            print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(final.items())))
+        import ray
+
+        ray.get(group.call("save_pretrained", str(run_dir / "model")))
+        logger.close()
+    print(f"run directory: {run_dir} (model in {run_dir / 'model'})")
+    return run_dir
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _eval(group, table, cfg: DPOConfig, pad: int) -> dict[str, float]:
+    metrics = evaluate(group, table, cfg.schedule.eval_batch_size, pad)
+    return {f"eval/{k}": v for k, v in metrics.items() if k not in ("lr", "grad_norm")}

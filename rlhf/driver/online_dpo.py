@@ -1,0 +1,367 @@
+"""Online / iterative DPO: sample, score, rank, reference, train, sync; repeat.
+
+    rlhf train configs/online_dpo.yaml rounds.rounds=8 loss.name=plackett_luce rounds.strategy=ranking
+
+Every round's samples, scores and preferences are written as Parquet under
+``<run_dir>/rounds/round_NNNN/``; metrics per round go to ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from rlhf.algorithms.registry import UnknownNameError
+from rlhf.config import ConfigError
+from rlhf.data.errors import DataReport
+from rlhf.data.io import atomic_path
+from rlhf.data.strategies import get_pair_strategy
+from rlhf.data.table import build_table, with_ref_logps
+from rlhf.driver.common import (
+    load_reward_function,
+    ray_session,
+    resolve_model_path,
+    start_samplers,
+)
+from rlhf.driver.loops import register_loop
+from rlhf.driver.preference_training import (
+    LossConfig,
+    ReferenceConfig,
+    ScheduleConfig,
+    TrainState,
+    epoch_batches,
+    restore_checkpoint,
+    save_checkpoint,
+    train_step,
+)
+from rlhf.driver.reference import response_logps
+from rlhf.driver.rollout import ScoredGroup, sample, score
+from rlhf.driver.setup import open_run, start_reference, start_trainers
+from rlhf.models.deepspeed_config import TrainerConfig
+from rlhf.plots import plot_rounds
+from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
+from rlhf.schema import EngineConfig, ModelConfig, RayConfig, SamplingConfig
+
+
+@dataclass
+class SamplersConfig:
+    """The vLLM sampler engines that generate from the current policy."""
+
+    num_engines: int = 1
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class RoundsConfig:
+    """What one round does and how many there are."""
+
+    rounds: int = 6
+    prompts_per_round: int = 64
+    epochs_per_round: int = 1  # passes of DPO over the round's preferences
+    eval_prompts: int = 64  # held-out prompts sampled each round to measure reward and KL
+    strategy: str = "best_vs_worst"  # best_vs_worst | all_pairs | ranking | a plugin
+    tie_tolerance: float = 0.0
+    reference_update: Literal["fixed", "previous_round"] = "fixed"
+
+    def validate(self) -> None:
+        for key in ("rounds", "prompts_per_round", "epochs_per_round"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1")
+        try:
+            get_pair_strategy(self.strategy)
+        except UnknownNameError as error:
+            raise ConfigError(f"strategy: {error}") from None
+
+
+@dataclass
+class OnlineDPOConfig:
+    """Settings of an online DPO run (``algorithm: online_dpo``)."""
+
+    algorithm: Literal["online_dpo"] = "online_dpo"
+    output_dir: str = "runs/online_dpo"
+    seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    reward_function: str = "rlhf.task:sentiment_reward"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    samplers: SamplersConfig = field(default_factory=SamplersConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self) -> None:
+        ranking = get_pair_strategy(self.rounds.strategy).metadata.get("ranking", False)
+        if ranking and self.samplers.sampling.n < 2:
+            raise ConfigError("samplers.sampling.n must be at least 2 to rank responses")
+
+
+@register_loop("online_dpo", config=OnlineDPOConfig)
+def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
+    """Runs the rounds; returns the run directory (final policy in ``model/``)."""
+    from transformers import AutoTokenizer
+
+    from rlhf.task import make_prompts
+
+    run_dir = open_run(cfg, resume)
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, trust_remote_code=cfg.model.trust_remote_code
+    )
+    reward = load_reward_function(cfg.reward_function)
+    r = cfg.rounds
+    train_prompts = make_prompts(r.rounds * r.prompts_per_round, seed=cfg.seed, split="train")
+    eval_prompts = make_prompts(r.eval_prompts, seed=cfg.seed, split="eval")
+    with ray_session(cfg.ray):
+        reference = start_reference(cfg, model_path)
+        samplers = start_samplers(
+            cfg.samplers.num_engines,
+            cfg.samplers.engine,
+            cfg.model,
+            model_path,
+            cfg.seed,
+            cfg.ray,
+        )
+        group = start_trainers(cfg, model_path)
+        checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
+        state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
+        if state.round > 0:  # resumed: the samplers must sample from the restored policy
+            sync_weights(group, samplers, reference if _moves_reference(cfg) else None)
+        logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)
+        bar = tqdm(total=r.rounds, initial=state.round, desc="online dpo", unit="round")
+        while state.round < r.rounds:
+            prompts = train_prompts[state.round * r.prompts_per_round :][: r.prompts_per_round]
+            metrics = run_round(
+                cfg,
+                state,
+                prompts,
+                eval_prompts,
+                samplers,
+                reference,
+                group,
+                reward,
+                tokenizer.pad_token_id,
+                logger,
+                run_dir,
+            )
+            state.round += 1
+            logger.log(state.step, metrics)
+            save_checkpoint(group, checkpoints, state)
+            bar.update()
+            bar.set_postfix(
+                reward=f"{metrics['eval/reward/mean']:.3f}", kl=f"{metrics['eval/kl']:.2f}"
+            )
+        bar.close()
+        ray.get(group.call("save_pretrained", str(run_dir / "model")))
+        logger.close()
+    plot = plot_rounds(read_metrics(run_dir), run_dir / "rounds.png", "online DPO")
+    print_rounds(run_dir)
+    print(f"run directory: {run_dir} (model in {run_dir / 'model'}, plot {plot})")
+    return run_dir
+
+
+def run_round(
+    cfg: OnlineDPOConfig,
+    state: TrainState,
+    prompts: list[str],
+    eval_prompts: list[str],
+    samplers: list,
+    reference,
+    group,
+    reward,
+    pad_token_id: int,
+    logger: MetricsLogger,
+    run_dir: Path,
+) -> dict[str, float]:
+    """One round; returns its metrics (sample rewards, KL, preference counts, phase times)."""
+    seed = cfg.seed * 100_003 + state.round
+    timer = PhaseTimer()
+    with timer("generate"):
+        groups = sample(samplers, prompts + eval_prompts, cfg.samplers.sampling, seed)
+    with timer("score"):
+        scored = score(groups, reward)
+    train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
+    with timer("reference"):
+        ref = reference_logps(reference, scored, cfg.reference.chunk_size)
+    train_ref, eval_ref = ref[: len(prompts)], ref[len(prompts) :]
+    table, ties = preference_table(train_groups, train_ref, cfg.rounds, state.round)
+    write_round(run_dir, state.round, train_groups, train_ref, eval_groups, eval_ref, table)
+    metrics = {
+        "round": state.round,
+        **sample_metrics("train", train_groups, train_ref),
+        **sample_metrics("eval", eval_groups, eval_ref),
+        "preferences": table.num_rows,
+        "ties_dropped": ties,
+    }
+    with timer("train"):
+        if table.num_rows:
+            train_metrics = train_on(cfg, state, group, table, pad_token_id, logger)
+            metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
+    with timer("sync"):
+        moved = reference if _moves_reference(cfg) else None
+        metrics["sync_bytes"] = sync_weights(group, samplers, moved)
+    metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+    return metrics
+
+
+def reference_logps(reference, groups: list[ScoredGroup], chunk: int) -> list[list[float]]:
+    """Reference log-probs of every sampled response, grouped like the samples."""
+    prompts = [c.prompt_ids for g in groups for c in g.completions]
+    responses = [c.token_ids for g in groups for c in g.completions]
+    flat = response_logps(reference, prompts, responses, chunk)
+    out, start = [], 0
+    for g in groups:
+        out.append(flat[start : start + len(g.completions)])
+        start += len(g.completions)
+    return out
+
+
+def preference_table(
+    groups: list[ScoredGroup], ref: list[list[float]], rounds: RoundsConfig, round_index: int
+) -> tuple[pa.Table, int]:
+    """The round's preferences in the tokenized-table layout, with reference log-probs."""
+    build = get_pair_strategy(rounds.strategy)
+    source_rows, prompt_ids, response_ids, ref_logps, ties = [], [], [], [], 0
+    for row, (g, g_ref) in enumerate(zip(groups, ref, strict=True)):
+        prefs = build(g.scores, rounds.tie_tolerance)
+        ties += prefs.ties_dropped
+        for ranking in prefs.rankings:
+            source_rows.append(row)
+            prompt_ids.append(g.completions[0].prompt_ids)
+            response_ids.append([g.completions[i].token_ids for i in ranking])
+            ref_logps.append([g_ref[i] for i in ranking])
+    report = DataReport(path=f"round {round_index} samples", rows_read=len(groups))
+    report.rows_kept = len(source_rows)
+    table = build_table(source_rows, prompt_ids, response_ids, report)
+    if table.num_rows:
+        table = with_ref_logps(table, ref_logps)
+    return table, ties
+
+
+def train_on(cfg, state: TrainState, group, table: pa.Table, pad: int, logger) -> dict:
+    """DPO steps over the round's preferences; logs every step, returns the last step's metrics."""
+    batch_size = cfg.trainer.prompts_per_step
+    last: dict[str, float] = {}
+    for epoch in range(cfg.rounds.epochs_per_round):
+        position = TrainState(epoch=state.round * cfg.rounds.epochs_per_round + epoch)
+        for indices in epoch_batches(table, batch_size, cfg.schedule, cfg.seed, position):
+            last = train_step(group, table, indices, pad)
+            state.step += 1
+            state.tokens += int(last.get("tokens", 0))
+            logger.log(state.step, {f"train/{k}": v for k, v in last.items()})
+    return last
+
+
+def sync_weights(group, samplers: list, reference=None) -> int:
+    """Pushes the trainer's weights into every sampler (and the reference, if it moves).
+
+    The weights go into the object store once; every engine reads the same copy.
+    """
+    weights = ray.get(group.call("state_dict_for_sync"))[0]
+    handle = ray.put(weights)
+    engines = samplers + ([reference] if reference is not None else [])
+    ray.get([engine.load_weights.remote(handle) for engine in engines])
+    return sum(t.numel() * t.element_size() for t in weights.values())
+
+
+def sample_metrics(split: str, groups: list[ScoredGroup], ref: list[list[float]]) -> dict:
+    """Mean / max reward of the samples and KL(policy || reference) estimated on them.
+
+    The k1 estimator: the mean over samples of log pi(y) - log pi_ref(y), unbiased for samples
+    drawn from pi itself (temperature 1, top_p 1).
+    """
+    scores = [s for g in groups for s in g.scores]
+    kl = [
+        c.logprob - r
+        for g, g_ref in zip(groups, ref, strict=True)
+        for c, r in zip(g.completions, g_ref, strict=True)
+    ]
+    lengths = [len(c.token_ids) for g in groups for c in g.completions]
+    return {
+        f"{split}/reward/mean": statistics.mean(scores),
+        f"{split}/reward/max": max(scores),
+        f"{split}/reward/std": statistics.pstdev(scores),
+        f"{split}/kl": statistics.mean(kl),
+        f"{split}/response_length": statistics.mean(lengths),
+    }
+
+
+def write_round(run_dir: Path, index: int, train_groups, train_ref, eval_groups, eval_ref, table):
+    """Samples (with scores and log-probs) and preferences of one round, as Parquet."""
+    out = run_dir / "rounds" / f"round_{index:04d}"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split, groups, ref in (("train", train_groups, train_ref), ("eval", eval_groups, eval_ref)):
+        for g, g_ref in zip(groups, ref, strict=True):
+            for k, (c, s, r) in enumerate(zip(g.completions, g.scores, g_ref, strict=True)):
+                rows.append(
+                    {
+                        "split": split,
+                        "prompt": g.prompt,
+                        "sample": k,
+                        "response": c.text,
+                        "score": s,
+                        "logprob": c.logprob,
+                        "ref_logprob": r,
+                        "finished": c.finished,
+                        "prompt_ids": c.prompt_ids,
+                        "response_ids": c.token_ids,
+                    }
+                )
+    for name, data in (
+        ("samples.parquet", pa.Table.from_pylist(rows)),
+        ("preferences.parquet", table),
+    ):
+        with atomic_path(out / name) as tmp:
+            pq.write_table(data, tmp)
+
+
+def print_rounds(run_dir: Path) -> None:
+    """A table of the rounds, then one held-out prompt's samples in the first and last round."""
+    rounds = [r for r in read_metrics(run_dir) if "eval/reward/mean" in r]
+    print("\nround  held-out reward  KL(policy||ref)  train reward  preferences  round time")
+    for r in rounds:
+        seconds = sum(v for k, v in r.items() if k.startswith("time/"))
+        print(
+            f"{r['round']:5d}  {r['eval/reward/mean']:15.3f}  {r['eval/kl']:15.3f}  "
+            f"{r['train/reward/mean']:12.3f}  {r['preferences']:11d}  {seconds:9.1f}s"
+        )
+    first, last = rounds[0]["round"], rounds[-1]["round"]
+    for index in dict.fromkeys((first, last)):
+        path = run_dir / "rounds" / f"round_{index:04d}" / "samples.parquet"
+        rows = [r for r in pq.read_table(path).to_pylist() if r["split"] == "eval"][:4]
+        print(f"\nround {index}, held-out prompt: {rows[0]['prompt']}")
+        for row in rows:
+            print(f"   {row['score']:.3f}  {row['response'].strip()}")
+
+
+def _moves_reference(cfg: OnlineDPOConfig) -> bool:
+    return cfg.rounds.reference_update == "previous_round"
+
+
+class PhaseTimer:
+    """Wall time per named phase: ``with timer("train"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + elapsed

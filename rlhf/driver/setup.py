@@ -1,0 +1,113 @@
+"""Starting a preference-training run: its directory, its data tables, its trainer group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from rlhf.config import dump_config
+from rlhf.data.cache import cache_key, load_cached, save_cached
+from rlhf.data.loader import split_by_prompt
+from rlhf.data.prepare import load_preferences
+from rlhf.driver.preference_training import add_reference_logps
+
+
+class RunDirectoryError(RuntimeError):
+    """The output directory holds another run (and --resume was not given)."""
+
+
+def open_run(cfg: Any, resume: bool) -> Path:
+    """Creates (or, with ``resume``, reopens) the run directory and writes the resolved config."""
+    run_dir = Path(cfg.output_dir)
+    if (run_dir / "metrics.jsonl").exists() and not resume:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run: pass --resume to continue it, "
+            f"or set output_dir to a new directory"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / ("config.resumed.yaml" if resume else "config.yaml"))
+    return run_dir
+
+
+def default_table_cache() -> Path:
+    """Where tokenized tables with reference log-probs are cached between runs."""
+    from rlhf.task import default_cache_dir
+
+    return Path(default_cache_dir()) / "tables"
+
+
+def load_preference_tables(cfg: Any, model_path: str) -> tuple[pa.Table, pa.Table | None, Any]:
+    """Train and held-out tables, tokenized, with reference log-probs; plus the tokenizer.
+
+    Tables come from the cache when the same model, file and settings were seen before; the
+    reference server is started only when something must be computed.
+    """
+    from transformers import AutoTokenizer
+
+    from rlhf.algorithms import get_preference_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path, trust_remote_code=cfg.model.trust_remote_code
+    )
+    needs_reference = get_preference_loss(cfg.loss.name).metadata.get("needs_reference", True)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_table_cache()
+    settings = {
+        **cfg.data.table_settings(),
+        "reference": needs_reference and cfg.reference.backend,
+        "dtype": cfg.model.dtype,
+    }
+    server = None
+    tables = []
+    for path in (cfg.data.path, cfg.data.eval_path):
+        if path is None:
+            tables.append(None)
+            continue
+        key = cache_key(model_path, path, settings)
+        table = load_cached(cache_dir, key)
+        if table is None:
+            table, report = load_preferences(path, tokenizer, cfg.data)
+            print(report.summary())
+            if needs_reference:
+                server = server or start_reference(cfg, model_path)
+                table = add_reference_logps(server, table, cfg.reference.chunk_size)
+            save_cached(cache_dir, key, table)
+        tables.append(table)
+    if server is not None:
+        ray.kill(server)  # free its memory before the trainers start
+    train, held_out = tables
+    if held_out is None and cfg.data.eval_fraction > 0:
+        train, held_out = split_by_prompt(train, cfg.data.eval_fraction)
+    return train, held_out, tokenizer
+
+
+def start_reference(cfg: Any, model_path: str):
+    """The reference server of the config (vLLM or Hugging Face backend)."""
+    from actors.group import spawn
+    from actors.reference import ReferenceServer
+
+    engine = cfg.reference.engine
+    return spawn(
+        ReferenceServer,
+        engine.settings(cfg.model, model_path, cfg.seed),
+        cfg.reference.backend,
+        num_cpus=engine.num_cpus,
+        num_gpus=engine.num_gpus,
+        env_vars=cfg.ray.env_vars,
+    )
+
+
+def start_trainers(cfg: Any, model_path: str):
+    """The policy trainer group of the config's loss, trainer settings and device."""
+    from actors.trainer import start_policy_trainers
+
+    return start_policy_trainers(
+        model_path,
+        cfg.trainer,
+        cfg.loss.name,
+        cfg.loss.beta,
+        cfg.loss.options,
+        device=cfg.device,
+    )

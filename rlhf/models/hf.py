@@ -1,0 +1,150 @@
+"""Hugging Face causal LMs: loading for training or scoring, and response log-probs.
+
+The trainer and the ``hf`` reference backend both go through here, so the policy and the
+reference compute log-probs the same way (same dtype handling, same masking by position).
+Dropout is switched off at load time in the config, so ``model.train()`` is harmless.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from rlhf.algorithms import sequence_logps
+
+if TYPE_CHECKING:
+    from rlhf.models.vllm_engine import EngineSettings
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a config string (``"float32"``, ``"bfloat16"``, ``"float16"``)."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}") from None
+
+
+def disable_dropout(config: PretrainedConfig) -> list[str]:
+    """Sets every float ``*dropout*`` attribute of a model config (and its sub-configs) to 0.
+
+    Returns the dotted names it changed. Policy and reference must both run without dropout:
+    at step 0 the implicit rewards are then exactly 0 (DPO's ln 2 check).
+    """
+    changed = []
+    for key, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):
+            changed += [f"{key}.{name}" for name in disable_dropout(value)]
+        elif "dropout" in key and isinstance(value, float) and value != 0.0:
+            setattr(config, key, 0.0)
+            changed.append(key)
+    return changed
+
+
+def load_causal_lm(
+    path: str | Path,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """Loads a causal LM for training: dropout off, in train mode, on the CPU.
+
+    Under DeepSpeed ZeRO-3, create the ``HfDeepSpeedConfig`` first: ``from_pretrained`` then
+    partitions the weights while loading instead of materialising them on every rank.
+    """
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    disable_dropout(config)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+    )
+    for module in model.modules():  # dropout hard-coded outside the config, if any
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()
+    return model
+
+
+def load_reference_model(settings: EngineSettings) -> PreTrainedModel:
+    """Loads a frozen reference model (eval mode, no grads) from an engine's settings."""
+    model = load_causal_lm(settings.model, settings.dtype, settings.trust_remote_code)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def positions(attention_mask: Tensor) -> Tensor:
+    """[N, T] position ids counting real tokens only (right for right and left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def batch_logps(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Response log-probs of N sequences in one forward pass.
+
+    Args:
+        model: a causal LM (or a DeepSpeed engine wrapping one).
+        input_ids: [N, T] prompt + response tokens, padded (chosen and rejected together).
+        attention_mask: [N, T] 1 on real tokens.
+        loss_mask: [N, T] 1 on response tokens, chosen by position.
+
+    Returns:
+        logps: [N] float32, summed log-probs of the response tokens.
+        token_logps: [N, T] float32, per-token log-probs aligned to ``input_ids`` (0 off-mask).
+    """
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions(attention_mask),
+        use_cache=False,
+    ).logits
+    return sequence_logps(logits, input_ids, loss_mask)
+
+
+def pad_right(sequences: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-pads token lists into ``(input_ids [N, T], attention_mask [N, T])``."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return input_ids, attention_mask
+
+
+@torch.no_grad()
+def hf_token_logprobs(
+    model: torch.nn.Module, sequences: list[list[int]], batch_size: int = 32
+) -> list[list[float]]:
+    """Per-token log-probs of given token ids under a Hugging Face model (eval mode, no grad).
+
+    The same contract as ``rlhf.models.vllm_engine.token_logprobs``: for each sequence of length
+    L, L - 1 floats, the log-prob of token t given the tokens before it, for t = 1..L-1.
+    Sequences are scored ``batch_size`` at a time, right-padded.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    result: list[list[float]] = []
+    try:
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start : start + batch_size]
+            input_ids, attention_mask = pad_right(chunk)
+            loss_mask = attention_mask.clone()
+            loss_mask[:, 0] = 0
+            _, token_logps = batch_logps(
+                model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
+            )
+            token_logps = token_logps.float().cpu()
+            result += [token_logps[row, 1 : len(seq)].tolist() for row, seq in enumerate(chunk)]
+    finally:
+        model.train(was_training)
+    return result

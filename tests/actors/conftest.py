@@ -1,0 +1,15 @@
+"""Fixtures of the actor tests: the tiny random Llama (Ray comes from tests/conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.models.tiny_llama import build_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a word-level tokenizer (see tests/models/tiny_llama.py)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -1,0 +1,55 @@
+"""ActorGroup on a real local Ray: placement, rendezvous address, calls and sharded calls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actors.group import ActorGroup, spawn
+from rlhf.data.batch import PreferenceBatch
+
+
+class _Rank:
+    """A stand-in role: records how it was started and echoes what it receives."""
+
+    def __init__(self, rank: int, world_size: int, addr: str, port: int, tag: str) -> None:
+        self.started = (rank, world_size, addr, port, tag)
+
+    def started_with(self) -> tuple:
+        return self.started
+
+    def rows(self, batch: PreferenceBatch) -> tuple[list[int], int]:
+        return batch.input_ids[:, 0].tolist(), batch.input_ids.untyped_storage().nbytes()
+
+
+@pytest.mark.integration
+def test_group_starts_ranks_with_rank0_address_and_shards(ray_cluster) -> None:
+    group = ActorGroup(_Rank, 3, args=("policy",), num_cpus_per_rank=0.5)
+    try:
+        started = ray_cluster.get(group.call("started_with"))
+        assert [s[0] for s in started] == [0, 1, 2]
+        assert {s[1:] for s in started} == {(3, group.master_addr, group.master_port, "policy")}
+        assert 1024 <= group.master_port < 65536
+
+        # 5 prompts x 2 responses: shards of 2, 2 and 1 prompts, whole groups per rank.
+        ids = torch.arange(10).unsqueeze(1).repeat(1, 3)
+        ones = torch.ones_like(ids)
+        batch = PreferenceBatch(ids, ones, ones, None, num_responses=2)
+        rows, nbytes = zip(*ray_cluster.get(group.call_sharded("rows", batch)), strict=True)
+        assert list(rows) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert list(nbytes) == [4 * 3 * 8, 4 * 3 * 8, 2 * 3 * 8]  # each rank got its rows only
+    finally:
+        group.kill()
+
+
+@pytest.mark.integration
+def test_group_that_cannot_be_placed_says_why(ray_cluster) -> None:
+    with pytest.raises(RuntimeError, match="could not be placed"):
+        ActorGroup(_Rank, 2, args=("x",), num_cpus_per_rank=100, timeout_s=2)
+
+
+@pytest.mark.integration
+def test_spawn_still_starts_one_actor(ray_cluster) -> None:
+    actor = spawn(_Rank, 0, 1, "127.0.0.1", 1, "solo", num_cpus=0.5)
+    assert ray_cluster.get(actor.started_with.remote()) == (0, 1, "127.0.0.1", 1, "solo")
+    ray_cluster.kill(actor)

@@ -1,0 +1,117 @@
+"""The DeepSpeed config built from TrainerConfig, its validation, and the lr it schedules."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from rlhf.config import ConfigError, from_dict
+from rlhf.models.deepspeed_config import TrainerConfig, deepspeed_config, scheduler_start
+
+
+def test_stage_0_plain_adamw_and_constant_lr() -> None:
+    ds = deepspeed_config(TrainerConfig(zero_stage=0, lr=1e-5, micro_batch_size=4, num_ranks=2))
+    assert ds["zero_optimization"] == {"stage": 0, "overlap_comm": False}
+    assert ds["optimizer"] == {
+        "type": "AdamW",
+        "params": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
+    }
+    assert "scheduler" not in ds  # constant lr, no warmup: the optimizer's lr is it
+    assert ds["train_micro_batch_size_per_gpu"] == 4
+    assert ds["train_batch_size"] == 8  # 4 prompts x 1 accumulation step x 2 ranks
+    assert ds["managed_gradient_accumulation"] is False
+    assert ds["gradient_clipping"] == 1.0
+    assert ds["bf16"] == {"enabled": False}
+
+
+def test_stage_2_with_offloaded_optimizer() -> None:
+    cfg = TrainerConfig(zero_stage=2, offload_optimizer=True, gradient_accumulation_steps=4)
+    ds = deepspeed_config(cfg)
+    assert ds["zero_optimization"] == {
+        "stage": 2,
+        "offload_optimizer": {"device": "cpu", "pin_memory": False},
+    }
+    assert ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 4
+
+
+def test_stage_3_with_offloaded_params_and_cosine() -> None:
+    cfg = TrainerConfig(
+        zero_stage=3,
+        offload_params=True,
+        bf16=True,
+        lr_scheduler="cosine",
+        warmup_steps=10,
+        total_steps=100,
+        min_lr_ratio=0.1,
+    )
+    ds = deepspeed_config(cfg)
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3
+    assert zero["offload_param"] == {"device": "cpu", "pin_memory": False}
+    assert "offload_optimizer" not in zero
+    assert ds["bf16"] == {"enabled": True}
+    assert ds["scheduler"] == {
+        "type": "WarmupCosineLR",
+        "params": {
+            "total_num_steps": 100,
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": 0.1,
+            "warmup_num_steps": 10,
+            "warmup_type": "linear",
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"zero_stage": 2, "offload_params": True}, "offload_params needs zero_stage: 3"),
+        ({"zero_stage": 0, "offload_optimizer": True}, "offload_optimizer needs zero_stage"),
+        ({"lr_scheduler": "cosine"}, "set total_steps"),
+        ({"lr_scheduler": "linear", "total_steps": 5, "warmup_steps": 5}, "larger than warmup"),
+        ({"micro_batch_size": 0}, "micro_batch_size must be >= 1"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"betas": [0.9, 1.0]}, "betas must lie in"),
+        ({"zero_stage": 4}, "zero_stage: 4 is not one of"),
+    ],
+)
+def test_impossible_settings_are_config_errors(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TrainerConfig, settings, "trainer")
+
+
+def _lrs(cfg: TrainerConfig, steps: int) -> list[float]:
+    """The lr of each optimizer step under DeepSpeed's own scheduler built from our config."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.runtime import lr_schedules
+
+    spec = deepspeed_config(cfg)["scheduler"]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    scheduler = getattr(lr_schedules, spec["type"])(optimizer, **spec["params"])
+    scheduler.step(scheduler_start(cfg))  # what the trainer does once at start
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()  # DeepSpeed steps the scheduler after each update
+    return lrs
+
+
+def test_linear_decay_without_warmup_starts_at_full_lr() -> None:
+    cfg = TrainerConfig(lr=1.0, lr_scheduler="linear", total_steps=4)
+    assert _lrs(cfg, 5) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+
+
+def test_linear_warmup_then_constant() -> None:
+    cfg = TrainerConfig(lr=1.0, warmup_steps=4)
+    assert _lrs(cfg, 6) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_cosine_without_warmup_reaches_min_at_the_last_step() -> None:
+    cfg = TrainerConfig(lr=1.0, lr_scheduler="cosine", total_steps=4, min_lr_ratio=0.0)
+    # DeepSpeed's WarmupCosineLR: step k has progress (k + 1) / total.
+    expected = [(1 + math.cos(math.pi * (k + 1) / 4)) / 2 for k in range(4)]
+    assert _lrs(cfg, 4) == pytest.approx(expected, abs=1e-9)

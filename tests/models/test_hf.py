@@ -1,0 +1,130 @@
+"""Loading and log-probs of Hugging Face models (no Ray, no DeepSpeed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig
+
+from rlhf.algorithms import RankedLogps, get_preference_loss
+from rlhf.models.hf import (
+    batch_logps,
+    disable_dropout,
+    hf_token_logprobs,
+    load_causal_lm,
+    load_reference_model,
+)
+from rlhf.models.vllm_engine import EngineSettings
+
+from .tiny_llama import build_tiny_llama, random_batch
+
+
+def _naive_logp(model: torch.nn.Module, tokens: list[int], response_start: int) -> float:
+    """log pi(response | prompt) of one unpadded sequence, token by token from log_softmax."""
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens])).logits[0]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    return sum(logp[t - 1, tokens[t]].item() for t in range(response_start, len(tokens)))
+
+
+def _rows(batch) -> list[tuple[list[int], int]]:
+    """Each row's real tokens and where its response starts."""
+    rows = []
+    for ids, attn, mask in zip(batch.input_ids, batch.attention_mask, batch.loss_mask, strict=True):
+        length = int(attn.sum())
+        rows.append((ids[:length].tolist(), int(mask.nonzero()[0])))
+    return rows
+
+
+def test_batch_logps_equals_per_sequence_computation(tiny_llama_path: Path) -> None:
+    model = load_causal_lm(tiny_llama_path)
+    batch = random_batch(4, num_responses=3, seed=1)
+    logps, token_logps = batch_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    expected = [_naive_logp(model, tokens, start) for tokens, start in _rows(batch)]
+    assert logps.shape == (12,) and token_logps.shape == batch.input_ids.shape
+    torch.testing.assert_close(
+        logps.detach().double(), torch.tensor(expected, dtype=torch.float64), atol=1e-4, rtol=0
+    )
+    assert torch.all(token_logps[batch.loss_mask == 0] == 0)
+
+
+def test_padding_does_not_change_a_sequence_logp(tiny_llama_path: Path) -> None:
+    model = load_causal_lm(tiny_llama_path)
+    batch = random_batch(3, seed=2)
+    n, width = batch.input_ids.shape
+    # 7 more padding columns filled with real-looking token ids (masked by position only).
+    garbage = torch.randint(4, 64, (n, 7))
+    padded_ids = torch.cat([batch.input_ids, garbage], dim=1)
+    padded_ids[:, :width] = torch.where(
+        batch.attention_mask.bool(), batch.input_ids, garbage[:, :1]
+    )
+    zeros = torch.zeros((n, 7), dtype=torch.long)
+    with torch.no_grad():
+        plain, _ = batch_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        padded, _ = batch_logps(
+            model,
+            padded_ids,
+            torch.cat([batch.attention_mask, zeros], dim=1),
+            torch.cat([batch.loss_mask, zeros], dim=1),
+        )
+        alone = [
+            batch_logps(
+                model,
+                batch.input_ids[i : i + 1, : int(batch.attention_mask[i].sum())],
+                batch.attention_mask[i : i + 1, : int(batch.attention_mask[i].sum())],
+                batch.loss_mask[i : i + 1, : int(batch.attention_mask[i].sum())],
+            )[0]
+            for i in range(n)
+        ]
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(alone), plain, atol=1e-5, rtol=0)
+
+
+def test_sigmoid_loss_is_ln2_when_policy_is_reference(tiny_llama_path: Path) -> None:
+    policy = load_causal_lm(tiny_llama_path)  # train mode, dropout off
+    reference = load_reference_model(EngineSettings(model=str(tiny_llama_path)))
+    batch = random_batch(4, seed=3)
+    with torch.no_grad():
+        ref, _ = batch_logps(reference, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    logps, _ = batch_logps(policy, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    ranked = RankedLogps(
+        policy=logps.view(-1, 2),
+        reference=ref.view(-1, 2),
+        lengths=batch.response_lengths.view(-1, 2),
+    )
+    losses = get_preference_loss("sigmoid")(ranked, 0.1)
+    assert abs(losses.mean().item() - math.log(2)) < 1e-6
+    losses.mean().backward()  # the policy side carries gradients
+    assert policy.model.embed_tokens.weight.grad is not None
+
+
+def test_hf_token_logprobs_contract(tiny_llama_path: Path) -> None:
+    model = load_reference_model(EngineSettings(model=str(tiny_llama_path)))
+    batch = random_batch(3, seed=4)
+    rows = _rows(batch)
+    per_token = hf_token_logprobs(model, [tokens for tokens, _ in rows], batch_size=4)
+    for (tokens, start), values in zip(rows, per_token, strict=True):
+        assert len(values) == len(tokens) - 1
+        # values[t - 1] is token t: the response sum equals the naive computation.
+        assert abs(sum(values[start - 1 :]) - _naive_logp(model, tokens, start)) < 1e-4
+    assert not model.training
+
+
+def test_dropout_is_disabled_at_load(tmp_path: Path) -> None:
+    config = LlamaConfig(attention_dropout=0.3)
+    assert disable_dropout(config) == ["attention_dropout"]
+    assert config.attention_dropout == 0.0
+
+    path = build_tiny_llama(tmp_path)
+    saved = LlamaConfig.from_pretrained(path)
+    saved.attention_dropout = 0.5
+    saved.save_pretrained(path)
+    model = load_causal_lm(path)
+    assert model.training and model.config.attention_dropout == 0.0
+    batch = random_batch(2, seed=5)
+    with torch.no_grad():
+        first, _ = batch_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        second, _ = batch_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    assert torch.equal(first, second)
