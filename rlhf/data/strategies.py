@@ -65,3 +65,18 @@ def full_ranking(scores: Sequence[float], tie_tolerance: float = 0.0) -> Prefere
             kept.append(i)
     dropped = len(scores) - len(kept)
     return Preferences([kept] if len(kept) >= 2 else [], dropped)
+
+
+def uniform_preferences(
+    strategy: str, scores: Sequence[float], tie_tolerance: float
+) -> Preferences:
+    """The strategy's preferences, all of one width so a batch has one K.
+
+    Pairs are 2 wide; a ranking strategy's are K = len(scores) wide. A ranking a tie shortened
+    is left out and counted with the ties: counted, never padded or invented.
+    """
+    build = get_pair_strategy(strategy)
+    prefs = build(scores, tie_tolerance)
+    width = len(scores) if build.metadata.get("ranking", False) else 2
+    kept = [r for r in prefs.rankings if len(r) == width]
+    return Preferences(kept, prefs.ties_dropped + len(prefs.rankings) - len(kept))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from rlhf.schema import EMBEDDED_MODEL, EngineConfig, ModelConfig, RayConfig
@@ -19,45 +18,52 @@ def resolve_model_path(model: ModelConfig, progress: bool = True) -> str:
     return str(build_tiny_model(progress=progress))
 
 
-def import_object(path: str, what: str) -> Any:
-    """Imports ``package.module:attribute``; errors say which setting named it."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{what}: {path!r} is not an import path of the form package.module:name")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"{what}: cannot import module {module_name!r}: {error}") from error
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"{what}: module {module_name!r} has no attribute {attr!r}") from None
+class ActorScope:
+    """The actors and groups a job started; all of them end when the job does, even on error.
 
+    On a shared cluster a failed job must not keep its placement groups (and GPUs) reserved.
+    """
 
-def load_reward_function(path: str) -> Callable[[list[str], list[str]], list[float]]:
-    """A reward function ``f(prompts, responses) -> scores`` named by import path."""
-    fn = import_object(path, "reward.function")
-    if not callable(fn):
-        raise ValueError(f"reward.function: {path!r} is not callable")
-    return fn
+    def __init__(self) -> None:
+        self._owned: list[Any] = []
+
+    def own(self, started: Any) -> Any:
+        """Registers an actor handle, a list of them, or a group (anything with ``kill()``)."""
+        self._owned.append(started)
+        return started
+
+    def close(self) -> None:
+        import ray
+
+        for item in reversed(self._owned):
+            for one in item if isinstance(item, list) else [item]:
+                with contextlib.suppress(Exception):  # already dead: nothing to free
+                    one.kill() if hasattr(one, "kill") else ray.kill(one)
+        self._owned.clear()
 
 
 @contextlib.contextmanager
-def ray_session(cfg: RayConfig) -> Iterator[None]:
-    """Joins the configured cluster, or starts a local Ray that ends with the job."""
+def ray_session(cfg: RayConfig) -> Iterator[ActorScope]:
+    """Joins the configured cluster, or starts a local Ray that ends with the job.
+
+    Yields the job's :class:`ActorScope`; its actors are killed when the block exits.
+    """
     import ray
 
-    if ray.is_initialized():
-        yield
-        return
-    if cfg.address is None:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
-    else:
-        ray.init(address=cfg.address)
+    started = False
+    if not ray.is_initialized():
+        if cfg.address is None:
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        else:
+            ray.init(address=cfg.address)
+        started = True
+    scope = ActorScope()
     try:
-        yield
+        yield scope
     finally:
-        ray.shutdown()
+        scope.close()
+        if started:
+            ray.shutdown()
 
 
 def start_samplers(
@@ -82,3 +88,17 @@ def start_samplers(
         )
         for i in range(count)
     ]
+
+
+def start_reward(cfg, ray_cfg: RayConfig):
+    """The reward actor of the config's reward source."""
+    from actors.group import spawn
+    from actors.reward import RewardActor
+
+    return spawn(
+        RewardActor,
+        cfg,
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        env_vars=ray_cfg.env_vars,
+    )

@@ -53,10 +53,10 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
     """Trains, evaluates and checkpoints; returns the run directory (final model in ``model/``)."""
     run_dir = open_run(cfg, resume)
     model_path = resolve_model_path(cfg.model)
-    with ray_session(cfg.ray):
-        train, held_out, tokenizer = load_preference_tables(cfg, model_path)
+    with ray_session(cfg.ray) as scope:
+        train, held_out, tokenizer = load_preference_tables(cfg, model_path, scope)
         pad = tokenizer.pad_token_id
-        group = start_trainers(cfg, model_path)
+        group = scope.own(start_trainers(cfg, model_path))
         checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
         state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
         logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)

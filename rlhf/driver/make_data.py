@@ -12,14 +12,15 @@ import pyarrow.parquet as pq
 
 from rlhf.algorithms.registry import UnknownNameError
 from rlhf.config import ConfigError
-from rlhf.data.strategies import get_pair_strategy
+from rlhf.data.strategies import get_pair_strategy, uniform_preferences
 from rlhf.driver.common import (
-    load_reward_function,
     ray_session,
     resolve_model_path,
+    start_reward,
     start_samplers,
 )
-from rlhf.driver.rollout import ScoredGroup, sample, score
+from rlhf.driver.rollout import ScoredGroup, actor_scorer, sample, score
+from rlhf.rewards import RewardConfig
 from rlhf.schema import EngineConfig, ModelConfig, RayConfig, SamplingConfig
 
 
@@ -36,7 +37,7 @@ class MakeDataConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    reward_function: str = "rlhf.task:sentiment_reward"
+    reward: RewardConfig = field(default_factory=RewardConfig)
     seed: int = 0
 
     def validate(self) -> None:
@@ -54,7 +55,7 @@ def preference_table(groups: list[ScoredGroup], strategy: str, tie_tolerance: fl
     rows = []
     for group in groups:
         texts = [c.text for c in group.completions]
-        for ranking in build(group.scores, tie_tolerance).rankings:
+        for ranking in uniform_preferences(strategy, group.scores, tie_tolerance).rankings:
             if build.metadata.get("ranking", False):
                 rows.append(
                     {
@@ -82,10 +83,12 @@ def run(cfg: MakeDataConfig) -> Path:
     from rlhf.task import make_prompts
 
     model_path = resolve_model_path(cfg.model)
-    reward = load_reward_function(cfg.reward_function)
     prompts = make_prompts(cfg.num_prompts, seed=cfg.seed, split=cfg.split)
-    with ray_session(cfg.ray):
-        samplers = start_samplers(1, cfg.engine, cfg.model, model_path, cfg.seed, cfg.ray)
+    with ray_session(cfg.ray) as scope:
+        samplers = scope.own(
+            start_samplers(1, cfg.engine, cfg.model, model_path, cfg.seed, cfg.ray)
+        )
+        reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray)))
         groups = score(sample(samplers, prompts, cfg.sampling, cfg.seed), reward)
     table = preference_table(groups, cfg.strategy, cfg.tie_tolerance)
     out = Path(cfg.output)

@@ -25,12 +25,12 @@ from rlhf.algorithms.registry import UnknownNameError
 from rlhf.config import ConfigError
 from rlhf.data.errors import DataReport
 from rlhf.data.io import atomic_path
-from rlhf.data.strategies import get_pair_strategy
+from rlhf.data.strategies import get_pair_strategy, uniform_preferences
 from rlhf.data.table import build_table, with_ref_logps
 from rlhf.driver.common import (
-    load_reward_function,
     ray_session,
     resolve_model_path,
+    start_reward,
     start_samplers,
 )
 from rlhf.driver.loops import register_loop
@@ -45,10 +45,11 @@ from rlhf.driver.preference_training import (
     train_step,
 )
 from rlhf.driver.reference import response_logps
-from rlhf.driver.rollout import ScoredGroup, sample, score
+from rlhf.driver.rollout import ScoredGroup, actor_scorer, sample, score
 from rlhf.driver.setup import open_run, start_reference, start_trainers
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.plots import plot_rounds
+from rlhf.rewards import RewardConfig
 from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
 from rlhf.schema import EngineConfig, ModelConfig, RayConfig, SamplingConfig
 
@@ -92,7 +93,7 @@ class OnlineDPOConfig:
     output_dir: str = "runs/online_dpo"
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
-    reward_function: str = "rlhf.task:sentiment_reward"
+    reward: RewardConfig = field(default_factory=RewardConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
@@ -120,21 +121,23 @@ def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, trust_remote_code=cfg.model.trust_remote_code
     )
-    reward = load_reward_function(cfg.reward_function)
     r = cfg.rounds
     train_prompts = make_prompts(r.rounds * r.prompts_per_round, seed=cfg.seed, split="train")
     eval_prompts = make_prompts(r.eval_prompts, seed=cfg.seed, split="eval")
-    with ray_session(cfg.ray):
-        reference = start_reference(cfg, model_path)
-        samplers = start_samplers(
-            cfg.samplers.num_engines,
-            cfg.samplers.engine,
-            cfg.model,
-            model_path,
-            cfg.seed,
-            cfg.ray,
+    with ray_session(cfg.ray) as scope:
+        reference = scope.own(start_reference(cfg, model_path))
+        samplers = scope.own(
+            start_samplers(
+                cfg.samplers.num_engines,
+                cfg.samplers.engine,
+                cfg.model,
+                model_path,
+                cfg.seed,
+                cfg.ray,
+            )
         )
-        group = start_trainers(cfg, model_path)
+        reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray)))
+        group = scope.own(start_trainers(cfg, model_path))
         checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
         state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
         if state.round > 0:  # resumed: the samplers must sample from the restored policy
@@ -232,10 +235,9 @@ def preference_table(
     groups: list[ScoredGroup], ref: list[list[float]], rounds: RoundsConfig, round_index: int
 ) -> tuple[pa.Table, int]:
     """The round's preferences in the tokenized-table layout, with reference log-probs."""
-    build = get_pair_strategy(rounds.strategy)
     source_rows, prompt_ids, response_ids, ref_logps, ties = [], [], [], [], 0
     for row, (g, g_ref) in enumerate(zip(groups, ref, strict=True)):
-        prefs = build(g.scores, rounds.tie_tolerance)
+        prefs = uniform_preferences(rounds.strategy, g.scores, rounds.tie_tolerance)
         ties += prefs.ties_dropped
         for ranking in prefs.rankings:
             source_rows.append(row)

@@ -11,7 +11,7 @@ import ray
 from rlhf.models.vllm_engine import Completion
 from rlhf.schema import SamplingConfig
 
-RewardFunction = Callable[[list[str], list[str]], list[float]]
+GroupScorer = Callable[[list[str], list[list[str]]], list[list[float]]]
 
 
 @dataclass(frozen=True)
@@ -48,33 +48,40 @@ def sample(
     return groups
 
 
-def score(groups: list[list[Completion]], reward: RewardFunction) -> list[ScoredGroup]:
-    """Rewards for every completion; a reward function that misbehaves is named clearly."""
-    prompts = [c.prompt for group in groups for c in group]
-    responses = [c.text for group in groups for c in group]
+def score(groups: list[list[Completion]], score_groups: GroupScorer) -> list[ScoredGroup]:
+    """Rewards for every completion; a reward source that misbehaves is named clearly.
+
+    ``score_groups(prompts, groups_of_texts)`` returns one list of scores per prompt, e.g. a
+    reward actor's ``score_groups`` behind ``ray.get``.
+    """
+    prompts = [group[0].prompt for group in groups]
+    texts = [[c.text for c in group] for group in groups]
     try:
-        scores = list(reward(prompts, responses))
+        scores = score_groups(prompts, texts)
     except Exception as error:
-        raise RuntimeError(f"the reward function raised {type(error).__name__}: {error}") from error
-    if len(scores) != len(responses):
-        raise ValueError(
-            f"the reward function returned {len(scores)} scores for {len(responses)} responses"
-        )
+        cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) else error
+        raise RuntimeError(f"the reward function raised {type(cause).__name__}: {cause}") from error
+    flat = [s for group in scores for s in group]
+    total = sum(len(t) for t in texts)
+    if [len(g) for g in scores] != [len(t) for t in texts]:
+        raise ValueError(f"the reward function returned {len(flat)} scores for {total} responses")
     bad = [
-        i for i, s in enumerate(scores) if not isinstance(s, (int, float)) or not math.isfinite(s)
+        i
+        for i, s in enumerate(flat)
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s)
     ]
     if bad:
-        i = bad[0]
+        responses = [t for group in texts for t in group]
         raise ValueError(
             f"the reward function returned {len(bad)} non-finite or non-numeric scores, "
-            f"first {scores[i]!r} for response {responses[i]!r}"
+            f"first {flat[bad[0]]!r} for response {responses[bad[0]]!r}"
         )
-    result, start = [], 0
-    for group in groups:
-        result.append(
-            ScoredGroup(
-                group[0].prompt, group, [float(s) for s in scores[start : start + len(group)]]
-            )
-        )
-        start += len(group)
-    return result
+    return [
+        ScoredGroup(group[0].prompt, group, [float(s) for s in group_scores])
+        for group, group_scores in zip(groups, scores, strict=True)
+    ]
+
+
+def actor_scorer(reward_actor) -> GroupScorer:
+    """The reward actor's ``score_groups``, called remotely."""
+    return lambda prompts, groups: ray.get(reward_actor.score_groups.remote(prompts, groups))

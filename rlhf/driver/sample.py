@@ -10,12 +10,13 @@ import statistics
 from dataclasses import dataclass, field
 
 from rlhf.driver.common import (
-    load_reward_function,
     ray_session,
     resolve_model_path,
+    start_reward,
     start_samplers,
 )
-from rlhf.driver.rollout import sample, score
+from rlhf.driver.rollout import actor_scorer, sample, score
+from rlhf.rewards import RewardConfig
 from rlhf.schema import EngineConfig, ModelConfig, RayConfig, SamplingConfig
 
 
@@ -27,7 +28,7 @@ class SampleJobConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    reward_function: str = "rlhf.task:sentiment_reward"
+    reward: RewardConfig = field(default_factory=RewardConfig)
     num_prompts: int = 8
     seed: int = 0
 
@@ -37,10 +38,12 @@ def run(cfg: SampleJobConfig) -> list[dict]:
     from rlhf.task import make_prompts
 
     model_path = resolve_model_path(cfg.model)
-    reward = load_reward_function(cfg.reward_function)
     prompts = make_prompts(cfg.num_prompts, seed=cfg.seed, split="eval")
-    with ray_session(cfg.ray):
-        samplers = start_samplers(1, cfg.engine, cfg.model, model_path, cfg.seed, cfg.ray)
+    with ray_session(cfg.ray) as scope:
+        samplers = scope.own(
+            start_samplers(1, cfg.engine, cfg.model, model_path, cfg.seed, cfg.ray)
+        )
+        reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray)))
         scored = score(sample(samplers, prompts, cfg.sampling, cfg.seed), reward)
     records = [
         {"prompt": g.prompt, "response": c.text, "reward": s, "finished": c.finished}

@@ -39,7 +39,9 @@ def default_table_cache() -> Path:
     return Path(default_cache_dir()) / "tables"
 
 
-def load_preference_tables(cfg: Any, model_path: str) -> tuple[pa.Table, pa.Table | None, Any]:
+def load_preference_tables(
+    cfg: Any, model_path: str, scope: Any
+) -> tuple[pa.Table, pa.Table | None, Any]:
     """Train and held-out tables, tokenized, with reference log-probs; plus the tokenizer.
 
     Tables come from the cache when the same model, file and settings were seen before; the
@@ -71,7 +73,7 @@ def load_preference_tables(cfg: Any, model_path: str) -> tuple[pa.Table, pa.Tabl
             table, report = load_preferences(path, tokenizer, cfg.data)
             print(report.summary())
             if needs_reference:
-                server = server or start_reference(cfg, model_path)
+                server = server or scope.own(start_reference(cfg, model_path))
                 table = add_reference_logps(server, table, cfg.reference.chunk_size)
             save_cached(cache_dir, key, table)
         tables.append(table)

@@ -25,3 +25,14 @@ def test_full_ranking_keeps_one_of_each_tie():
 def test_tolerance():
     assert all_pairs([0.5, 0.5001], tie_tolerance=1e-3).rankings == []
     assert all_pairs([0.5, 0.5001]).rankings == [[1, 0]]
+
+
+def test_uniform_preferences_keep_one_width():
+    from rlhf.data.strategies import uniform_preferences
+
+    full = uniform_preferences("ranking", [0.1, 0.9, 0.5, 0.3], 0.0)
+    assert full.rankings == [[1, 2, 3, 0]] and full.ties_dropped == 0
+    tied = uniform_preferences("ranking", [0.1, 0.9, 0.1, 0.3], 0.0)
+    # one response tied (dropped), which shortens the ranking to 3: left out, counted
+    assert tied.rankings == [] and tied.ties_dropped == 2
+    assert uniform_preferences("best_vs_worst", [0.1, 0.9, 0.1], 0.0).rankings == [[1, 0]]

@@ -1,0 +1,31 @@
+"""Reward actor: owns one reward source (a function, a reward model or a judge) and scores."""
+
+from __future__ import annotations
+
+from rlhf.rewards import RewardConfig, flat_scorer, judge_scores, judges, reward_functions
+
+
+class RewardActor:
+    """Scores groups of responses; the driver decides what to do with the scores."""
+
+    def __init__(self, cfg: RewardConfig) -> None:
+        self.cfg = cfg
+        if cfg.kind == "function":
+            fn = reward_functions.get(cfg.function)
+            self._score_groups = flat_scorer(fn)
+        elif cfg.kind == "judge":
+            judge = judges.get(cfg.judge)
+            self._score_groups = lambda prompts, groups: [
+                judge_scores(judge, p, g) for p, g in zip(prompts, groups, strict=True)
+            ]
+        else:
+            from rlhf.models.hf import load_reward_model, reward_model_scores
+
+            model, tokenizer = load_reward_model(cfg.model)
+            self._score_groups = flat_scorer(
+                lambda p, r: reward_model_scores(model, tokenizer, p, r, cfg.label, cfg.batch_size)
+            )
+
+    def score_groups(self, prompts: list[str], groups: list[list[str]]) -> list[list[float]]:
+        """One score per response, grouped like ``groups`` (K responses of each prompt)."""
+        return self._score_groups(prompts, groups)

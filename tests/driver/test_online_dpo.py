@@ -1,0 +1,161 @@
+"""Online DPO with real samplers (vLLM), reference (vLLM) and trainers (DeepSpeed)."""
+
+import math
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rlhf.config import from_dict
+from rlhf.run_dir import read_metrics
+
+pytestmark = pytest.mark.integration
+
+
+def online_config(out_dir, model_path, **sections):
+    from rlhf.driver.online_dpo import OnlineDPOConfig
+
+    data = {
+        "output_dir": str(out_dir),
+        "model": {"path": model_path},
+        "loss": {"name": "sigmoid", "beta": 0.1},
+        "samplers": {"sampling": {"n": 4, "max_tokens": 40}},
+        "rounds": {
+            "rounds": 3,
+            "prompts_per_round": 48,
+            "epochs_per_round": 2,
+            "eval_prompts": 48,
+            "strategy": "best_vs_worst",
+        },
+        "trainer": {"num_ranks": 2, "zero_stage": 2, "micro_batch_size": 8, "lr": 5e-4},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.update(
+            {key: value}
+        )
+    return from_dict(OnlineDPOConfig, data)
+
+
+def _rounds(run_dir):
+    return [r for r in read_metrics(run_dir) if "eval/reward/mean" in r]
+
+
+def test_online_dpo_pairs_raises_reward(ray_cluster, tmp_path, embedded_model_path):
+    from rlhf.driver import online_dpo
+
+    run_dir = online_dpo.run(online_config(tmp_path / "run", embedded_model_path))
+    rounds = _rounds(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    sft, last = rounds[0]["eval/reward/mean"], rounds[-1]["eval/reward/mean"]
+    assert last > sft + 0.05, [r["eval/reward/mean"] for r in rounds]
+    assert all(math.isfinite(r["eval/kl"]) for r in rounds)
+    assert abs(rounds[0]["eval/kl"]) < 0.05  # round 0 samples the SFT model == the reference
+    for phase in ("generate", "score", "reference", "train", "sync"):
+        assert rounds[-1][f"time/{phase}"] > 0
+    samples = pq.read_table(run_dir / "rounds" / "round_0001" / "samples.parquet")
+    assert samples.num_rows == (48 + 48) * 4
+    prefs = pq.read_table(run_dir / "rounds" / "round_0001" / "preferences.parquet")
+    assert prefs.num_rows == rounds[1]["preferences"] > 0
+    assert (run_dir / "rounds.png").stat().st_size > 1000
+
+
+def test_online_dpo_plackett_luce_rankings_raise_reward(ray_cluster, tmp_path, embedded_model_path):
+    from rlhf.driver import online_dpo
+
+    cfg = online_config(
+        tmp_path / "run",
+        embedded_model_path,
+        loss={"name": "plackett_luce"},
+        rounds={"strategy": "ranking"},
+    )
+    run_dir = online_dpo.run(cfg)
+    rounds = _rounds(run_dir)
+    prefs = pq.read_table(run_dir / "rounds" / "round_0000" / "preferences.parquet")
+    assert set(prefs.column("num_responses").to_pylist()) == {4}  # full rankings of K = 4
+    assert rounds[-1]["eval/reward/mean"] > rounds[0]["eval/reward/mean"] + 0.05
+
+
+CALLS = {"n": 0}
+
+
+def _fails_in_round_1(prompts, responses):
+    """Scores round 0, then breaks the way a remote judge does."""
+    CALLS["n"] += 1
+    if CALLS["n"] > 1:
+        raise RuntimeError("judge unavailable")
+    from rlhf.task import sentiment_reward
+
+    return sentiment_reward(prompts, responses)
+
+
+def test_reward_failure_names_itself_and_keeps_earlier_rounds(
+    ray_cluster, tmp_path, embedded_model_path
+):
+    from rlhf.driver import online_dpo
+
+    cfg = online_config(
+        tmp_path / "run",
+        embedded_model_path,
+        reward={"function": "tests.driver.test_online_dpo:_fails_in_round_1"},
+        rounds={"rounds": 2, "prompts_per_round": 16, "eval_prompts": 8},
+    )
+    with pytest.raises(RuntimeError, match="the reward function raised RuntimeError: judge"):
+        online_dpo.run(cfg)
+    run_dir = tmp_path / "run"
+    assert pq.read_table(run_dir / "rounds" / "round_0000" / "samples.parquet").num_rows == 96
+    assert not (run_dir / "rounds" / "round_0001").exists()
+    assert [r["round"] for r in _rounds(run_dir)] == [0]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip()
+    # The job's actors are gone: a shared cluster gets its resources back.
+    deadline = time.time() + 30
+    while ray_cluster.available_resources().get("CPU", 0) < 7 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources().get("CPU", 0) >= 7
+
+
+def test_weight_sync_makes_sampler_logprobs_equal_trainer(
+    ray_cluster, tmp_path, embedded_model_path
+):
+    """Before a sync the sampler still has the SFT weights; after it, the trained ones."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.trainer import start_policy_trainers
+    from rlhf.data.batch import PreferenceBatch
+    from rlhf.driver.common import start_samplers
+    from rlhf.driver.online_dpo import sync_weights
+    from rlhf.models.deepspeed_config import TrainerConfig
+    from rlhf.schema import EngineConfig, ModelConfig, RayConfig
+
+    trainers = start_policy_trainers(
+        embedded_model_path, TrainerConfig(num_ranks=2, lr=1e-2), "sigmoid", 0.1
+    )
+    (sampler,) = start_samplers(
+        1,
+        EngineConfig(),
+        ModelConfig(path=embedded_model_path),
+        embedded_model_path,
+        0,
+        RayConfig(),
+    )
+    seq = [1, 10, 11, 12, 13, 14, 15, 2]
+    ids = torch.tensor([seq, seq[:-2] + [16, 2]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]] * 2)
+    batch = PreferenceBatch(ids, torch.ones_like(ids), mask, torch.tensor([-10.0, -10.0]), 2)
+    for _ in range(3):
+        ray_cluster.get(trainers.call_sharded("train_step", batch))
+    weights = ray_cluster.get(trainers.call("state_dict_for_sync"))[0]
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32)
+    model.load_state_dict(weights, strict=False)
+    with torch.no_grad():
+        logp = model(torch.tensor([seq])).logits.log_softmax(-1)[0]
+    trained = [logp[t - 1, seq[t]].item() for t in range(1, len(seq))]
+
+    before = ray_cluster.get(sampler.token_logprobs.remote([seq]))[0]
+    assert max(abs(a - b) for a, b in zip(before, trained, strict=True)) > 1e-2
+    nbytes = sync_weights(trainers, [sampler])
+    after = ray_cluster.get(sampler.token_logprobs.remote([seq]))[0]
+    assert max(abs(a - b) for a, b in zip(after, trained, strict=True)) < 1e-4
+    assert nbytes > 100_000
+    trainers.kill()
+    ray_cluster.kill(sampler)
