@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import Tensor
 from actors.group import ActorGroup
 from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
 from rlhf.data.batch import PreferenceBatch
+from rlhf.files import replace_dir
 from rlhf.models.deepspeed_config import (
     TrainerConfig,
     check_device,
@@ -307,7 +307,7 @@ class PolicyTrainer:
             tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
             self.engine.module.save_pretrained(tmp, state_dict=state)
             self._save_tokenizer(tmp)
-            _replace_dir(tmp, target)
+            replace_dir(tmp, target)
         dist.barrier()
 
     def _save_tokenizer(self, directory: Path) -> None:
@@ -356,17 +356,6 @@ class PolicyTrainer:
     def node_id(self) -> str:
         """The Ray node this rank runs on."""
         return ray.get_runtime_context().get_node_id()
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Moves directory ``new`` to ``target``, replacing what is there, by renames."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def start_policy_trainers(

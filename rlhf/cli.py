@@ -75,6 +75,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     loop(load_config(loop.metadata["config"], config, overrides), resume=args.resume)
 
 
+def cmd_plugins(args: argparse.Namespace) -> None:
+    """Every registered algorithm piece, built-in or from a plugin, with where it came from."""
+    from rlhf.plugins import all_registries
+
+    for registry in all_registries():
+        print(f"{registry.kind}  ({registry.expected_signature})")
+        for entry in registry.items():
+            print(f"  {entry.name:<16} {entry.origin}")
+
+
 def cmd_make_data(args: argparse.Namespace) -> None:
     from rlhf.driver import make_data
 
@@ -94,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, str(CONFIGS / "demo.yaml"))
     p.add_argument("--resume", action="store_true", help="continue the last demo run")
     p.set_defaults(func=cmd_demo, default_config=str(CONFIGS / "demo.yaml"))
+
+    p = sub.add_parser("plugins", help="list losses, estimators, rewards, ... and their origin")
+    p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("sample", help="sample the model on held-out prompts, with rewards")
     _add_config_args(p, str(CONFIGS / "sample.yaml"))

@@ -22,18 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rlhf.files import atomic_write_text
+
 LATEST = "latest"
 DRIVER_STATE = "driver_state.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` so that ``path`` holds either the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class MetricsLogger:

@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from rlhf.data.io import atomic_path
 from rlhf.data.table import FORMAT_VERSION
+from rlhf.files import atomic_path
 
 _KEY = re.compile(r"[0-9a-f]{16,128}")
 _KEY_METADATA = b"rlhf.data.cache_key"

@@ -13,10 +13,7 @@ row is checked (:mod:`rlhf.data.records`); a bad row is an error naming file, ro
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +32,7 @@ from rlhf.data.records import (
     check_ranking,
     keep_one_k,
 )
+from rlhf.files import atomic_path
 
 Shape = Literal["pairs", "ranking"]
 
@@ -189,21 +187,6 @@ def _shape(columns: Sequence[str], path: str) -> Shape:
 
 
 # ---- writing -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; on success it replaces ``path`` in one step."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(temp)
-        os.replace(temp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
 
 
 def write_preferences(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:

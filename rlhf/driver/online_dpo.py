@@ -24,7 +24,6 @@ from tqdm import tqdm
 from rlhf.algorithms.registry import UnknownNameError
 from rlhf.config import ConfigError
 from rlhf.data.errors import DataReport
-from rlhf.data.io import atomic_path
 from rlhf.data.strategies import get_pair_strategy, uniform_preferences
 from rlhf.data.table import build_table, with_ref_logps
 from rlhf.driver.common import (
@@ -47,6 +46,7 @@ from rlhf.driver.preference_training import (
 from rlhf.driver.reference import response_logps
 from rlhf.driver.rollout import ScoredGroup, actor_scorer, sample, score
 from rlhf.driver.setup import open_run, start_reference, start_trainers
+from rlhf.files import atomic_path
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.plots import plot_rounds
 from rlhf.rewards import RewardConfig

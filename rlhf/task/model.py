@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rlhf.files import replace_dir
 from rlhf.task.grammar import make_prompts, make_sft_corpus, vocabulary
 from rlhf.task.reward import sentiment_score
 from rlhf.task.tokenizer import build_tokenizer
@@ -113,7 +114,7 @@ def build_tiny_model(
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache_dir))
         try:
             _build_into(tmp, settings, progress)
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -148,18 +149,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Moves the finished ``src`` to ``dst``, replacing an older ``dst`` (two renames)."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old.tmp")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def _make_readable(directory: Path) -> None:

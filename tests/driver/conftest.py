@@ -51,7 +51,7 @@ def dpo_config(data_path, out_dir, model_path, table_cache, **sections):
             "lr": 1e-3,
             "warmup_steps": 5,
         },
-        "schedule": {"epochs": 6, "eval_every": 0, "save_every": 0},
+        "schedule": {"epochs": 8, "eval_every": 0, "save_every": 0},
     }
     for key, value in sections.items():
         if isinstance(value, dict):

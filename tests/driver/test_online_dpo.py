@@ -67,7 +67,7 @@ def test_online_dpo_plackett_luce_rankings_raise_reward(ray_cluster, tmp_path, e
         tmp_path / "run",
         embedded_model_path,
         loss={"name": "plackett_luce"},
-        rounds={"strategy": "ranking"},
+        rounds={"strategy": "ranking", "rounds": 5},
     )
     run_dir = online_dpo.run(cfg)
     rounds = _rounds(run_dir)
