@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRA  ?= cpu
 
+SOURCES = $(wildcard rlhf actors tests benchmarks examples)
+
 .PHONY: demo test lint format setup build clean
 
 setup: $(STAMP)
@@ -28,12 +30,12 @@ build: $(STAMP)
 	$(BIN)/rlhf build
 
 lint: $(STAMP)
-	$(BIN)/ruff check rlhf actors tests benchmarks examples
-	$(BIN)/ruff format --check rlhf actors tests benchmarks examples
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 format: $(STAMP)
-	$(BIN)/ruff format rlhf actors tests benchmarks examples
-	$(BIN)/ruff check --fix rlhf actors tests benchmarks examples
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
 
 test: lint
 	$(BIN)/python -m pytest

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,7 +44,7 @@ from rlhf.driver.preference_training import (
     train_step,
 )
 from rlhf.driver.reference import response_logps
-from rlhf.driver.rollout import ScoredGroup, actor_scorer, sample, score
+from rlhf.driver.rollout import GroupScorer, ScoredGroup, actor_scorer, sample, score
 from rlhf.driver.setup import open_run, start_reference, start_trainers
 from rlhf.files import atomic_path
 from rlhf.models.deepspeed_config import TrainerConfig
@@ -138,6 +138,7 @@ def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
         )
         reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray)))
         group = scope.own(start_trainers(cfg, model_path))
+        workers = Workers(samplers, reference, reward, group)
         checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
         state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
         if state.round > 0:  # resumed: the samplers must sample from the restored policy
@@ -147,17 +148,7 @@ def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
         while state.round < r.rounds:
             prompts = train_prompts[state.round * r.prompts_per_round :][: r.prompts_per_round]
             metrics = run_round(
-                cfg,
-                state,
-                prompts,
-                eval_prompts,
-                samplers,
-                reference,
-                group,
-                reward,
-                tokenizer.pad_token_id,
-                logger,
-                run_dir,
+                cfg, state, prompts, eval_prompts, workers, tokenizer.pad_token_id, logger, run_dir
             )
             state.round += 1
             logger.log(state.step, metrics)
@@ -175,15 +166,22 @@ def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
     return run_dir
 
 
+@dataclass(frozen=True)
+class Workers:
+    """The actors a round uses, one field per role."""
+
+    samplers: list  # vLLM sampler actors
+    reference: Any  # the reference server actor
+    reward: GroupScorer  # scores groups of responses (the reward actor, remotely)
+    trainers: Any  # the policy trainer ActorGroup
+
+
 def run_round(
     cfg: OnlineDPOConfig,
     state: TrainState,
     prompts: list[str],
     eval_prompts: list[str],
-    samplers: list,
-    reference,
-    group,
-    reward,
+    workers: Workers,
     pad_token_id: int,
     logger: MetricsLogger,
     run_dir: Path,
@@ -192,12 +190,12 @@ def run_round(
     seed = cfg.seed * 100_003 + state.round
     timer = PhaseTimer()
     with timer("generate"):
-        groups = sample(samplers, prompts + eval_prompts, cfg.samplers.sampling, seed)
+        groups = sample(workers.samplers, prompts + eval_prompts, cfg.samplers.sampling, seed)
     with timer("score"):
-        scored = score(groups, reward)
+        scored = score(groups, workers.reward)
     train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
     with timer("reference"):
-        ref = reference_logps(reference, scored, cfg.reference.chunk_size)
+        ref = reference_logps(workers.reference, scored, cfg.reference.chunk_size)
     train_ref, eval_ref = ref[: len(prompts)], ref[len(prompts) :]
     table, ties = preference_table(train_groups, train_ref, cfg.rounds, state.round)
     write_round(run_dir, state.round, train_groups, train_ref, eval_groups, eval_ref, table)
@@ -210,11 +208,11 @@ def run_round(
     }
     with timer("train"):
         if table.num_rows:
-            train_metrics = train_on(cfg, state, group, table, pad_token_id, logger)
+            train_metrics = train_on(cfg, state, workers.trainers, table, pad_token_id, logger)
             metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
     with timer("sync"):
-        moved = reference if _moves_reference(cfg) else None
-        metrics["sync_bytes"] = sync_weights(group, samplers, moved)
+        moved = workers.reference if _moves_reference(cfg) else None
+        metrics["sync_bytes"] = sync_weights(workers.trainers, workers.samplers, moved)
     metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
     return metrics
 
