@@ -1,0 +1,265 @@
+"""The same batch gives the same DPO loss as TRL's DPOTrainer.
+
+TRL (1.16) computes its loss inside ``DPOTrainer._compute_loss(model, inputs)``, from the
+per-token log-probs its fused LM head returns. The tests call that code path itself:
+
+- on given log-probs: a stub model hands TRL chosen per-token log-probs, the reference
+  log-probs come in the batch (``precompute_ref_log_probs=True``), and our ``dpo_loss`` gets the
+  same numbers summed over the response; the losses and their gradients must agree;
+- on a real batch of the embedded model: TRL tokenizes and collates the pairs and runs its
+  (perturbed) policy and its reference; we go through our own data path (``load_preferences``,
+  ``collate``) and the trainer's log-prob and loss functions on the same two models.
+
+Known differences, pinned here so that they stay deliberate:
+
+- TRL's ``ipo`` divides each response's log-ratio by its number of tokens; ours is the paper's
+  eq. 17 on summed log-probs. Ours equals TRL's when given per-token-mean log-probs.
+- TRL's ``sigmoid`` ignores ``label_smoothing`` (TRL uses it for ``robust`` and ``exo_pair``
+  only), so our conservative DPO (sigmoid with label_smoothing eps) is checked as the mix
+  (1 - eps) * TRL(pairs) + eps * TRL(pairs with chosen and rejected swapped), which is its
+  definition.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+pytestmark = pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")
+
+from rlhf.algorithms import RankedLogps, dpo_loss, get_preference_loss  # noqa: E402
+
+B = 6  # pairs in the synthetic batch
+PROMPT_LEN = 5
+
+
+class _FixedLogps(torch.nn.Module):
+    """Stands in for TRL's fused-LM-head model: returns the given per-token log-probs."""
+
+    def __init__(self, token_logps: torch.Tensor) -> None:
+        super().__init__()
+        self.token_logps = token_logps  # [2B, T - 1], 0 off the completion
+
+    def forward(self, **_: object) -> SimpleNamespace:
+        zeros = torch.zeros_like(self.token_logps)
+        return SimpleNamespace(
+            log_probs=self.token_logps,
+            entropy=zeros,
+            mean_logits=zeros,
+            is_top1=zeros.bool(),
+        )
+
+
+def _trl_trainer(model_path: str, out, loss_type: str, beta: float, precompute: bool, model=None):
+    """A real DPOTrainer on the tiny model (its dataset: two pairs, only to construct it)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        beta=beta,
+        loss_type=[loss_type],
+        precompute_ref_log_probs=precompute,
+        gradient_checkpointing=False,
+        bf16=False,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    data = Dataset.from_dict(
+        {
+            "prompt": [" i saw it", " we saw it"],
+            "chosen": [" good ."] * 2,
+            "rejected": [" bad ."] * 2,
+        }
+    )
+    return DPOTrainer(
+        model=model if model is not None else AutoModelForCausalLM.from_pretrained(model_path),
+        args=args,
+        train_dataset=data,
+        processing_class=AutoTokenizer.from_pretrained(model_path),
+    )
+
+
+def _synthetic_batch(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """TRL's batch layout ([chosen; rejected] rows) with random per-token log-probs.
+
+    Returns the batch (reference log-probs included), the policy's per-token log-probs
+    [2B, T - 1] (a leaf that requires grad) and the completion lengths [2B].
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 12, (2 * B,), generator=gen)
+    width = PROMPT_LEN + int(lengths.max())
+    positions = torch.arange(width)
+    completion = (positions >= PROMPT_LEN) & (positions < PROMPT_LEN + lengths[:, None])
+    attention = positions < PROMPT_LEN + lengths[:, None]
+    token_logps = -3 * torch.rand(2 * B, width - 1, generator=gen, dtype=torch.float64)
+    token_logps = (token_logps * completion[:, 1:]).requires_grad_(True)
+    ref = token_logps.detach().sum(1) + torch.randn(2 * B, generator=gen, dtype=torch.float64)
+    batch = {
+        "input_ids": torch.randint(3, 300, (2 * B, width), generator=gen) * attention,
+        "attention_mask": attention.long(),
+        "completion_mask": completion.long(),
+        "ref_chosen_logps": ref[:B],
+        "ref_rejected_logps": ref[B:],
+    }
+    return batch, token_logps, lengths
+
+
+def _swapped(batch: dict[str, torch.Tensor], token_logps: torch.Tensor):
+    """The same pairs with chosen and rejected exchanged."""
+
+    def swap(x):
+        return torch.cat([x[B:], x[:B]])
+
+    out = {k: swap(v) for k, v in batch.items() if not k.startswith("ref_")}
+    out["ref_chosen_logps"], out["ref_rejected_logps"] = (
+        batch["ref_rejected_logps"],
+        batch["ref_chosen_logps"],
+    )
+    return out, swap(token_logps)
+
+
+def _ours(token_logps, batch, beta, loss_type, label_smoothing=0.0, per_token_mean=False):
+    logps = token_logps.sum(1)
+    ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
+    if per_token_mean:
+        lengths = batch["completion_mask"].sum(1)
+        logps, ref = logps / lengths, ref / lengths
+    losses, _, _ = dpo_loss(
+        logps[:B], logps[B:], ref[:B], ref[B:], beta, loss_type, label_smoothing
+    )
+    return losses.mean()
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
+def test_same_loss_and_gradient_as_trl_on_given_logps(
+    embedded_model_path, tmp_path, loss_type, beta
+):
+    trainer = _trl_trainer(embedded_model_path, tmp_path, loss_type, beta, precompute=True)
+    batch, token_logps, _ = _synthetic_batch(seed=int(beta * 10) + len(loss_type))
+
+    theirs = trainer._compute_loss(_FixedLogps(token_logps), batch, return_outputs=False)
+    (their_grad,) = torch.autograd.grad(theirs, token_logps)
+    # TRL's IPO works on per-token means (see the module docstring); the rest on sums.
+    ours = _ours(token_logps, batch, beta, loss_type, per_token_mean=loss_type == "ipo")
+    (our_grad,) = torch.autograd.grad(ours, token_logps)
+
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6, abs=1e-9)
+    torch.testing.assert_close(our_grad, their_grad, rtol=1e-6, atol=1e-9)
+    if loss_type == "ipo":  # on summed log-probs the two IPOs differ
+        summed = _ours(token_logps, batch, beta, "ipo")
+        assert summed.item() != pytest.approx(theirs.item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.1, 0.3])
+def test_conservative_dpo_is_the_label_mix_of_trl_sigmoid(
+    embedded_model_path, tmp_path, label_smoothing
+):
+    trainer = _trl_trainer(embedded_model_path, tmp_path, "sigmoid", 0.1, precompute=True)
+    batch, token_logps, _ = _synthetic_batch(seed=7)
+    swapped, swapped_logps = _swapped(batch, token_logps)
+
+    kept = trainer._compute_loss(_FixedLogps(token_logps), batch, return_outputs=False)
+    flipped = trainer._compute_loss(_FixedLogps(swapped_logps), swapped, return_outputs=False)
+    theirs = (1 - label_smoothing) * kept + label_smoothing * flipped
+    (their_grad,) = torch.autograd.grad(theirs, token_logps)
+    ours = _ours(token_logps, batch, 0.1, "sigmoid", label_smoothing)
+    (our_grad,) = torch.autograd.grad(ours, token_logps)
+
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    torch.testing.assert_close(our_grad, their_grad, rtol=1e-6, atol=1e-9)
+
+
+# --- a real batch of the embedded model -------------------------------------------------------
+
+PAIRS = [
+    (" it was great and the acting was wonderful .", " it was boring ."),
+    (" i loved it .", " the plot was a mess and i hated the ending ."),
+    (" not bad at all , a fun movie .", " terrible ."),
+    (" the music was beautiful .", " the film was not good ."),
+]
+
+
+@pytest.fixture(scope="module")
+def real_pairs():
+    from rlhf.task import make_prompts
+
+    prompts = make_prompts(len(PAIRS), seed=3)
+    return [
+        {"prompt": p, "chosen": c, "rejected": r} for p, (c, r) in zip(prompts, PAIRS, strict=True)
+    ]
+
+
+@pytest.fixture(scope="module")
+def models(embedded_model_path):
+    """(reference, policy): the embedded model and a copy with every weight perturbed."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(embedded_model_path).eval()
+    policy = AutoModelForCausalLM.from_pretrained(embedded_model_path).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in policy.parameters():
+            param.add_(0.02 * torch.randn(param.shape, generator=gen))
+    return reference, policy
+
+
+def _our_batch_logps(real_pairs, model_path, tmp_path, models):
+    """Our data path and the trainer's log-prob function: [B, 2] policy and reference logps."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    from rlhf.data.config import DataConfig
+    from rlhf.data.loader import collate
+    from rlhf.data.prepare import load_preferences
+    from rlhf.models.hf import batch_logps
+
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(real_pairs), path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    table, _ = load_preferences(str(path), tokenizer, DataConfig(path=str(path)))
+    batch = collate(table, tokenizer.pad_token_id)
+    with torch.no_grad():
+        reference, policy = (
+            batch_logps(m, batch.input_ids, batch.attention_mask, batch.loss_mask)[0].view(-1, 2)
+            for m in models
+        )
+    return table, RankedLogps(policy, reference, batch.response_lengths.view(-1, 2))
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
+def test_same_loss_as_trl_on_a_real_batch(
+    embedded_model_path, tmp_path, real_pairs, models, loss_type
+):
+    from datasets import Dataset
+
+    reference, policy = models
+    trainer = _trl_trainer(
+        embedded_model_path, tmp_path, loss_type, 0.1, precompute=False, model=policy
+    )
+    # TRL loads its reference from the policy's model path: the unperturbed embedded model.
+    dataset = trainer._prepare_dataset(
+        Dataset.from_list(real_pairs), trainer.processing_class, trainer.args, "parity"
+    )
+    collated = trainer.data_collator([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        theirs = trainer._compute_loss(trainer.model, collated, return_outputs=False)
+
+    table, logps = _our_batch_logps(real_pairs, embedded_model_path, tmp_path, models)
+    ours = get_preference_loss(loss_type)(logps, 0.1).mean()
+
+    # Same tokens: TRL's prompt / chosen / rejected ids are ours.
+    assert table.column("prompt_ids").to_pylist() == dataset["prompt_ids"]
+    responses = table.column("response_ids").to_pylist()
+    assert [r[0] for r in responses] == dataset["chosen_ids"]
+    assert [r[1] for r in responses] == dataset["rejected_ids"]
+    # The policy really differs from the reference, so the loss is not the trivial ln 2.
+    assert (logps.policy - logps.reference).abs().max() > 0.1
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
