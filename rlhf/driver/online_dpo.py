@@ -76,7 +76,7 @@ class RoundsConfig:
     reference_update: Literal["fixed", "previous_round"] = "fixed"
 
     def validate(self) -> None:
-        for key in ("rounds", "prompts_per_round", "epochs_per_round"):
+        for key in ("rounds", "prompts_per_round", "epochs_per_round", "eval_prompts"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")
         try:

@@ -119,7 +119,8 @@ def token_logprobs(llm: LLM, sequences: list[list[int]]) -> list[list[float]]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+    # detokenize=False: only the numbers are needed (about 25% faster, identical values).
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
     prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in sequences]
     outputs = llm.generate(prompts, params, use_tqdm=False)
     result = []

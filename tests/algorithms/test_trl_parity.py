@@ -22,6 +22,7 @@ Known differences, pinned here so that they stay deliberate:
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -241,8 +242,8 @@ def test_same_loss_as_trl_on_a_real_batch(
     from datasets import Dataset
 
     reference, policy = models
-    trainer = _trl_trainer(
-        embedded_model_path, tmp_path, loss_type, 0.1, precompute=False, model=policy
+    trainer = _trl_trainer(  # TRL patches its model's forward: give it a copy
+        embedded_model_path, tmp_path, loss_type, 0.1, precompute=False, model=copy.deepcopy(policy)
     )
     # TRL loads its reference from the policy's model path: the unperturbed embedded model.
     dataset = trainer._prepare_dataset(

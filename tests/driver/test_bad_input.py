@@ -52,3 +52,9 @@ def test_bad_row_is_named_before_training(ray_cluster, tmp_path, embedded_model_
     with pytest.raises(DataError, match=r"bad\.jsonl line 3, field 'rejected': empty response"):
         dpo.run(cfg)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_online_rounds_need_held_out_prompts():
+    result = _rlhf("train", "configs/online_dpo.yaml", "rounds.eval_prompts=0")
+    assert result.returncode != 0
+    assert "rounds: eval_prompts must be at least 1" in result.stderr

@@ -1,0 +1,135 @@
+"""What the benchmarks share: jobs in fresh processes, phase timers, the preference data, tables.
+
+Every measured job runs in its own Python process (``run_job``): imports, threads, Ray and
+memory of one job never leak into the next, and imports stay outside the timings of both
+sides. A job prints one ``RESULT {json}`` line; everything else it prints goes to a log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT = "RESULT "
+
+
+class Phases:
+    """Wall seconds per named phase: ``with phases("train"): ...`` (repeats add up)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def timed(self, name: str, fn):
+        """``fn`` wrapped so that each call's wall time adds to ``name``."""
+
+        def wrapper(*args, **kwargs):
+            with self(name):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def run_job(script: Path, job: dict[str, Any], log: Path, timeout_s: float = 1800) -> dict:
+    """Runs ``script --job JSON`` in a fresh process; returns the job's RESULT (raises on failure)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [sys.executable, str(script), "--job", json.dumps(job)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            timeout=timeout_s,
+        )
+    lines = [line for line in log.read_text().splitlines() if line.startswith(RESULT)]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise RuntimeError(f"job {job} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    return json.loads(lines[-1][len(RESULT) :])
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Prints a job's result where ``run_job`` finds it."""
+    print(RESULT + json.dumps(result), flush=True)
+
+
+def make_pairs(out: Path, pairs: int, seed: int = 0) -> Path:
+    """Exactly ``pairs`` preference pairs made the DPO paper's way (``rlhf make-data``).
+
+    K = 4 SFT samples per training prompt, labelled by the task reward, all differently-scored
+    pairs (about 5.9 per prompt); enough prompts are sampled, then the file is cut to ``pairs``
+    rows. Reused when ``out`` already holds that many rows.
+    """
+    import pyarrow.parquet as pq
+
+    from rlhf.config import from_dict
+    from rlhf.driver import make_data
+
+    if out.exists() and pq.read_metadata(out).num_rows == pairs:
+        return out
+    raw = out.with_name(out.stem + ".all.parquet")
+    num_prompts = math.ceil(pairs / 5.0) + 8
+    while True:
+        cfg = from_dict(
+            make_data.MakeDataConfig,
+            {"output": str(raw), "num_prompts": num_prompts, "strategy": "all_pairs", "seed": seed},
+        )
+        table = pq.read_table(make_data.run(cfg))
+        if table.num_rows >= pairs:
+            break
+        num_prompts = math.ceil(num_prompts * 1.25 * pairs / max(table.num_rows, 1))
+    pq.write_table(table.slice(0, pairs), out)
+    return out
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """A plain aligned text table (floats with one decimal)."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print(
+        "  ".join(
+            h.rjust(w) if i else h.ljust(w)
+            for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    )
+    for row in cells:
+        print(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)

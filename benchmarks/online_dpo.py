@@ -1,0 +1,435 @@
+"""Online DPO: round time by phase, weight-sync bandwidth, and TRL's OnlineDPOTrainer.
+
+    .venv/bin/python benchmarks/online_dpo.py              # 6 rounds x 64 prompts
+    .venv/bin/python benchmarks/online_dpo.py --quick      # 2 rounds x 32 prompts, fewer jobs
+
+Jobs, each in a fresh process, on the embedded model and task (sentiment reward), 8 prompts per
+optimizer step, beta 0.1, lr 5e-4, up to 48 new tokens at temperature 1, fp32:
+
+- ours (``rlhf.driver.online_dpo.run``, ``configs/online_dpo.yaml``): K = 2 samples per prompt
+  (TRL's fixed K) and K = 4 (our default), best-vs-worst pairs, one pass over each round's pairs,
+  one held-out prompt per round (the job's evaluation cannot be switched off; TRL evaluates
+  nothing). Phases come from metrics.jsonl (``time/generate|score|reference|train|sync``);
+  the whole round, start-up and the per-round checkpoint are timed by wrapping the functions
+  the driver calls (the wrappers only time and delegate, and wait until new actors are up).
+- TRL ``trl.experimental.online_dpo.OnlineDPOTrainer`` with the task's reward as a Python reward
+  function, generating with transformers (TRL's default; its vLLM mode needs CUDA). Prompts get
+  the tokenizer's BOS written in front (TRL tokenizes prompts without special tokens; our
+  samplers add BOS, which the embedded model was trained with); the reward sees them without.
+  Gradient checkpointing on (TRL's default) and off (as ours).
+
+Weight sync: bytes/s of each round's sync (``sync_bytes / time/sync``: rank 0 gathers the
+weights, Ray carries them, vLLM reloads them) against a plain in-memory copy of the same tensors
+in one process (``tensor.clone()`` of the model's state dict); ``--no-sync-parts`` skips timing
+the parts of a sync one by one (gather, object store, reload), which starts Ray once more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REPO, Phases, emit, print_table, run_job  # noqa: E402
+
+PHASES = ("generate", "score", "reference", "train", "sync")
+
+
+# --- the jobs (each in its own process) ------------------------------------------------------
+
+
+def ours_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Our online DPO job; returns start-up phases, per-round wall times and metrics."""
+    import ray
+    import torch.utils.tensorboard  # noqa: F401 (imported before the clock, as TRL's are)
+
+    from rlhf.config import load_config
+    from rlhf.driver import online_dpo
+    from rlhf.run_dir import read_metrics
+
+    out = Path(job["out"])
+    cfg = load_config(
+        online_dpo.OnlineDPOConfig,
+        REPO / "configs" / "online_dpo.yaml",
+        [
+            f"model.path={job['model']}",
+            f"output_dir={out / 'run'}",
+            f"rounds.rounds={job['rounds']}",
+            f"rounds.prompts_per_round={job['prompts_per_round']}",
+            "rounds.epochs_per_round=1",
+            "rounds.eval_prompts=1",
+            f"samplers.sampling.n={job['k']}",
+            f"samplers.sampling.max_tokens={job['max_tokens']}",
+            "samplers.sampling.temperature=1.0",
+            f"loss.beta={job['beta']}",
+            f"trainer.lr={job['lr']}",
+            f"trainer.num_ranks={job['ranks']}",
+            f"trainer.micro_batch_size={job['batch'] // job['ranks']}",
+        ],
+    )
+    phases = Phases()
+    rounds: list[float] = []
+
+    @contextlib.contextmanager
+    def session(ray_cfg):
+        start = time.perf_counter()
+        with original["ray_session"](ray_cfg) as scope:
+            phases.add("ray start", time.perf_counter() - start)
+            yield scope
+            start = time.perf_counter()
+        phases.add("teardown", time.perf_counter() - start)
+
+    def start_reference(*args, **kwargs):
+        with phases("engine load"):
+            server = original["start_reference"](*args, **kwargs)
+            ray.get(server.token_logprobs.remote([[1, 2]]))  # returns once the engine is up
+        return server
+
+    def start_samplers(*args, **kwargs):
+        with phases("engine load"):
+            samplers = original["start_samplers"](*args, **kwargs)
+            ray.get([s.token_logprobs.remote([[1, 2]]) for s in samplers])
+        return samplers
+
+    def start_trainers(*args, **kwargs):
+        with phases("trainer start"):
+            group = original["start_trainers"](*args, **kwargs)
+            ray.get(group.call("ping"))
+        return group
+
+    def run_round(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original["run_round"](*args, **kwargs)
+        finally:
+            rounds.append(time.perf_counter() - start)
+
+    wrappers = {
+        "ray_session": session,
+        "start_reference": start_reference,
+        "start_samplers": start_samplers,
+        "start_trainers": start_trainers,
+        "run_round": run_round,
+        "save_checkpoint": phases.timed("checkpoint", online_dpo.save_checkpoint),
+    }
+    original = {name: getattr(online_dpo, name) for name in wrappers}
+    for name, wrapper in wrappers.items():
+        setattr(online_dpo, name, wrapper)
+
+    start = time.perf_counter()
+    run_dir = online_dpo.run(cfg)
+    total = time.perf_counter() - start - phases.seconds.pop("teardown")
+    per_round = [m for m in read_metrics(run_dir) if "round" in m and "time/sync" in m]
+    return {
+        "seconds": phases.seconds,
+        "total": total,
+        "rounds": rounds,
+        "round_metrics": [
+            {k: m[k] for k in m if k.startswith("time/") or k in ("sync_bytes", "preferences")}
+            for m in per_round
+        ],
+        "prompts": job["rounds"] * job["prompts_per_round"],
+    }
+
+
+def trl_job(job: dict[str, Any]) -> dict[str, Any]:
+    """TRL's OnlineDPOTrainer on the same prompts, reward and model; returns its timings."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    from rlhf.task import make_prompts, sentiment_reward
+
+    out = Path(job["out"])
+    tokenizer = AutoTokenizer.from_pretrained(job["model"])
+    bos = tokenizer.bos_token or ""
+    num_prompts = job["rounds"] * job["prompts_per_round"]
+    prompts = [bos + p for p in make_prompts(num_prompts, seed=0, split="train")]
+
+    def sentiment(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return sentiment_reward([p.removeprefix(bos) for p in prompts], completions)
+
+    args = OnlineDPOConfig(
+        output_dir=str(out / "run"),
+        per_device_train_batch_size=job["batch"],
+        learning_rate=job["lr"],
+        beta=[job["beta"]],
+        max_new_tokens=job["max_tokens"],
+        temperature=1.0,
+        num_train_epochs=1,
+        bf16=False,
+        report_to="none",
+        gradient_checkpointing=job["gradient_checkpointing"],
+    )
+    phases = Phases()
+    start = time.perf_counter()
+    with phases("start-up"):
+        trainer = OnlineDPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(job["model"]),
+            reward_funcs=sentiment,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            processing_class=tokenizer,
+        )
+    with phases("train"):
+        trainer.train()
+    with phases("save"):
+        trainer.save_model(str(out / "model"))
+    total = time.perf_counter() - start
+    return {"seconds": phases.seconds, "total": total, "prompts": num_prompts}
+
+
+def sync_parts_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The parts of one weight sync, timed one by one with the framework's public pieces."""
+    import ray
+
+    from rlhf.config import load_config
+    from rlhf.driver import online_dpo
+    from rlhf.driver.common import ray_session, start_samplers
+    from rlhf.driver.setup import start_trainers
+
+    cfg = load_config(
+        online_dpo.OnlineDPOConfig,
+        REPO / "configs" / "online_dpo.yaml",
+        [f"model.path={job['model']}", f"trainer.num_ranks={job['ranks']}"],
+    )
+    parts: dict[str, list[float]] = {"gather": [], "put": [], "reload": [], "whole": []}
+    with ray_session(cfg.ray) as scope:
+        samplers = scope.own(
+            start_samplers(1, cfg.samplers.engine, cfg.model, job["model"], 0, cfg.ray)
+        )
+        group = scope.own(start_trainers(cfg, job["model"]))
+        ray.get(group.call("ping") + [s.token_logprobs.remote([[1, 2]]) for s in samplers])
+        for _ in range(job["repeats"]):
+            t0 = time.perf_counter()
+            weights = ray.get(group.call("state_dict_for_sync"))[0]
+            t1 = time.perf_counter()
+            handle = ray.put(weights)
+            t2 = time.perf_counter()
+            ray.get([s.load_weights.remote(handle) for s in samplers])
+            t3 = time.perf_counter()
+            online_dpo.sync_weights(group, samplers)
+            t4 = time.perf_counter()
+            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                parts[name].append(seconds)
+    nbytes = sum(t.numel() * t.element_size() for t in weights.values())
+    return {"parts": {k: statistics.median(v) for k, v in parts.items()}, "bytes": nbytes}
+
+
+def memory_copy_rate(model_path: str, repeats: int = 50) -> tuple[int, float]:
+    """(bytes, bytes/s) of cloning the model's state dict tensors in this process."""
+    from transformers import AutoModelForCausalLM
+
+    state = AutoModelForCausalLM.from_pretrained(model_path).state_dict()
+    tensors = list({t.data_ptr(): t for t in state.values()}.values())  # tied weights once
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        copies = [t.clone() for t in tensors]
+        times.append(time.perf_counter() - start)
+        del copies
+    return nbytes, nbytes / statistics.median(times)
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def ours_summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    s = result["seconds"]
+    startup = sum(s.get(k, 0.0) for k in ("ray start", "engine load", "trainer start"))
+    rounds = result["rounds"]
+    metrics = result["round_metrics"]
+    checkpoint = s.get("checkpoint", 0.0) / max(len(rounds), 1)
+    steady = rounds[1:] or rounds  # round 0 pays first-call costs (compiles, allocations)
+    return {
+        "name": name,
+        "startup": startup,
+        "loop": sum(rounds) + s.get("checkpoint", 0.0),
+        "total": result["total"],
+        "prompts": result["prompts"],
+        "round0": rounds[0] + checkpoint,
+        "round": statistics.mean(steady) + checkpoint,
+        "phases": {
+            p: statistics.mean(m[f"time/{p}"] for m in (metrics[1:] or metrics)) for p in PHASES
+        },
+        "checkpoint": checkpoint,
+        "sync_bytes": metrics[-1]["sync_bytes"],
+        "sync_rate": statistics.median(m["sync_bytes"] / m["time/sync"] for m in metrics),
+        "sync_share": statistics.mean(
+            m["time/sync"] / (r + checkpoint) for m, r in zip(metrics, rounds, strict=True)
+        ),
+        "preferences": statistics.mean(m["preferences"] for m in metrics),
+        "result": result,
+    }
+
+
+def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], parts) -> None:
+    prompts = args.rounds * args.prompts_per_round
+    print(
+        f"\n{args.rounds} rounds x {args.prompts_per_round} prompts = {prompts} prompts, "
+        f"{args.batch} prompts per optimizer step, up to {args.max_tokens} new tokens\n"
+    )
+    print("ours, one round (steady state: mean of rounds 1..; round 0 shown apart):")
+    print_table(
+        ["job", "pairs/round", *PHASES, "other+ckpt", "round s", "round 0 s", "sync share"],
+        [
+            [
+                o["name"],
+                o["preferences"],
+                *(f"{o['phases'][p]:.3f}" for p in PHASES),
+                f"{o['round'] - sum(o['phases'].values()):.3f}",
+                f"{o['round']:.2f}",
+                f"{o['round0']:.2f}",
+                f"{100 * o['sync_share']:.1f}%",
+            ]
+            for o in ours
+        ],
+    )
+    print("  (other+ckpt: building and writing the round's tables, metrics, DeepSpeed checkpoint)")
+    nbytes, rate = copy
+    print(f"\nweight sync: {ours[0]['sync_bytes'] / 1e6:.2f} MB per sync")
+    for o in ours:
+        print(
+            f"  {o['name']}: {o['sync_rate'] / 1e6:.1f} MB/s (median over rounds); "
+            f"{100 * o['sync_share']:.1f}% of a round (target < 5%)"
+        )
+    print(
+        f"  in-memory clone of the same tensors ({nbytes / 1e6:.2f} MB) in one process: "
+        f"{rate / 1e6:.0f} MB/s -> sync runs at {ours[0]['sync_rate'] / rate:.4f}x of a memory copy"
+    )
+    if parts:
+        p = parts["parts"]
+        print(
+            f"  one sync, part by part (median): gather on rank 0 + return to driver "
+            f"{1000 * p['gather']:.1f} ms, ray.put {1000 * p['put']:.1f} ms, vLLM reload "
+            f"{1000 * p['reload']:.1f} ms; sync_weights whole {1000 * p['whole']:.1f} ms"
+        )
+    rows = []
+    for o in ours:
+        rows.append(
+            [
+                o["name"],
+                o["startup"],
+                o["loop"],
+                o["total"],
+                prompts / o["loop"],
+                prompts / o["total"],
+            ]
+        )
+    for t in trl:
+        s = t["seconds"]
+        rows.append(
+            [
+                t["name"],
+                s["start-up"],
+                s["train"] + s["save"],
+                t["total"],
+                prompts / (s["train"] + s["save"]),
+                prompts / t["total"],
+            ]
+        )
+    print("\none-time start-up (not in 'work'):")
+    for o in ours:
+        sec = o["result"]["seconds"]
+        parts = ", ".join(
+            f"{k} {sec[k]:.1f}s" for k in ("ray start", "engine load", "trainer start") if k in sec
+        )
+        print(f"  {o['name']}: {o['startup']:.1f}s ({parts}; engine load: reference + sampler)")
+    for t in trl:
+        print(f"  {t['name']}: {t['seconds']['start-up']:.1f}s (model loads, trainer init)")
+    print(
+        "\nprompts processed per second (work: rounds + checkpoints for ours; train + save "
+        "for TRL):"
+    )
+    print_table(
+        ["job", "start-up s", "work s", "total s", "prompts/s (work)", "prompts/s (total)"], rows
+    )
+    if trl:
+        print("\nratios, ours / TRL (prompts/s; > 1: we are faster; target > 1):")
+        print_table(
+            ["ours", "vs", "work", "total (incl. start-up)"],
+            [
+                [o[0], t[0], f"{o[4] / t[4]:.2f}x", f"{o[5] / t[5]:.2f}x"]
+                for o in rows[: len(ours)]
+                for t in rows[len(ours) :]
+            ],
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--prompts-per-round", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8, help="prompts per optimizer step")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--k", default="2,4", help="our samples per prompt, one job each")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--trl", default="gc,no-gc", help="TRL variants: gc, no-gc, or none")
+    parser.add_argument("--no-sync-parts", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="2 x 32 prompts; K=2; TRL no-gc")
+    parser.add_argument("--workdir", help="runs and logs (default: a new temp dir)")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job and exit
+    args = parser.parse_args(argv)
+    if args.job:
+        job = json.loads(args.job)
+        emit({"ours": ours_job, "trl": trl_job, "sync-parts": sync_parts_job}[job["kind"]](job))
+        return
+    if args.quick:
+        args.rounds, args.prompts_per_round, args.k, args.trl = 2, 32, "2", "no-gc"
+        args.no_sync_parts = True
+    from rlhf.task import build_tiny_model
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="online_dpo-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = str(build_tiny_model())
+    common = {
+        "model": model,
+        "rounds": args.rounds,
+        "prompts_per_round": args.prompts_per_round,
+        "batch": args.batch,
+        "ranks": args.ranks,
+        "max_tokens": args.max_tokens,
+        "beta": args.beta,
+        "lr": args.lr,
+    }
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    trl_variants = [v for v in args.trl.split(",") if v and v != "none"]
+    ks = [int(k) for k in args.k.split(",")]
+    for i in range(max(len(ks), len(trl_variants))):  # alternate ours and TRL
+        if i < len(trl_variants):
+            gc = trl_variants[i] == "gc"
+            name = "TRL OnlineDPO, K=2" + (" (grad. ckpt: default)" if gc else " (no grad. ckpt)")
+            jobs.append((name, {"kind": "trl", "gradient_checkpointing": gc}))
+        if i < len(ks):
+            jobs.append((f"ours K={ks[i]}, {args.ranks} ranks", {"kind": "ours", "k": ks[i]}))
+    results = {}
+    stamp = time.strftime("%Y%m%d-%H%M%S")  # fresh run dirs in a reused workdir
+    for index, (name, job) in enumerate(jobs):
+        out = workdir / f"{stamp}-{index}-{job['kind']}"
+        results[name] = run_job(
+            Path(__file__), {**common, **job, "out": str(out)}, workdir / f"{out.name}.log"
+        )
+        print(f"  {name}: {results[name]['total']:.1f}s", flush=True)
+    parts = None
+    if not args.no_sync_parts:
+        job = {**common, "kind": "sync-parts", "repeats": 10, "out": str(workdir / "sync")}
+        parts = run_job(Path(__file__), job, workdir / f"{stamp}-sync-parts.log")
+    copy = memory_copy_rate(model)
+    ours = [ours_summary(n, r) for n, r in results.items() if n.startswith("ours")]
+    trl = [{"name": n, **r} for n, r in results.items() if not n.startswith("ours")]
+    report(args, ours, trl, copy, parts)
+    print(f"\nlogs and runs: {workdir}")
+
+
+if __name__ == "__main__":
+    main()
