@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import ray
 from tqdm import tqdm
 
 from rlhf.data.config import DataConfig
@@ -66,6 +67,8 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         if cfg.schedule.max_steps is not None:
             total = min(total, cfg.schedule.max_steps)
         bar = tqdm(total=total, initial=state.step, desc="dpo", unit="step")
+        saved_at = evaluated_at = None
+        last_eval: dict[str, float] = {}
         while state.epoch < cfg.schedule.epochs and state.step < total:
             for indices in epoch_batches(train, batch_size, cfg.schedule, cfg.seed, state):
                 metrics = train_step(group, train, indices, pad)
@@ -78,29 +81,31 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
                     loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}"
                 )
                 if _due(state.step, cfg.schedule.eval_every) and held_out is not None:
-                    logger.log(state.step, _eval(group, held_out, cfg, pad))
+                    last_eval = _eval(group, held_out, cfg, pad)
+                    logger.log(state.step, last_eval)
+                    evaluated_at = state.step
                 if _due(state.step, cfg.schedule.save_every):
                     save_checkpoint(group, checkpoints, state)
+                    saved_at = state.step
                 if state.step >= total:
                     break
-            else:
+            else:  # the epoch ran out: evaluate and save at its end
                 state.epoch += 1
                 state.batch_in_epoch = 0
-                if held_out is not None:
-                    logger.log(state.step, _eval(group, held_out, cfg, pad))
+                if held_out is not None and evaluated_at != state.step:
+                    last_eval = _eval(group, held_out, cfg, pad)
+                    logger.log(state.step, last_eval)
+                    evaluated_at = state.step
                 save_checkpoint(group, checkpoints, state)
+                saved_at = state.step
         bar.close()
-        if (
-            checkpoints.latest() is None
-            or checkpoints.driver_state(checkpoints.latest())["step"] != state.step
-        ):
+        if saved_at != state.step:
             save_checkpoint(group, checkpoints, state)
+        if held_out is not None and evaluated_at != state.step:
+            last_eval = _eval(group, held_out, cfg, pad)
+            logger.log(state.step, last_eval)
         if held_out is not None:
-            final = _eval(group, held_out, cfg, pad)
-            logger.log(state.step, final)
-            print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(final.items())))
-        import ray
-
+            print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last_eval.items())))
         ray.get(group.call("save_pretrained", str(run_dir / "model")))
         logger.close()
     print(f"run directory: {run_dir} (model in {run_dir / 'model'})")
