@@ -14,31 +14,19 @@ step (all ranks), whatever the shard sizes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import time
-import uuid
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import ray
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from actors.deepspeed_rank import DeepSpeedModel, Device, node_id, trainer_env
 from actors.group import ActorGroup
 from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
 from rlhf.data.batch import PreferenceBatch
-from rlhf.files import replace_dir
-from rlhf.models.deepspeed_config import (
-    TrainerConfig,
-    check_device,
-    deepspeed_config,
-    scheduler_start,
-)
+from rlhf.models.deepspeed_config import TrainerConfig, check_device
 from rlhf.models.hf import batch_logps, load_causal_lm
-
-Device = Literal["cpu", "cuda"]
 
 _METRIC_KEYS = (
     "loss",
@@ -49,11 +37,6 @@ _METRIC_KEYS = (
     "logps/chosen",
     "logps/rejected",
 )
-
-
-def trainer_env(device: Device) -> dict[str, str]:
-    """Environment variables a trainer rank's process needs before it imports DeepSpeed."""
-    return {"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}
 
 
 class PolicyTrainer:
@@ -82,64 +65,26 @@ class PolicyTrainer:
         loss_options: dict[str, Any] | None = None,
         device: Device = "cpu",
     ) -> None:
-        config.validate()
-        check_device(config, device)
-        if world_size != config.num_ranks:
-            raise ValueError(
-                f"world_size {world_size} differs from the config's num_ranks "
-                f"{config.num_ranks}; start the ranks with start_policy_trainers(config)"
-            )
-        self.rank, self.world_size = rank, world_size
-        self.model_path = str(model_path)
-        self.config = config
         self.loss_fn = get_preference_loss(loss)  # unknown names fail here, not mid-run
         self.beta = beta
         self.loss_options = dict(loss_options or {})
-        # Each actor sees only its own device (Ray sets CUDA_VISIBLE_DEVICES), so LOCAL_RANK 0.
-        os.environ.update(
-            RANK=str(rank),
-            WORLD_SIZE=str(world_size),
-            LOCAL_RANK="0",
-            MASTER_ADDR=master_addr,
-            MASTER_PORT=str(master_port),
+        self.model = DeepSpeedModel(
+            rank,
+            world_size,
+            master_addr,
+            master_port,
+            model_path,
+            config,
+            lambda: load_causal_lm(
+                model_path,
+                dtype="bfloat16" if config.bf16 else "float32",
+                trust_remote_code=config.trust_remote_code,
+                gradient_checkpointing=config.gradient_checkpointing,
+            ),
+            device,
         )
-        for key, value in trainer_env(device).items():
-            os.environ.setdefault(key, value)
-        import deepspeed
-
-        self._deepspeed = deepspeed
-        torch.manual_seed(config.seed)
-        deepspeed.init_distributed(
-            dist_backend="gloo" if device == "cpu" else "nccl",
-            auto_mpi_discovery=False,
-            distributed_port=master_port,
-            rank=rank,
-            world_size=world_size,
-            verbose=False,
-        )
-        if device == "cuda":
-            torch.cuda.set_device(0)
-        ds_config = deepspeed_config(config)
-        self._zero3 = config.zero_stage == 3
-        if self._zero3:
-            # Must be alive while the model loads: from_pretrained then partitions as it loads.
-            from transformers.integrations import HfDeepSpeedConfig
-
-            self._hf_ds_config = HfDeepSpeedConfig(ds_config)
-        model = load_causal_lm(
-            self.model_path,
-            dtype="bfloat16" if config.bf16 else "float32",
-            trust_remote_code=config.trust_remote_code,
-            gradient_checkpointing=config.gradient_checkpointing,
-        )
-        self.engine, *_ = deepspeed.initialize(
-            model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=ds_config,
-        )
-        if self.engine.lr_scheduler is not None:
-            self.engine.lr_scheduler.step(scheduler_start(config))
-        self.device = self.engine.device
+        self.rank, self.world_size, self.config = rank, world_size, config
+        self.engine, self.device = self.model.engine, self.model.device
 
     # --- training ---------------------------------------------------------------------------
 
@@ -170,8 +115,7 @@ class PolicyTrainer:
             )
         self.engine.step()
         metrics = self._reduce_metrics(batch, ranked, start)
-        grad_norm = self.engine.get_global_grad_norm()
-        metrics["grad_norm"] = float("nan") if grad_norm is None else float(grad_norm)
+        metrics["grad_norm"] = self.model.grad_norm()
         metrics["lr"] = float(lr)
         return metrics
 
@@ -267,87 +211,30 @@ class PolicyTrainer:
         metrics.update(prompts=prompts, tokens=tokens, tokens_per_s=tokens / elapsed.item())
         return metrics
 
-    # --- weights out ------------------------------------------------------------------------
-
-    def _full_state_dict(self) -> dict[str, Tensor] | None:
-        """The whole model's weights (Hugging Face names) on rank 0's CPU; None on others.
-
-        Under ZeRO-3 every rank takes part in gathering each parameter in turn.
-        """
-        module = self.engine.module
-        keep = set(module.state_dict().keys())
-        state: dict[str, Tensor] = {}
-        for name, param in module.named_parameters():
-            with self._deepspeed.zero.GatheredParameters([param], enabled=self._zero3):
-                if self.rank == 0:
-                    state[name] = param.detach().to("cpu", copy=True)
-        if self.rank == 0:
-            for name, buffer in module.named_buffers():
-                if name in keep:
-                    state[name] = buffer.detach().to("cpu", copy=True)
-        return state if self.rank == 0 else None
+    # --- weights out and checkpoints (see DeepSpeedModel) ------------------------------------
 
     def state_dict_for_sync(self) -> dict[str, Tensor] | None:
         """Full weights with Hugging Face names from rank 0 (None from other ranks).
 
         Every rank must be called (ZeRO-3 gathers). Tied weights appear once.
         """
-        return self._full_state_dict()
+        return self.model.full_state_dict()
 
     def save_pretrained(self, path: str) -> None:
-        """Writes a Hugging Face model directory (safetensors, config, tokenizer) at ``path``.
-
-        Rank 0 writes into a temporary sibling directory and renames it into place, so a
-        reader never sees half a model; every rank must be called (ZeRO-3 gathers).
-        """
-        state = self._full_state_dict()
-        if self.rank == 0:
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-            self.engine.module.save_pretrained(tmp, state_dict=state)
-            self._save_tokenizer(tmp)
-            replace_dir(tmp, target)
-        dist.barrier()
-
-    def _save_tokenizer(self, directory: Path) -> None:
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.model_path, trust_remote_code=self.config.trust_remote_code
-            )
-        except (OSError, ValueError) as error:
-            print(f"[trainer] no tokenizer copied from {self.model_path}: {error}")
-            return
-        tokenizer.save_pretrained(directory)
+        """Writes the policy as a Hugging Face model directory; every rank must be called."""
+        self.model.save_pretrained(path)
 
     def weights_digest(self) -> str:
         """SHA-256 of this rank's view of the full weights (equal on all ranks when in sync)."""
-        digest = hashlib.sha256()
-        for name, param in self.engine.module.named_parameters():
-            with self._deepspeed.zero.GatheredParameters([param], enabled=self._zero3):
-                data = param.detach().to("cpu").contiguous()
-                digest.update(name.encode())
-                digest.update(data.view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
-
-    # --- checkpoints ------------------------------------------------------------------------
+        return self.model.weights_digest()
 
     def save_checkpoint(self, directory: str, tag: str, client_state: dict[str, Any]) -> None:
         """Saves weights, optimizer and lr-scheduler state (DeepSpeed format); all ranks."""
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+        self.model.save_checkpoint(directory, tag, client_state)
 
     def load_checkpoint(self, directory: str, tag: str) -> dict[str, Any]:
         """Restores a ``save_checkpoint``; returns its ``client_state``. All ranks."""
-        path, client_state = self.engine.load_checkpoint(
-            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
-        if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {tag!r} in {directory}")
-        return client_state
-
-    # --- placement checks -------------------------------------------------------------------
+        return self.model.load_checkpoint(directory, tag)
 
     def ping(self) -> bool:
         """True once the rank is up (its constructor has finished)."""
@@ -355,7 +242,7 @@ class PolicyTrainer:
 
     def node_id(self) -> str:
         """The Ray node this rank runs on."""
-        return ray.get_runtime_context().get_node_id()
+        return node_id()
 
 
 def start_policy_trainers(

@@ -1,0 +1,212 @@
+"""One data-parallel rank's DeepSpeed engine, and everything about its weights.
+
+Every training role (the policy for DPO or PPO, the PPO critic) owns one ``DeepSpeedModel``:
+it joins the ranks' process group, wraps a Hugging Face model in a DeepSpeed engine from the
+trainer settings, and gathers, saves and checkpoints the weights (ZeRO-3 included). The roles
+differ only in the model they load and the step they take; they compose this, never inherit it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import ray
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from rlhf.files import replace_dir
+from rlhf.models.deepspeed_config import (
+    TrainerConfig,
+    check_device,
+    deepspeed_config,
+    scheduler_start,
+)
+
+Device = Literal["cpu", "cuda"]
+
+
+def trainer_env(device: Device) -> dict[str, str]:
+    """Environment variables a trainer rank's process needs before it imports DeepSpeed."""
+    return {"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}
+
+
+class DeepSpeedModel:
+    """A model wrapped by DeepSpeed on one rank of a group of ``world_size`` ranks.
+
+    Args:
+        rank, world_size, master_addr, master_port: this rank and the group's rendezvous.
+        model_path: the Hugging Face directory the model comes from (its tokenizer is copied
+            into saved models).
+        config: the trainer settings (ZeRO stage, optimizer, schedule, batch sizes).
+        load_model: builds the ``torch.nn.Module`` to train from ``model_path`` (called after
+            the process group exists and, under ZeRO-3, while DeepSpeed partitions loading).
+        device: ``"cpu"`` (gloo) or ``"cuda"`` (nccl; the actor sees its one GPU as cuda:0).
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        model_path: str,
+        config: TrainerConfig,
+        load_model: Callable[[], torch.nn.Module],
+        device: Device = "cpu",
+    ) -> None:
+        config.validate()
+        check_device(config, device)
+        if world_size != config.num_ranks:
+            raise ValueError(
+                f"world_size {world_size} differs from the config's num_ranks "
+                f"{config.num_ranks}; start the ranks with an ActorGroup of num_ranks"
+            )
+        self.rank, self.world_size = rank, world_size
+        self.model_path = str(model_path)
+        self.config = config
+        # Each actor sees only its own device (Ray sets CUDA_VISIBLE_DEVICES), so LOCAL_RANK 0.
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK="0",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        for key, value in trainer_env(device).items():
+            os.environ.setdefault(key, value)
+        import deepspeed
+
+        self._deepspeed = deepspeed
+        torch.manual_seed(config.seed)
+        deepspeed.init_distributed(
+            dist_backend="gloo" if device == "cpu" else "nccl",
+            auto_mpi_discovery=False,
+            distributed_port=master_port,
+            rank=rank,
+            world_size=world_size,
+            verbose=False,
+        )
+        if device == "cuda":
+            torch.cuda.set_device(0)
+        ds_config = deepspeed_config(config)
+        self.zero3 = config.zero_stage == 3
+        if self.zero3:
+            # Must be alive while the model loads: from_pretrained then partitions as it loads.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(ds_config)
+        model = load_model()
+        self.engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=ds_config,
+        )
+        if self.engine.lr_scheduler is not None:
+            self.engine.lr_scheduler.step(scheduler_start(config))
+        self.device = self.engine.device
+
+    # --- weights out ------------------------------------------------------------------------
+
+    def full_state_dict(self) -> dict[str, Tensor] | None:
+        """The whole model's weights (Hugging Face names) on rank 0's CPU; None on others.
+
+        Under ZeRO-3 every rank takes part in gathering each parameter in turn.
+        """
+        module = self.engine.module
+        keep = set(module.state_dict().keys())
+        state: dict[str, Tensor] = {}
+        for name, param in module.named_parameters():
+            with self._deepspeed.zero.GatheredParameters([param], enabled=self.zero3):
+                if self.rank == 0:
+                    state[name] = param.detach().to("cpu", copy=True)
+        if self.rank == 0:
+            for name, buffer in module.named_buffers():
+                if name in keep:
+                    state[name] = buffer.detach().to("cpu", copy=True)
+        return state if self.rank == 0 else None
+
+    def save_pretrained(self, path: str) -> None:
+        """Writes a Hugging Face model directory (safetensors, config, tokenizer) at ``path``.
+
+        Rank 0 writes into a temporary sibling directory and renames it into place, so a
+        reader never sees half a model; every rank must be called (ZeRO-3 gathers).
+        """
+        state = self.full_state_dict()
+        if self.rank == 0:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+            self.engine.module.save_pretrained(tmp, state_dict=state)
+            self._save_tokenizer(tmp)
+            replace_dir(tmp, target)
+        dist.barrier()
+
+    def _save_tokenizer(self, directory: Path) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                self.model_path, trust_remote_code=self.config.trust_remote_code
+            )
+        except (OSError, ValueError) as error:
+            print(f"[trainer] no tokenizer copied from {self.model_path}: {error}")
+            return
+        tokenizer.save_pretrained(directory)
+
+    def weights_digest(self) -> str:
+        """SHA-256 of this rank's view of the full weights (equal on all ranks when in sync)."""
+        digest = hashlib.sha256()
+        for name, param in self.engine.module.named_parameters():
+            with self._deepspeed.zero.GatheredParameters([param], enabled=self.zero3):
+                data = param.detach().to("cpu").contiguous()
+                digest.update(name.encode())
+                digest.update(data.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str, tag: str, client_state: dict[str, Any]) -> None:
+        """Saves weights, optimizer and lr-scheduler state (DeepSpeed format); all ranks."""
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+
+    def load_checkpoint(self, directory: str, tag: str) -> dict[str, Any]:
+        """Restores a ``save_checkpoint``; returns its ``client_state``. All ranks."""
+        path, client_state = self.engine.load_checkpoint(
+            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {tag!r} in {directory}")
+        return client_state
+
+    # --- step bookkeeping -------------------------------------------------------------------
+
+    def grad_norm(self) -> float:
+        """DeepSpeed's global grad norm of the last step (NaN where it reports none, ZeRO-0)."""
+        norm = self.engine.get_global_grad_norm()
+        return float("nan") if norm is None else float(norm)
+
+    def lr(self) -> float:
+        """The learning rate the next ``engine.step()`` uses."""
+        return float(self.engine.get_lr()[0])
+
+
+def empty_pass(engine) -> Tensor:
+    """A two-token forward with a zero loss, for a rank whose micro batch is empty.
+
+    Every rank must run as many forward/backward passes as the others (ZeRO gathers and reduces
+    inside them); this one changes nothing but keeps the rank in step.
+    """
+    ids = torch.zeros((1, 2), dtype=torch.long, device=engine.device)
+    out = engine(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    return out.logits.sum() * 0.0
+
+
+def node_id() -> str:
+    """The Ray node the calling actor runs on."""
+    return ray.get_runtime_context().get_node_id()
