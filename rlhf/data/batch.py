@@ -59,3 +59,57 @@ class PreferenceBatch:
             ref,
             self.num_responses,
         )
+
+
+@dataclass
+class RolloutBatch:
+    """N sampled sequences (prompt + response) and what PPO knows about each response token.
+
+    Every [N, T] float field is aligned to ``input_ids``: the value at position t belongs to
+    the token at t (the action taken after seeing tokens < t) and is 0 where ``loss_mask`` is 0.
+    Rows of the same prompt are consecutive (row ``i * K + k`` is sample k of prompt i).
+    """
+
+    input_ids: torch.Tensor  # [N, T] int64 prompt + response tokens, right-padded
+    attention_mask: torch.Tensor  # [N, T] int64, 1 on real tokens
+    loss_mask: torch.Tensor  # [N, T] int64, 1 on response tokens, by position
+    old_logps: torch.Tensor | None = None  # [N, T] float32 log pi_old(token) at sampling time
+    advantages: torch.Tensor | None = None  # [N, T] float32
+    returns: torch.Tensor | None = None  # [N, T] float32 targets of the critic
+    old_values: torch.Tensor | None = None  # [N, T] float32 critic values at sampling time
+
+    _PER_TOKEN = ("old_logps", "advantages", "returns", "old_values")
+
+    def __post_init__(self) -> None:
+        for name in ("attention_mask", "loss_mask", *self._PER_TOKEN):
+            value = getattr(self, name)
+            if value is not None and value.shape != self.input_ids.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(value.shape)}, input_ids {tuple(self.input_ids.shape)}"
+                )
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        """Response tokens in the batch (what token-mean losses divide by)."""
+        return int(self.loss_mask.sum())
+
+    def select(self, rows: torch.Tensor | slice) -> RolloutBatch:
+        """The given rows, copied, with right padding they all share trimmed off."""
+        picked = {
+            name: None if getattr(self, name) is None else getattr(self, name)[rows]
+            for name in ("input_ids", "attention_mask", "loss_mask", *self._PER_TOKEN)
+        }
+        lengths = picked["attention_mask"].sum(-1)
+        width = max(int(lengths.max()), 1) if len(lengths) else 1
+        # Cloned: a pickled view would carry its whole storage (every rank's rows) along.
+        return RolloutBatch(
+            **{k: None if v is None else v[:, :width].clone() for k, v in picked.items()}
+        )
+
+    def shard(self, rank: int, world_size: int) -> RolloutBatch:
+        """Data-parallel rank ``rank``'s contiguous share of the rows (sizes differ by <= 1)."""
+        bounds = torch.arange(len(self)).tensor_split(world_size)[rank]
+        return self.select(bounds)

@@ -17,4 +17,4 @@ register_loop = training_loops.register
 get_loop = training_loops.get
 
 # The built-in loops register themselves when imported.
-BUILTIN_LOOPS = ("rlhf.driver.dpo", "rlhf.driver.online_dpo")
+BUILTIN_LOOPS = ("rlhf.driver.dpo", "rlhf.driver.online_dpo", "rlhf.driver.ppo")

@@ -57,9 +57,48 @@ def load_causal_lm(
     Under DeepSpeed ZeRO-3, create the ``HfDeepSpeedConfig`` first: ``from_pretrained`` then
     partitions the weights while loading instead of materialising them on every rank.
     """
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return _load_for_training(
+        AutoModelForCausalLM, path, dtype, trust_remote_code, gradient_checkpointing
+    )
+
+
+def load_value_model(
+    path: str | Path,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """A critic: the model's architecture with a one-output head on every position.
+
+    Transformers' token-classification class of the architecture (e.g.
+    ``LlamaForTokenClassification``) with ``num_labels=1``: the body comes from ``path`` (the
+    SFT policy or a reward model), the head starts fresh. Dropout off, in train mode.
+    """
+    from transformers import AutoModelForTokenClassification
+
+    return _load_for_training(
+        AutoModelForTokenClassification,
+        path,
+        dtype,
+        trust_remote_code,
+        gradient_checkpointing,
+        num_labels=1,
+    )
+
+
+def _load_for_training(
+    auto_class,
+    path: str | Path,
+    dtype: str,
+    trust_remote_code: bool,
+    gradient_checkpointing: bool,
+    **config_overrides,
+) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(
+        path, trust_remote_code=trust_remote_code, **config_overrides
+    )
     disable_dropout(config)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = auto_class.from_pretrained(
         path, config=config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
     )
     for module in model.modules():  # dropout hard-coded outside the config, if any
@@ -107,6 +146,24 @@ def batch_logps(
         use_cache=False,
     ).logits
     return sequence_logps(logits, input_ids, loss_mask)
+
+
+def token_values(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor
+) -> Tensor:
+    """A critic's value of each response token's state, aligned to ``input_ids``.
+
+    The value of the token at position t is the head's output at t - 1: the state after the
+    tokens before t, from which token t is chosen. [N, T] float32, 0 where ``loss_mask`` is 0.
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions(attention_mask),
+        use_cache=False,
+    ).logits[..., 0]
+    values = torch.cat([out.new_zeros(out.shape[0], 1), out[:, :-1]], dim=1).float()
+    return torch.where(loss_mask.bool(), values, torch.zeros_like(values))
 
 
 def pad_right(sequences: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,174 @@
+"""PPO experience: sampled sequences as a ``RolloutBatch``, with log-probs, values, rewards and
+advantages, and the mini-batches the policy and critic groups train on.
+
+Everything here runs in the driver on CPU tensors; the groups only see ``RolloutBatch`` shards.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ray
+import torch
+from torch import Tensor
+
+from rlhf.algorithms import (
+    AdvantageInput,
+    get_advantage,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+)
+from rlhf.data.batch import RolloutBatch
+from rlhf.driver.rollout import ScoredGroup
+
+
+def rollout_batch(
+    groups: list[ScoredGroup], ref_token_logps: list[list[float]], pad_token_id: int
+) -> tuple[RolloutBatch, Tensor, Tensor]:
+    """The samples as a batch, plus their reference log-probs [N, T] and scores [N].
+
+    ``ref_token_logps`` holds, per sequence of length L, the L - 1 log-probs of tokens 1..L-1
+    (the reference server's contract); they are aligned here to positions 1..L-1.
+    """
+    completions = [c for g in groups for c in g.completions]
+    sequences = [c.prompt_ids + c.token_ids for c in completions]
+    width = max(len(s) for s in sequences)
+    n = len(sequences)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    loss_mask = torch.zeros((n, width), dtype=torch.long)
+    ref = torch.zeros((n, width), dtype=torch.float32)
+    for row, (c, seq, lps) in enumerate(zip(completions, sequences, ref_token_logps, strict=True)):
+        if not c.token_ids:
+            raise ValueError(f"sample {row} (prompt {c.prompt!r}) has no response token")
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        attention_mask[row, : len(seq)] = 1
+        loss_mask[row, len(c.prompt_ids) : len(seq)] = 1
+        ref[row, 1 : len(seq)] = torch.tensor(lps, dtype=torch.float32)
+    ref = torch.where(loss_mask.bool(), ref, 0.0)
+    scores = torch.tensor([s for g in groups for s in g.scores], dtype=torch.float32)
+    return RolloutBatch(input_ids, attention_mask, loss_mask), ref, scores
+
+
+def micro_batches(rows: int, world_size: int, micro_batch_size: int) -> int:
+    """How many micro batches every rank runs for ``rows`` rows sharded over the ranks."""
+    per_rank = -(-rows // world_size)
+    return max(1, -(-per_rank // micro_batch_size))
+
+
+def sharded_forward(group, method: str, batch: RolloutBatch, micro_batch_size: int):
+    """Starts ``method`` (e.g. ``token_logps``) on every rank's shard; returns the refs."""
+    num_micro = micro_batches(len(batch), len(group), micro_batch_size)
+    return group.call_sharded(method, batch, num_micro)
+
+
+def gather_rows(parts: list[Tensor], width: int) -> Tensor:
+    """The ranks' [n_r, T_r] results stacked back into [N, width] (shards are contiguous)."""
+    padded = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
+    return torch.cat(padded)
+
+
+def advantages_and_returns(
+    batch: RolloutBatch,
+    ref_logps: Tensor,
+    scores: Tensor,
+    kl_coef: float,
+    kl_estimator: str,
+    estimator: str,
+    options: dict,
+    group_size: int,
+    whiten: bool,
+) -> tuple[RolloutBatch, Tensor]:
+    """The batch with advantages and returns from the registered estimator; the token rewards.
+
+    Per-token rewards are the score on the last response token minus ``kl_coef`` times the
+    per-token KL estimate (ALGORITHMS.md, PPO for RLHF).
+    """
+    mask = batch.loss_mask
+    rewards = kl_penalized_rewards(
+        scores, batch.old_logps, ref_logps, mask, kl_coef, kind=kl_estimator
+    )
+    advantage_input = AdvantageInput(rewards, mask, batch.old_values, group_size)
+    advantages, returns = get_advantage(estimator)(advantage_input, **options)
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    batch.advantages, batch.returns = advantages.float(), returns.float()
+    return batch, rewards
+
+
+def minibatches(num_rows: int, size: int, seed: int) -> list[Tensor]:
+    """Shuffled row indices cut into mini-batches of ``size`` (the last may be smaller)."""
+    generator = torch.Generator().manual_seed(seed)
+    return list(torch.randperm(num_rows, generator=generator).split(size))
+
+
+def combine(results: list[dict[str, float]], prefix: str) -> dict[str, float]:
+    """Per-rank token-weighted sums -> token means; grad norm and lr from rank 0."""
+    tokens = sum(r["tokens"] for r in results)
+    skip = {"tokens", "grad_norm", "lr", "seconds"}
+    out = {
+        f"{prefix}/{key}": sum(r[key] for r in results) / max(tokens, 1)
+        for key in results[0]
+        if key not in skip
+    }
+    out[f"{prefix}/grad_norm"] = results[0]["grad_norm"]
+    out[f"{prefix}/lr"] = results[0]["lr"]
+    out[f"{prefix}/tokens"] = tokens
+    return out
+
+
+def train_minibatch(policy, critic, batch: RolloutBatch, micro_batch_sizes: tuple[int, int]):
+    """One optimizer step of the policy and (if any) the critic on the same mini-batch.
+
+    Both groups run at once; returns the combined metrics.
+    """
+    total = batch.num_tokens
+    policy_refs = sharded_train(policy, batch, total, micro_batch_sizes[0])
+    critic_refs = (
+        None if critic is None else sharded_train(critic, batch, total, micro_batch_sizes[1])
+    )
+    metrics = combine(ray.get(policy_refs), "policy")
+    if critic_refs is not None:
+        metrics |= combine(ray.get(critic_refs), "critic")
+    return metrics
+
+
+def sharded_train(group, batch: RolloutBatch, total_tokens: int, micro_batch_size: int):
+    num_micro = micro_batches(len(batch), len(group), micro_batch_size)
+    return group.call_sharded("train_step", batch, total_tokens, num_micro)
+
+
+def experience_metrics(
+    batch: RolloutBatch, ref_logps: Tensor, scores: Tensor, rewards: Tensor
+) -> dict[str, float]:
+    """What the iteration's experience looked like: KL, advantages, the critic's fit."""
+    mask = batch.loss_mask
+    kl = (batch.old_logps - ref_logps).sum(-1)  # k1 per sequence
+    metrics = {
+        "train/reward/mean": float(scores.mean()),
+        "train/reward/max": float(scores.max()),
+        "train/kl": float(kl.mean()),
+        "train/response_length": float(mask.sum(-1).float().mean()),
+        "train/token_reward/mean": float(rewards.sum(-1).mean()),
+        "advantages/mean": float(masked_mean(batch.advantages, mask)),
+        "advantages/std": math.sqrt(max(float(masked_var(batch.advantages, mask)), 0.0)),
+        "returns/mean": float(masked_mean(batch.returns, mask)),
+    }
+    if batch.old_values is not None:
+        var_returns = float(masked_var(batch.returns, mask))
+        residual = float(masked_var(batch.returns - batch.old_values, mask))
+        metrics["critic/explained_variance"] = (
+            1.0 - residual / var_returns if var_returns > 0 else float("nan")
+        )
+        metrics["critic/values/mean"] = float(masked_mean(batch.old_values, mask))
+    return metrics
+
+
+def sequence_sums(groups: list[ScoredGroup], token_logps: list[list[float]]) -> list[list[float]]:
+    """Per-token log-probs (tokens 1..L-1) summed over each response, grouped like the samples."""
+    out, flat = [], iter(token_logps)
+    for g in groups:
+        out.append([sum(next(flat)[len(c.prompt_ids) - 1 :]) for c in g.completions])
+    return out
