@@ -133,6 +133,17 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except ConfigError as error:
         sys.exit(f"rlhf {args.command}: config error: {error}")
+    except ImportError as error:
+        if not isinstance(error, _plugin_load_error()):
+            raise
+        sys.exit(f"rlhf {args.command}: plugin error: {error}")
+
+
+def _plugin_load_error() -> type[Exception] | tuple[()]:
+    """``PluginLoadError`` (a plugin that failed to import or register), if the registries are
+    loaded; imported from ``sys.modules`` because importing the registries here pulls in torch."""
+    registry = sys.modules.get("rlhf.algorithms.registry")
+    return getattr(registry, "PluginLoadError", ())
 
 
 if __name__ == "__main__":
