@@ -59,8 +59,12 @@ class TrainerConfig:
         for key in ("micro_batch_size", "gradient_accumulation_steps", "num_ranks"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps < 0 or self.warmup_steps == 1:
+            raise ConfigError(
+                f"warmup_steps must be 0 or at least {DS_MIN_WARMUP} (DeepSpeed's schedulers warm "
+                f"up over 2 or more steps; 1 would run the first step at lr 0), got "
+                f"{self.warmup_steps}"
+            )
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
         if self.lr_scheduler != "constant":

@@ -74,6 +74,7 @@ def test_stage_3_with_offloaded_params_and_cosine() -> None:
         ({"lr_scheduler": "cosine"}, "set total_steps"),
         ({"lr_scheduler": "linear", "total_steps": 5, "warmup_steps": 5}, "larger than warmup"),
         ({"micro_batch_size": 0}, "micro_batch_size must be >= 1"),
+        ({"warmup_steps": 1}, "warmup_steps must be 0 or at least 2"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"betas": [0.9, 1.0]}, "betas must lie in"),
         ({"zero_stage": 4}, "zero_stage: 4 is not one of"),
