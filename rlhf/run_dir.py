@@ -29,23 +29,35 @@ DRIVER_STATE = "driver_state.json"
 
 
 class MetricsLogger:
-    """Appends metrics to ``metrics.jsonl`` and TensorBoard; resumable without duplicates."""
+    """Appends metrics to ``metrics.jsonl`` and TensorBoard; resumable without duplicates.
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+    A resumed run drops the records logged after its checkpoint: those of steps after
+    ``resume_step`` and, for online runs, those of rounds from ``resume_round`` on (a round
+    without training steps logs at the step of the round before).
+    """
+
+    def __init__(
+        self, run_dir: Path, resume_step: int | None = None, resume_round: int | None = None
+    ) -> None:
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            self._truncate_after(resume_step)
+            self._truncate_after(resume_step, resume_round)
         from torch.utils.tensorboard import SummaryWriter
 
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
         self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the run, closed by close())
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int, round_index: int | None) -> None:
         """Drops lines logged after the checkpoint a resumed run continues from."""
+
+        def before(record: dict[str, Any]) -> bool:
+            later_round = round_index is not None and record.get("round", -1) >= round_index
+            return record.get("step", 0) <= step and not later_round
+
         kept = [
             line
             for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
+            if line.strip() and before(json.loads(line))
         ]
         atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 

@@ -88,3 +88,13 @@ class RayConfig:
     address: str | None = None  # None: start a local Ray; "auto" or ray://...: join a cluster
     num_cpus: int | None = 8  # logical CPUs of a local Ray (actors share the real cores)
     env_vars: dict[str, str] = field(default_factory=dict)  # for every actor
+    # Fault tolerance (see rlhf/driver/retry.py): Ray restarts a sampler or reward actor whose
+    # process died up to max_restarts times; a round's phase that lost an actor is run again up
+    # to phase_retries times (samplers get the current weights back first).
+    max_restarts: int = 3
+    phase_retries: int = 2
+
+    def validate(self) -> None:
+        for key in ("max_restarts", "phase_retries"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")

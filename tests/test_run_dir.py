@@ -29,6 +29,23 @@ def test_resumed_logger_drops_steps_after_the_checkpoint(tmp_path):
     assert records[-1]["train/loss"] == 40.0
 
 
+def test_resumed_logger_drops_rounds_after_the_checkpoint_even_at_the_same_step(tmp_path):
+    # Round 1 had no preferences, hence no training steps: its record shares step 2 with
+    # round 0's. The run was killed before round 1's checkpoint (step 2, 1 round done).
+    logger = MetricsLogger(tmp_path)
+    logger.log(1, {"train/loss": 1.0})
+    logger.log(2, {"train/loss": 2.0})
+    logger.log(2, {"round": 0, "eval/reward/mean": 0.5})
+    logger.log(2, {"round": 1, "eval/reward/mean": 0.6})
+    logger.close()
+    resumed = MetricsLogger(tmp_path, resume_step=2, resume_round=1)
+    resumed.log(2, {"round": 1, "eval/reward/mean": 0.6})
+    resumed.close()
+    rounds = [r["round"] for r in read_metrics(tmp_path) if "round" in r]
+    assert rounds == [0, 1]
+    assert len(read_metrics(tmp_path)) == 4
+
+
 def test_checkpoint_commit_latest_and_prune(tmp_path):
     ckpts = Checkpoints(tmp_path, keep=2)
     assert ckpts.latest() is None

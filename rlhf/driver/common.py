@@ -74,7 +74,11 @@ def start_samplers(
     seed: int,
     ray_cfg: RayConfig,
 ) -> list:
-    """``count`` sampler actors, each with its own vLLM engine and seed."""
+    """``count`` sampler actors, each with its own vLLM engine and seed.
+
+    Ray restarts a sampler whose process died (``ray_cfg.max_restarts``); it comes back with
+    the initial weights, which the driver's retry replaces (see ``rlhf.driver.retry``).
+    """
     from actors.group import spawn
     from actors.sampler import Sampler
 
@@ -85,13 +89,14 @@ def start_samplers(
             num_cpus=engine.num_cpus,
             num_gpus=engine.num_gpus,
             env_vars=ray_cfg.env_vars,
+            max_restarts=ray_cfg.max_restarts,
         )
         for i in range(count)
     ]
 
 
 def start_reward(cfg, ray_cfg: RayConfig):
-    """The reward actor of the config's reward source."""
+    """The reward actor of the config's reward source (restarted by Ray if its process dies)."""
     from actors.group import spawn
     from actors.reward import RewardActor
 
@@ -101,4 +106,5 @@ def start_reward(cfg, ray_cfg: RayConfig):
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
         env_vars=ray_cfg.env_vars,
+        max_restarts=ray_cfg.max_restarts,
     )

@@ -4,6 +4,11 @@
 
 Every round's samples, scores and preferences are written as Parquet under
 ``<run_dir>/rounds/round_NNNN/``; metrics per round go to ``metrics.jsonl``.
+
+Faults: a sampler or reward actor that dies is restarted by Ray and the round's phase is run
+again (``rlhf.driver.retry``); a killed driver continues with ``--resume`` from the last round's
+checkpoint. Prompts, sampling seeds and batch order are functions of (seed, round), so a resumed
+or retried round draws the same samples as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -44,7 +49,15 @@ from rlhf.driver.preference_training import (
     train_step,
 )
 from rlhf.driver.reference import response_logps
-from rlhf.driver.rollout import GroupScorer, ScoredGroup, actor_scorer, sample, score
+from rlhf.driver.retry import PhaseRetry, named_actors
+from rlhf.driver.rollout import (
+    ActorScorer,
+    GroupScorer,
+    ScoredGroup,
+    actor_scorer,
+    sample,
+    score,
+)
 from rlhf.driver.setup import open_run, start_reference, start_trainers
 from rlhf.files import atomic_path
 from rlhf.models.deepspeed_config import TrainerConfig
@@ -142,8 +155,13 @@ def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
         checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
         state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
         if state.round > 0:  # resumed: the samplers must sample from the restored policy
-            sync_weights(group, samplers, reference if _moves_reference(cfg) else None)
-        logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)
+            moved = reference if _moves_reference(cfg) else None
+            sync_weights(group, samplers, moved, version=state.round)
+        logger = MetricsLogger(
+            run_dir,
+            resume_step=state.step if resume else None,
+            resume_round=state.round if resume else None,
+        )
         bar = tqdm(total=r.rounds, initial=state.round, desc="online dpo", unit="round")
         while state.round < r.rounds:
             prompts = train_prompts[state.round * r.prompts_per_round :][: r.prompts_per_round]
@@ -175,6 +193,10 @@ class Workers:
     reward: GroupScorer  # scores groups of responses (the reward actor, remotely)
     trainers: Any  # the policy trainer ActorGroup
 
+    def reward_actors(self) -> dict[str, Any]:
+        """The reward actor by name, when ``reward`` calls one (a retry waits for it)."""
+        return {"reward": self.reward.actor} if isinstance(self.reward, ActorScorer) else {}
+
 
 def run_round(
     cfg: OnlineDPOConfig,
@@ -186,13 +208,30 @@ def run_round(
     logger: MetricsLogger,
     run_dir: Path,
 ) -> dict[str, float]:
-    """One round; returns its metrics (sample rewards, KL, preference counts, phase times)."""
+    """One round; returns its metrics (sample rewards, KL, preference counts, phase times).
+
+    Generate, score and sync are repeated if a sampler or the reward actor dies (``retries``
+    counts the repeats); the samplers hold weights version ``state.round`` during the round.
+    """
     seed = cfg.seed * 100_003 + state.round
     timer = PhaseTimer()
+    retry = PhaseRetry(cfg.ray.phase_retries)
+    samplers = named_actors("sampler", workers.samplers)
     with timer("generate"):
-        groups = sample(workers.samplers, prompts + eval_prompts, cfg.samplers.sampling, seed)
+        groups = retry(
+            "generate",
+            lambda: sample(
+                workers.samplers,
+                prompts + eval_prompts,
+                cfg.samplers.sampling,
+                seed,
+                weights_version=state.round,
+            ),
+            samplers,
+            recover=lambda: sync_weights(workers.trainers, workers.samplers, version=state.round),
+        )
     with timer("score"):
-        scored = score(groups, workers.reward)
+        scored = retry("score", lambda: score(groups, workers.reward), workers.reward_actors())
     train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
     with timer("reference"):
         ref = reference_logps(workers.reference, scored, cfg.reference.chunk_size)
@@ -212,7 +251,12 @@ def run_round(
             metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
     with timer("sync"):
         moved = workers.reference if _moves_reference(cfg) else None
-        metrics["sync_bytes"] = sync_weights(workers.trainers, workers.samplers, moved)
+        metrics["sync_bytes"] = retry(
+            "sync",
+            lambda: sync_weights(workers.trainers, workers.samplers, moved, state.round + 1),
+            samplers | ({"reference": moved} if moved is not None else {}),
+        )
+    metrics["retries"] = retry.count
     metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
     return metrics
 
@@ -264,15 +308,18 @@ def train_on(cfg, state: TrainState, group, table: pa.Table, pad: int, logger) -
     return last
 
 
-def sync_weights(group, samplers: list, reference=None) -> int:
+def sync_weights(group, samplers: list, reference=None, version: int | None = None) -> int:
     """Pushes the trainer's weights into every sampler (and the reference, if it moves).
 
-    The weights go into the object store once; every engine reads the same copy.
+    The weights go into the object store once; every engine reads the same copy. ``version``
+    labels them in the samplers (see ``Sampler.generate``'s ``weights_version``).
     """
     weights = ray.get(group.call("state_dict_for_sync"))[0]
     handle = ray.put(weights)
-    engines = samplers + ([reference] if reference is not None else [])
-    ray.get([engine.load_weights.remote(handle) for engine in engines])
+    refs = [sampler.load_weights.remote(handle, version) for sampler in samplers]
+    if reference is not None:
+        refs.append(reference.load_weights.remote(handle))
+    ray.get(refs)
     return sum(t.numel() * t.element_size() for t in weights.values())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
@@ -24,9 +25,17 @@ class ScoredGroup:
 
 
 def sample(
-    samplers: list, prompts: list[str], sampling: SamplingConfig, seed: int
+    samplers: list,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    seed: int,
+    weights_version: int | None = None,
 ) -> list[list[Completion]]:
-    """K completions per prompt, the prompts split evenly over the sampler actors."""
+    """K completions per prompt, the prompts split evenly over the sampler actors.
+
+    ``weights_version``: the version of the last weight sync; a sampler that holds another
+    (Ray restarted it) raises StaleWeightsError instead of sampling the wrong policy.
+    """
     n = len(samplers)
     chunks = [prompts[i::n] for i in range(n)]
     refs = [
@@ -37,6 +46,7 @@ def sample(
             sampling.top_p,
             sampling.max_tokens,
             seed * 1009 + i,
+            weights_version=weights_version,
         )
         for i, (s, chunk) in enumerate(zip(samplers, chunks, strict=True))
     ]
@@ -58,6 +68,8 @@ def score(groups: list[list[Completion]], score_groups: GroupScorer) -> list[Sco
     texts = [[c.text for c in group] for group in groups]
     try:
         scores = score_groups(prompts, texts)
+    except ray.exceptions.RayActorError:
+        raise  # the reward actor's process died: the caller may retry once Ray restarted it
     except Exception as error:
         cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) else error
         raise RuntimeError(f"the reward function raised {type(cause).__name__}: {cause}") from error
@@ -82,6 +94,16 @@ def score(groups: list[list[Completion]], score_groups: GroupScorer) -> list[Sco
     ]
 
 
-def actor_scorer(reward_actor) -> GroupScorer:
+@dataclass(frozen=True)
+class ActorScorer:
+    """A :data:`GroupScorer` that calls a reward actor's ``score_groups`` remotely."""
+
+    actor: Any  # the reward actor's handle (a retry waits for it after a restart)
+
+    def __call__(self, prompts: list[str], groups: list[list[str]]) -> list[list[float]]:
+        return ray.get(self.actor.score_groups.remote(prompts, groups))
+
+
+def actor_scorer(reward_actor) -> ActorScorer:
     """The reward actor's ``score_groups``, called remotely."""
-    return lambda prompts, groups: ray.get(reward_actor.score_groups.remote(prompts, groups))
+    return ActorScorer(reward_actor)

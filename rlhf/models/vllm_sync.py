@@ -15,6 +15,11 @@ import torch
 EXTENSION = "rlhf.models.vllm_sync.WeightSyncExtension"
 
 
+class StaleWeightsError(RuntimeError):
+    """An engine holds older weights than the driver expects: Ray restarted it since the last
+    sync, so it is back at the initial model. The driver re-syncs it and asks again."""
+
+
 class WeightSyncExtension:
     """Mixed into vLLM's worker. Method names are prefixed so they never clash with the worker's."""
 

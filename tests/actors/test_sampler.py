@@ -30,3 +30,22 @@ def test_samples_are_seeded_per_prompt_not_shared(ray_cluster, sampler):
     assert shifted <= 2, texts
     assert all(len(set(t)) >= 3 for t in texts)
     assert all(g[0].prompt_ids[0] == 1 and g[0].logprob < 0 for g in groups)
+
+
+def test_sampler_refuses_to_sample_weights_older_than_the_driver_expects(
+    ray_cluster, sampler, embedded_model_path
+):
+    """A restarted sampler is back at version 0; asked for version 1, it raises, not samples."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.models.vllm_sync import StaleWeightsError
+
+    prompts = ["the film was"]
+    ray_cluster.get(sampler.generate.remote(prompts, 2, max_tokens=4, weights_version=0))
+    with pytest.raises(StaleWeightsError, match="holds weights version 0, the driver expected 1"):
+        ray_cluster.get(sampler.generate.remote(prompts, 2, max_tokens=4, weights_version=1))
+    weights = AutoModelForCausalLM.from_pretrained(embedded_model_path).state_dict()
+    ray_cluster.get(sampler.load_weights.remote(weights, 1))  # the same weights, labelled 1
+    groups = ray_cluster.get(sampler.generate.remote(prompts, 2, max_tokens=4, weights_version=1))
+    assert len(groups[0]) == 2
+    ray_cluster.get(sampler.load_weights.remote(weights, 0))

@@ -1,0 +1,178 @@
+"""Online DPO survives dead actors and a killed driver, and ends where an uninterrupted run does.
+
+Every scenario is compared with one uninterrupted run of the same small config: prompts,
+sampling seeds and batch order depend on (seed, round) only, and vLLM on the CPU samples the
+same tokens from the same weights, so a recovered run must log the same numbers.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from rlhf.config import from_dict, to_dict
+from rlhf.run_dir import Checkpoints, read_metrics
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+# Wall time and counters differ between runs by nature; everything else must not.
+VARIES = {"retries", "sync_bytes", "train/tokens_per_s"}
+
+
+def small_config(out_dir, model_path, **sections):
+    """3 rounds of 16 prompts (8 held out), K = 4, 16 tokens; 4 DPO steps per round, 1 rank."""
+    from rlhf.driver.online_dpo import OnlineDPOConfig
+
+    data = {
+        "output_dir": str(out_dir),
+        "model": {"path": model_path},
+        "samplers": {"sampling": {"n": 4, "max_tokens": 16}},
+        "rounds": {"rounds": 3, "prompts_per_round": 16, "epochs_per_round": 1, "eval_prompts": 8},
+        "trainer": {"num_ranks": 1, "zero_stage": 2, "micro_batch_size": 4, "lr": 5e-4},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return from_dict(OnlineDPOConfig, data)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, tmp_path_factory, embedded_model_path):
+    """The run every scenario must reproduce, never interrupted (in this process)."""
+    from rlhf.driver import online_dpo
+
+    return online_dpo.run(small_config(tmp_path_factory.mktemp("whole"), embedded_model_path))
+
+
+def assert_same_run(run_dir, expected_dir):
+    """Each round and step logged once, with the uninterrupted run's values and samples."""
+    got, want = read_metrics(run_dir), read_metrics(expected_dir)
+    assert [r["step"] for r in got] == [r["step"] for r in want], "a step lost or repeated"
+    assert [r["round"] for r in got if "round" in r] == [0, 1, 2], "a round lost or repeated"
+    for g, w in zip(got, want, strict=True):
+        keys = {k for k in w if not k.startswith("time/") and k not in VARIES}
+        assert set(g) >= keys, g.get("step")
+        for key in keys:
+            assert g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-6), (g["step"], key)
+    for index in range(3):
+        path = Path("rounds") / f"round_{index:04d}" / "samples.parquet"
+        rows = pq.read_table(run_dir / path).select(["split", "prompt", "response", "score"])
+        assert (
+            rows.to_pylist()
+            == pq.read_table(expected_dir / path).select(rows.column_names).to_pylist()
+        )
+
+
+def _pid(ray, actor) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def test_dead_sampler_and_reward_actor_are_restarted_and_the_phase_retried(
+    ray_cluster, tmp_path, embedded_model_path, uninterrupted, monkeypatch, caplog
+):
+    """SIGKILL (from outside) of the sampler just before round 1 generates, and of the reward
+    actor just before round 2 scores: Ray restarts them, the driver re-syncs the sampler's
+    weights (its engine restarts from the SFT model) and runs the phase again."""
+    from rlhf.driver import online_dpo
+
+    started, killed, current = {}, {}, {}
+
+    def recorded(role, start):
+        def wrapper(*args, **kwargs):
+            started[role] = start(*args, **kwargs)
+            return started[role]
+
+        return wrapper
+
+    def sample_killing_in_round_1(samplers, *args, weights_version=None, **kwargs):
+        current["round"] = weights_version
+        if weights_version == 1 and "sampler" not in killed:
+            killed["sampler"] = _pid(ray_cluster, samplers[0])
+            os.kill(killed["sampler"], signal.SIGKILL)
+        return sample(samplers, *args, weights_version=weights_version, **kwargs)
+
+    def score_killing_in_round_2(groups, scorer):
+        if current["round"] == 2 and "reward" not in killed:
+            killed["reward"] = _pid(ray_cluster, started["reward"])
+            os.kill(killed["reward"], signal.SIGKILL)
+        return score(groups, scorer)
+
+    sample, score = online_dpo.sample, online_dpo.score
+    monkeypatch.setattr(
+        online_dpo, "start_samplers", recorded("samplers", online_dpo.start_samplers)
+    )
+    monkeypatch.setattr(online_dpo, "start_reward", recorded("reward", online_dpo.start_reward))
+    monkeypatch.setattr(online_dpo, "sample", sample_killing_in_round_1)
+    monkeypatch.setattr(online_dpo, "score", score_killing_in_round_2)
+
+    run_dir = online_dpo.run(small_config(tmp_path / "run", embedded_model_path))
+
+    assert set(killed) == {"sampler", "reward"}
+    rounds = [r for r in read_metrics(run_dir) if "round" in r]
+    assert [r["retries"] for r in rounds] == [0, 1, 1]
+    messages = [r.getMessage() for r in caplog.records if r.name == "rlhf.driver.retry"]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("generate: sampler 0 failed with Actor"), messages
+    assert messages[1].startswith("score: reward failed with Actor"), messages
+    # Round 1 sampled the trained policy again, not the SFT model the engine restarted with.
+    assert_same_run(run_dir, uninterrupted)
+
+
+CALLS = {"n": 0}
+
+
+def _sentiment_hanging_in_round_2(prompts, responses):
+    """The task's reward; its third call (round 2 of a fresh run) tells the test, then hangs."""
+    from rlhf.task import sentiment_reward
+
+    CALLS["n"] += 1
+    if CALLS["n"] == 3:
+        Path(os.environ["RLHF_TEST_GATE"]).touch()
+        time.sleep(600)
+    return sentiment_reward(prompts, responses)
+
+
+def _train(config_path, log_path, *extra):
+    """``rlhf train`` in its own process group (its own local Ray), as a user runs it."""
+    cmd = [sys.executable, "-m", "rlhf.cli", "train", str(config_path), *extra]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def test_killed_driver_resumes_round_2_as_the_uninterrupted_run(
+    tmp_path, embedded_model_path, uninterrupted
+):
+    """SIGKILL of the whole ``rlhf train`` process group in round 2 (after round 1's checkpoint,
+    while the reward is scoring), then ``rlhf train --resume``."""
+    gate = tmp_path / "round_2_scoring"
+    cfg = small_config(
+        tmp_path / "run",
+        embedded_model_path,
+        reward={"function": "tests.driver.test_online_faults:_sentiment_hanging_in_round_2"},
+        ray={"env_vars": {"RLHF_TEST_GATE": str(gate)}},
+    )
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(to_dict(cfg)))
+    proc = _train(config_path, tmp_path / "killed.log")
+    deadline = time.time() + 300
+    while not gate.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert gate.exists(), (tmp_path / "killed.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    checkpoints = Checkpoints(tmp_path / "run")
+    assert checkpoints.driver_state(checkpoints.latest())["round"] == 2
+    assert [r["round"] for r in read_metrics(tmp_path / "run") if "round" in r] == [0, 1]
+
+    resumed = _train(config_path, tmp_path / "resumed.log", "--resume")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    assert_same_run(tmp_path / "run", uninterrupted)
+    assert (tmp_path / "run" / "model" / "config.json").exists()

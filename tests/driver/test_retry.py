@@ -1,0 +1,103 @@
+"""PhaseRetry on real Ray actors whose processes are killed from outside (SIGKILL)."""
+
+import os
+import signal
+
+import pytest
+
+from rlhf.models.vllm_sync import StaleWeightsError
+
+pytestmark = pytest.mark.integration
+
+
+class Engine:
+    """A small actor with versioned state, checked the way a Sampler checks its weights."""
+
+    def __init__(self) -> None:
+        self.version = 0
+
+    def load(self, version: int) -> None:
+        self.version = version
+
+    def run(self, version: int) -> int:
+        if version != self.version:
+            raise StaleWeightsError(f"holds version {self.version}, expected {version}")
+        return os.getpid()
+
+    def fail(self) -> None:
+        raise ValueError("a bug in the actor's own code")
+
+
+def _start(max_restarts):
+    from actors.group import spawn
+
+    return spawn(Engine, num_cpus=0, max_restarts=max_restarts)
+
+
+def _kill(ray, actor) -> int:
+    """SIGKILLs the actor's process, as the OOM killer would; returns its pid."""
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_phase_is_run_again_on_the_restarted_actor_after_recover(ray_cluster, caplog):
+    from rlhf.driver.retry import PhaseRetry
+
+    actor = _start(max_restarts=1)
+    ray_cluster.get(actor.load.remote(2))
+    dead = _kill(ray_cluster, actor)
+    retry = PhaseRetry(retries=2, restart_timeout_s=120)
+    pid = retry(
+        "generate",
+        lambda: ray_cluster.get(actor.run.remote(2)),
+        {"engine 0": actor},
+        recover=lambda: ray_cluster.get(actor.load.remote(2)),
+    )
+    assert pid != dead and retry.count == 1
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "rlhf.driver.retry"]
+    assert message.startswith("generate: engine 0 failed with Actor"), message
+    assert "retry 1 of 2" in message
+    ray_cluster.kill(actor)
+
+
+def test_a_silent_restart_is_caught_by_the_version_and_recovered(ray_cluster, caplog):
+    from rlhf.driver.retry import PhaseRetry, wait_until_alive
+
+    actor = _start(max_restarts=1)
+    ray_cluster.get(actor.load.remote(3))
+    _kill(ray_cluster, actor)
+    wait_until_alive({"engine 0": actor}, timeout_s=120)  # back, with version 0
+    recovered = []
+    retry = PhaseRetry(retries=1)
+    retry(
+        "generate",
+        lambda: ray_cluster.get(actor.run.remote(3)),
+        {"engine 0": actor},
+        recover=lambda: recovered.append(ray_cluster.get(actor.load.remote(3))),
+    )
+    assert retry.count == 1 and len(recovered) == 1
+    assert "engine 0 failed with StaleWeightsError: holds version 0, expected 3" in caplog.text
+    ray_cluster.kill(actor)
+
+
+def test_retries_are_bounded_and_the_error_names_actor_and_settings(ray_cluster):
+    from rlhf.driver.retry import PhaseFailedError, PhaseRetry
+
+    actor = _start(max_restarts=0)  # dead for good once killed
+    _kill(ray_cluster, actor)
+    retry = PhaseRetry(retries=2)
+    with pytest.raises(PhaseFailedError, match=r"score: reward failed 3 times, last with Actor"):
+        retry("score", lambda: ray_cluster.get(actor.run.remote(0)), {"reward": actor})
+    assert retry.count == 2
+
+
+def test_errors_raised_by_the_actors_code_are_not_retried(ray_cluster):
+    from rlhf.driver.retry import PhaseRetry
+
+    actor = _start(max_restarts=1)
+    retry = PhaseRetry(retries=2)
+    with pytest.raises(ValueError, match="a bug in the actor's own code"):
+        retry("score", lambda: ray_cluster.get(actor.fail.remote()), {"reward": actor})
+    assert retry.count == 0
+    ray_cluster.kill(actor)
