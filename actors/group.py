@@ -69,6 +69,8 @@ class ActorGroup:
         num_ranks: N.
         args, kwargs: the rest of every rank's constructor arguments.
         num_cpus_per_rank, num_gpus_per_rank: one bundle's resources (logical Ray counts).
+        resources_per_rank: custom Ray resources in each bundle (e.g. ``{"node_b": 0.01}``
+            keeps the ranks on nodes started with that resource).
         strategy: the placement strategy ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD").
         env_vars: extra environment of every rank's process (e.g. ``DS_ACCELERATOR``).
         timeout_s: how long to wait for the cluster to place the bundles.
@@ -83,13 +85,14 @@ class ActorGroup:
         *,
         num_cpus_per_rank: float = 1.0,
         num_gpus_per_rank: float = 0.0,
+        resources_per_rank: dict[str, float] | None = None,
         strategy: str = "PACK",
         env_vars: dict[str, str] | None = None,
         timeout_s: float = 120.0,
     ) -> None:
         if num_ranks < 1:
             raise ValueError(f"an actor group needs at least one rank, got {num_ranks}")
-        bundle = {"CPU": num_cpus_per_rank, "GPU": num_gpus_per_rank}
+        bundle = {"CPU": num_cpus_per_rank, "GPU": num_gpus_per_rank, **(resources_per_rank or {})}
         bundle = {key: value for key, value in bundle.items() if value > 0}
         if not bundle:
             raise ValueError("each rank needs resources: num_cpus_per_rank or num_gpus_per_rank")
@@ -110,7 +113,8 @@ class ActorGroup:
         actor_cls = _remote_class(cls, num_cpus_per_rank, num_gpus_per_rank, env_vars)
         self.actors = [
             actor_cls.options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, rank)
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, rank),
+                resources=resources_per_rank or {},
             ).remote(rank, num_ranks, self.master_addr, self.master_port, *args, **(kwargs or {}))
             for rank in range(num_ranks)
         ]

@@ -21,7 +21,7 @@ class RewardActor:
         else:
             from rlhf.models.hf import load_reward_model, reward_model_scores
 
-            model, tokenizer = load_reward_model(cfg.model)
+            model, tokenizer = load_reward_model(cfg.model, cfg.trust_remote_code)
             self._score_groups = flat_scorer(
                 lambda p, r: reward_model_scores(model, tokenizer, p, r, cfg.label, cfg.batch_size)
             )

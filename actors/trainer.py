@@ -252,9 +252,12 @@ def start_policy_trainers(
     beta: float,
     loss_options: dict[str, Any] | None = None,
     device: Device = "cpu",
-    strategy: str = "PACK",
+    strategy: str | None = None,
 ) -> ActorGroup:
-    """Starts ``config.num_ranks`` policy trainer ranks in one placement group."""
+    """Starts ``config.num_ranks`` policy trainer ranks in one placement group.
+
+    ``strategy`` overrides the config's ``placement_strategy``.
+    """
     config.validate()
     check_device(config, device)
     return ActorGroup(
@@ -263,6 +266,7 @@ def start_policy_trainers(
         args=(model_path, config, loss, beta, loss_options, device),
         num_cpus_per_rank=config.num_cpus_per_rank,
         num_gpus_per_rank=config.num_gpus_per_rank,
-        strategy=strategy,
+        resources_per_rank=config.resources_per_rank,
+        strategy=strategy or config.placement_strategy,
         env_vars=trainer_env(device),
     )

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from rlhf.algorithms.registry import Registry, UnknownNameError
+from rlhf.cluster.resources import check_custom_resources
 from rlhf.config import ConfigError
 
 reward_functions = Registry(
@@ -46,12 +47,15 @@ class RewardConfig:
     function: str = "sentiment"  # registry name or package.module:function
     model: str | None = None  # a Hugging Face sequence-classification model directory
     label: int = 0  # which logit of the reward model is the score
+    trust_remote_code: bool = False  # the reward model's own code; off unless turned on
     judge: str | None = None  # registry name or package.module:function
     batch_size: int = 64  # reward-model forward batch
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # custom ones, e.g. {node_b: 0.01}
 
     def validate(self) -> None:
+        check_custom_resources(self.resources)
         if self.kind == "model" and not self.model:
             raise ConfigError("kind 'model' needs model: a sequence-classification model path")
         if self.kind == "judge" and not self.judge:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rlhf.cluster.resources import check_custom_resources
 from rlhf.config import ConfigError
 from rlhf.models.vllm_engine import EngineSettings
 
@@ -41,10 +42,18 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.5
     num_cpus: float = 1.0  # Ray resources of each engine actor
     num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)  # custom ones, e.g. {node_b: 0.01}
 
     def validate(self) -> None:
         if self.tensor_parallel_size < 1:
             raise ConfigError("tensor_parallel_size must be at least 1")
+        if self.tensor_parallel_size > 1 and self.num_gpus > 0:
+            raise ConfigError(
+                f"tensor_parallel_size {self.tensor_parallel_size} with num_gpus {self.num_gpus}: "
+                "vLLM's Ray executor starts one GPU worker per shard, so the engine actor holds "
+                "none itself; set num_gpus: 0"
+            )
+        check_custom_resources(self.resources)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError("gpu_memory_utilization must be in (0, 1]")
 
@@ -85,9 +94,14 @@ class SamplingConfig:
 class RayConfig:
     """Where the job runs: a local Ray started by the driver, or an existing cluster."""
 
-    address: str | None = None  # None: start a local Ray; "auto" or ray://...: join a cluster
+    # None: start a local Ray, or inside a Ray job (``rlhf submit``, ``ray job submit``) join the
+    # job's cluster; "auto", host:port or ray://...: join that cluster.
+    address: str | None = None
     num_cpus: int | None = 8  # logical CPUs of a local Ray (actors share the real cores)
     env_vars: dict[str, str] = field(default_factory=dict)  # for every actor
+    # Reject a config the cluster cannot hold before any actor starts (rlhf.cluster.resources);
+    # false on an autoscaling cluster, where nodes appear on demand.
+    check_resources: bool = True
     # Fault tolerance (see rlhf/driver/retry.py): Ray restarts a sampler or reward actor whose
     # process died up to max_restarts times; a round's phase that lost an actor is run again up
     # to phase_retries times (samplers get the current weights back first).

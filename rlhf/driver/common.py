@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from rlhf.cluster.resources import Role, require_fit
 from rlhf.schema import EMBEDDED_MODEL, EngineConfig, ModelConfig, RayConfig
 
 
@@ -42,23 +44,45 @@ class ActorScope:
         self._owned.clear()
 
 
-@contextlib.contextmanager
-def ray_session(cfg: RayConfig) -> Iterator[ActorScope]:
-    """Joins the configured cluster, or starts a local Ray that ends with the job.
+def cluster_address(cfg: RayConfig) -> str | None:
+    """The Ray cluster a job joins; None: start a local Ray.
 
-    Yields the job's :class:`ActorScope`; its actors are killed when the block exits.
+    ``ray.address`` when set; otherwise the cluster of the Ray job this driver runs in, which
+    Ray gives the driver in ``RAY_ADDRESS`` (``rlhf submit`` and ``ray job submit`` both do).
+    A dashboard URL there (``http://...``, set for the ``ray job`` commands) is not a cluster
+    a driver can join, so it is ignored.
+    """
+    if cfg.address is not None:
+        return cfg.address
+    from_job = os.environ.get("RAY_ADDRESS", "")
+    return from_job if from_job and not from_job.startswith(("http://", "https://")) else None
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RayConfig, *stages: Sequence[Role]) -> Iterator[ActorScope]:
+    """Joins the job's cluster (:func:`cluster_address`), or starts a local Ray that ends with it.
+
+    ``stages``: the roles the job runs at the same time, one list per stage (see
+    ``rlhf.cluster.resources``); a config the cluster cannot hold is rejected here, before any
+    actor starts, unless ``ray.check_resources`` is off. Yields the job's :class:`ActorScope`;
+    its actors are killed when the block exits.
     """
     import ray
 
     started = False
     if not ray.is_initialized():
-        if cfg.address is None:
-            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        address = cluster_address(cfg)
+        if address is None:  # "local": never the cluster a ray_current_cluster file points to
+            ray.init(
+                address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True
+            )
         else:
-            ray.init(address=cfg.address)
+            ray.init(address=address, log_to_driver=True)
         started = True
     scope = ActorScope()
     try:
+        if cfg.check_resources:
+            require_fit(*stages)
         yield scope
     finally:
         scope.close()
@@ -88,6 +112,7 @@ def start_samplers(
             engine.settings(model, model_path, seed + i),
             num_cpus=engine.num_cpus,
             num_gpus=engine.num_gpus,
+            resources=engine.resources,
             env_vars=ray_cfg.env_vars,
             max_restarts=ray_cfg.max_restarts,
         )
@@ -105,6 +130,7 @@ def start_reward(cfg, ray_cfg: RayConfig):
         cfg,
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
+        resources=cfg.resources,
         env_vars=ray_cfg.env_vars,
         max_restarts=ray_cfg.max_restarts,
     )

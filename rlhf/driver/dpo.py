@@ -26,7 +26,7 @@ from rlhf.driver.preference_training import (
     save_checkpoint,
     train_step,
 )
-from rlhf.driver.setup import load_preference_tables, open_run, start_trainers
+from rlhf.driver.setup import load_preference_tables, offline_stages, open_run, start_trainers
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.run_dir import Checkpoints, MetricsLogger
 from rlhf.schema import ModelConfig, RayConfig
@@ -54,7 +54,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
     """Trains, evaluates and checkpoints; returns the run directory (final model in ``model/``)."""
     run_dir = open_run(cfg, resume)
     model_path = resolve_model_path(cfg.model)
-    with ray_session(cfg.ray) as scope:
+    with ray_session(cfg.ray, *offline_stages(cfg)) as scope:
         train, held_out, tokenizer = load_preference_tables(cfg, model_path, scope)
         pad = tokenizer.pad_token_id
         group = scope.own(start_trainers(cfg, model_path))

@@ -58,7 +58,7 @@ from rlhf.driver.rollout import (
     sample,
     score,
 )
-from rlhf.driver.setup import open_run, start_reference, start_trainers
+from rlhf.driver.setup import online_roles, open_run, start_reference, start_trainers
 from rlhf.files import atomic_path
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.plots import plot_rounds
@@ -137,7 +137,7 @@ def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
     r = cfg.rounds
     train_prompts = make_prompts(r.rounds * r.prompts_per_round, seed=cfg.seed, split="train")
     eval_prompts = make_prompts(r.eval_prompts, seed=cfg.seed, split="eval")
-    with ray_session(cfg.ray) as scope:
+    with ray_session(cfg.ray, online_roles(cfg)) as scope:
         reference = scope.own(start_reference(cfg, model_path))
         samplers = scope.own(
             start_samplers(

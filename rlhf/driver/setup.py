@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from rlhf.cluster.resources import Role, actor_role, engine_roles, trainer_role
 from rlhf.config import dump_config
 from rlhf.data.cache import cache_key, load_cached, save_cached
 from rlhf.data.loader import split_by_prompt
@@ -85,6 +86,26 @@ def load_preference_tables(
     return train, held_out, tokenizer
 
 
+def online_roles(cfg: Any) -> list[Role]:
+    """What an online job holds at once: trainer ranks, sampler engines, reference, reward.
+
+    For ``ray_session(cfg.ray, online_roles(cfg))``; a job with more roles adds them (PPO:
+    ``trainer_role("critic", cfg.critic)``).
+    """
+    return [
+        trainer_role("trainer", cfg.trainer),
+        *engine_roles("samplers", cfg.samplers.engine, cfg.samplers.num_engines),
+        *engine_roles("reference", cfg.reference.engine),
+        actor_role("reward", cfg.reward.num_cpus, cfg.reward.num_gpus, cfg.reward.resources),
+    ]
+
+
+def offline_stages(cfg: Any) -> tuple[list[Role], list[Role]]:
+    """An offline job's two stages: the reference server (freed once the tables have their
+    log-probs), then the trainer ranks. For ``ray_session(cfg.ray, *offline_stages(cfg))``."""
+    return engine_roles("reference", cfg.reference.engine), [trainer_role("trainer", cfg.trainer)]
+
+
 def start_reference(cfg: Any, model_path: str):
     """The reference server of the config (vLLM or Hugging Face backend)."""
     from actors.group import spawn
@@ -97,6 +118,7 @@ def start_reference(cfg: Any, model_path: str):
         cfg.reference.backend,
         num_cpus=engine.num_cpus,
         num_gpus=engine.num_gpus,
+        resources=engine.resources,
         env_vars=cfg.ray.env_vars,
     )
 

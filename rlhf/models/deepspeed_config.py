@@ -8,9 +8,10 @@ here imports DeepSpeed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rlhf.cluster.resources import check_custom_resources
 from rlhf.config import ConfigError
 
 
@@ -39,6 +40,11 @@ class TrainerConfig:
     num_ranks: int = 1  # data-parallel trainer actors
     num_cpus_per_rank: float = 1.0
     num_gpus_per_rank: float = 0.0
+    # Custom Ray resources of each rank, e.g. {node_b: 0.01}: ranks go to nodes that have them.
+    resources_per_rank: dict[str, float] = field(default_factory=dict)
+    # How the ranks' placement group spreads over nodes: PACK fills few nodes, SPREAD uses many,
+    # STRICT_PACK one node only, STRICT_SPREAD one rank per node.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def validate(self) -> None:
         """Raises ConfigError for impossible combinations, naming the keys involved."""
@@ -82,6 +88,7 @@ class TrainerConfig:
             raise ConfigError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         if self.num_cpus_per_rank <= 0 and self.num_gpus_per_rank <= 0:
             raise ConfigError("each rank needs some resources: num_cpus_per_rank > 0")
+        check_custom_resources(self.resources_per_rank, "resources_per_rank")
         if self.num_gpus_per_rank > 1:
             raise ConfigError(
                 f"num_gpus_per_rank is {self.num_gpus_per_rank}: a data-parallel rank drives one "

@@ -61,6 +61,10 @@ def start_engine(settings: EngineSettings) -> LLM:
     )
     if settings.kv_cache_memory_bytes is not None:
         kwargs["kv_cache_memory_bytes"] = settings.kv_cache_memory_bytes
+    if settings.tensor_parallel_size > 1:
+        # One GPU worker per shard, started by vLLM through Ray beside this actor (which holds no
+        # GPU itself; see EngineConfig). Untested here: these machines have no GPU.
+        kwargs["distributed_executor_backend"] = "ray"
     if settings.worker_extension_cls is not None:
         kwargs["worker_extension_cls"] = settings.worker_extension_cls
     return LLM(**kwargs)
