@@ -92,6 +92,87 @@ def cmd_make_data(args: argparse.Namespace) -> None:
     make_data.run(load_config(make_data.MakeDataConfig, config, overrides))
 
 
+JOB_COMMANDS = ("submit", "status", "logs", "stop")
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    """``rlhf train`` as a job on a Ray cluster; follows its logs unless ``--no-wait``."""
+    from rlhf.cluster import jobs
+
+    config, overrides = _split_config(args)
+    submission = jobs.Submission(
+        config,
+        overrides,
+        resume=args.resume,
+        working_dir=args.working_dir,
+        pip=args.pip,
+        py_modules=args.py_modules,
+        env_vars=jobs.parse_env_vars(args.env),
+        runtime_env=jobs.load_runtime_env(args.runtime_env),
+        submission_id=args.submission_id,
+    )
+    for note in jobs.submission_notes(submission):
+        print(f"note: {note}", file=sys.stderr)
+    client = jobs.connect(args.address)
+    job_id = jobs.submit(client, submission)
+    if args.no_wait:
+        print(job_id)
+        return
+    print(f"submitted {job_id} to {args.address}: {submission.entrypoint()}", file=sys.stderr)
+    _follow(client, args.address, job_id)
+
+
+def _follow(client, address: str, job_id: str) -> None:
+    from rlhf.cluster import jobs
+
+    try:
+        jobs.stream_logs(client, job_id)
+    except KeyboardInterrupt:
+        sys.exit(
+            f"\nstopped following {job_id}; it keeps running (rlhf stop {job_id} --address {address})"
+        )
+    status = jobs.wait(client, job_id)
+    if status != "SUCCEEDED":
+        sys.exit(f"rlhf: job {job_id} {status} (rlhf status {job_id} --address {address})")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from rlhf.cluster import jobs
+
+    print(jobs.describe(jobs.connect(args.address), args.address, args.job_id))
+
+
+def cmd_logs(args: argparse.Namespace) -> None:
+    from rlhf.cluster import jobs
+
+    client = jobs.connect(args.address)
+    if args.follow:
+        jobs.stream_logs(client, args.job_id)
+    else:
+        print(client.get_job_logs(args.job_id), end="")
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    from rlhf.cluster import jobs
+
+    client = jobs.connect(args.address)
+    asked = client.stop_job(args.job_id)
+    status = jobs.wait(client, args.job_id, timeout_s=60) if asked else "already ended"
+    print(f"{args.job_id}: {status}")
+
+
+def _add_job_args(parser: argparse.ArgumentParser, job_id: bool = True) -> None:
+    from rlhf.cluster.jobs import default_address
+
+    if job_id:
+        parser.add_argument("job_id", help="the id rlhf submit printed (raysubmit_...)")
+    parser.add_argument(
+        "--address",
+        default=default_address(),
+        help="the cluster's Jobs API, http://HEAD:8265 (default: $RAY_ADDRESS or %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +205,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, str(CONFIGS / "make_data.yaml"))
     p.set_defaults(func=cmd_make_data, default_config=str(CONFIGS / "make_data.yaml"))
+
+    p = sub.add_parser("submit", help="run `rlhf train CONFIG ...` on a Ray cluster (Jobs API)")
+    _add_config_args(p, None)
+    _add_job_args(p, job_id=False)
+    p.add_argument("--resume", action="store_true", help="pass --resume to rlhf train")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p.add_argument("--working-dir", help="directory uploaded as the job's (default: this one)")
+    p.add_argument("--pip", action="append", default=[], help="package Ray installs for the job")
+    p.add_argument(
+        "--py-modules", action="append", default=[], help="local package or wheel to upload"
+    )
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for driver and actors")
+    p.add_argument("--runtime-env", help="YAML/JSON Ray runtime environment to start from")
+    p.add_argument("--submission-id", help="the job's id (default: Ray picks one)")
+    p.set_defaults(func=cmd_submit, default_config=None)
+
+    p = sub.add_parser("status", help="a submitted job's status and where its actors ran")
+    _add_job_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="a submitted job's logs")
+    _add_job_args(p)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("stop", help="stop a submitted job")
+    _add_job_args(p)
+    p.set_defaults(func=cmd_stop)
     return parser
 
 
@@ -137,6 +246,10 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(error, _plugin_load_error()):
             raise
         sys.exit(f"rlhf {args.command}: plugin error: {error}")
+    except Exception as error:  # the Jobs API's errors: unreachable, unknown job, refused token
+        if args.command not in JOB_COMMANDS:
+            raise
+        sys.exit(f"rlhf {args.command}: {type(error).__name__}: {error}")
 
 
 def _plugin_load_error() -> type[Exception] | tuple[()]:
