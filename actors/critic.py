@@ -138,9 +138,12 @@ def start_critic(
     config: TrainerConfig,
     value_clip_eps: float | None,
     device: Device = "cpu",
-    strategy: str = "PACK",
+    strategy: str | None = None,
 ) -> ActorGroup:
-    """Starts ``config.num_ranks`` critic ranks in one placement group."""
+    """Starts ``config.num_ranks`` critic ranks in one placement group.
+
+    ``strategy`` overrides the config's ``placement_strategy``.
+    """
     config.validate()
     check_device(config, device)
     return ActorGroup(
@@ -149,6 +152,7 @@ def start_critic(
         args=(model_path, config, value_clip_eps, device),
         num_cpus_per_rank=config.num_cpus_per_rank,
         num_gpus_per_rank=config.num_gpus_per_rank,
-        strategy=strategy,
+        resources_per_rank=config.resources_per_rank,
+        strategy=strategy or config.placement_strategy,
         env_vars=trainer_env(device),
     )

@@ -174,9 +174,12 @@ def start_ppo_policy(
     clip_eps: float,
     entropy_coef: float,
     device: Device = "cpu",
-    strategy: str = "PACK",
+    strategy: str | None = None,
 ) -> ActorGroup:
-    """Starts ``config.num_ranks`` PPO policy ranks in one placement group."""
+    """Starts ``config.num_ranks`` PPO policy ranks in one placement group.
+
+    ``strategy`` overrides the config's ``placement_strategy``.
+    """
     config.validate()
     check_device(config, device)
     return ActorGroup(
@@ -185,6 +188,7 @@ def start_ppo_policy(
         args=(model_path, config, clip_eps, entropy_coef, device),
         num_cpus_per_rank=config.num_cpus_per_rank,
         num_gpus_per_rank=config.num_gpus_per_rank,
-        strategy=strategy,
+        resources_per_rank=config.resources_per_rank,
+        strategy=strategy or config.placement_strategy,
         env_vars=trainer_env(device),
     )

@@ -30,6 +30,7 @@ from rlhf.algorithms import (
     get_advantage,
 )
 from rlhf.algorithms.kl import KL_KINDS
+from rlhf.cluster.resources import trainer_role
 from rlhf.config import ConfigError
 from rlhf.driver import experience as xp
 from rlhf.driver.common import ray_session, resolve_model_path, start_reward, start_samplers
@@ -37,8 +38,9 @@ from rlhf.driver.loops import register_loop
 from rlhf.driver.online_dpo import PhaseTimer, SamplersConfig, sample_metrics, sync_weights
 from rlhf.driver.preference_training import ReferenceConfig
 from rlhf.driver.reference import token_logps
-from rlhf.driver.rollout import actor_scorer, sample, score
-from rlhf.driver.setup import open_run, start_reference
+from rlhf.driver.retry import PhaseRetry, named_actors
+from rlhf.driver.rollout import ActorScorer, actor_scorer, sample, score
+from rlhf.driver.setup import online_roles, open_run, start_reference
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.plots import plot_rounds
 from rlhf.rewards import RewardConfig
@@ -141,6 +143,10 @@ class PPOWorkers:
     policy: Any  # ActorGroup of PPOPolicy
     critic: Any | None  # ActorGroup of Critic; None for critic-free estimators
 
+    def reward_actors(self) -> dict[str, Any]:
+        """The reward actor by name, when ``reward`` calls one (a retry waits for it)."""
+        return {"reward": self.reward.actor} if isinstance(self.reward, ActorScorer) else {}
+
 
 @register_loop("ppo", config=PPOConfig)
 def run(cfg: PPOConfig, resume: bool = False) -> Path:
@@ -159,7 +165,9 @@ def run(cfg: PPOConfig, resume: bool = False) -> Path:
     p = cfg.ppo
     train_prompts = make_prompts(p.iterations * p.prompts_per_iteration, seed=cfg.seed)
     eval_prompts = make_prompts(p.eval_prompts, seed=cfg.seed, split="eval")
-    with ray_session(cfg.ray) as scope:
+    needs_critic = get_advantage(p.advantage).needs_critic
+    roles = online_roles(cfg) + ([trainer_role("critic", cfg.critic)] if needs_critic else [])
+    with ray_session(cfg.ray, roles) as scope:
         reference = scope.own(start_reference(cfg, model_path))
         samplers = scope.own(
             start_samplers(
@@ -176,7 +184,7 @@ def run(cfg: PPOConfig, resume: bool = False) -> Path:
             start_ppo_policy(model_path, cfg.trainer, p.clip_eps, p.entropy_coef, cfg.device)
         )
         critic = None
-        if get_advantage(p.advantage).needs_critic:
+        if needs_critic:
             critic_path = cfg.critic_model or model_path
             critic = scope.own(start_critic(critic_path, cfg.critic, p.value_clip_eps, cfg.device))
         workers = PPOWorkers(samplers, reference, reward, policy, critic)
@@ -184,8 +192,12 @@ def run(cfg: PPOConfig, resume: bool = False) -> Path:
         state = (restore_checkpoint(workers, checkpoints) if resume else None) or PPOState()
         kl_ctl = kl_controller(p, state.kl_coef)
         if state.round > 0:  # resumed: the samplers must sample from the restored policy
-            sync_weights(policy, samplers)
-        logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)
+            sync_weights(policy, samplers, version=state.round)
+        logger = MetricsLogger(
+            run_dir,
+            resume_step=state.step if resume else None,
+            resume_round=state.round if resume else None,
+        )
         bar = tqdm(total=p.iterations, initial=state.round, desc=cfg.ppo.advantage, unit="iter")
         while state.round < p.iterations:
             prompts = train_prompts[state.round * p.prompts_per_iteration :][
@@ -221,15 +233,32 @@ def run_iteration(
     pad_token_id: int,
     logger: MetricsLogger,
 ) -> dict[str, float]:
-    """One iteration: experience, PPO epochs, weight sync; returns its metrics."""
+    """One iteration: experience, PPO epochs, weight sync; returns its metrics.
+
+    Generate, score and sync are repeated if a sampler or the reward actor dies (see
+    ``rlhf.driver.retry``); the samplers hold weights version ``state.round`` meanwhile.
+    """
     p = cfg.ppo
     seed = cfg.seed * 100_003 + state.round
     timer = PhaseTimer()
+    retry = PhaseRetry(cfg.ray.phase_retries)
+    samplers = named_actors("sampler", workers.samplers)
     start = time.perf_counter()
     with timer("generate"):
-        groups = sample(workers.samplers, prompts + eval_prompts, cfg.samplers.sampling, seed)
+        groups = retry(
+            "generate",
+            lambda: sample(
+                workers.samplers,
+                prompts + eval_prompts,
+                cfg.samplers.sampling,
+                seed,
+                weights_version=state.round,
+            ),
+            samplers,
+            recover=lambda: sync_weights(workers.policy, workers.samplers, version=state.round),
+        )
     with timer("score"):
-        scored = score(groups, workers.reward)
+        scored = retry("score", lambda: score(groups, workers.reward), workers.reward_actors())
     train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
     with timer("reference"):
         sequences = [c.prompt_ids + c.token_ids for g in scored for c in g.completions]
@@ -275,7 +304,12 @@ def run_iteration(
                 logger.log(state.step, step_metrics)
     metrics.update(step_metrics)
     with timer("sync"):
-        metrics["sync_bytes"] = sync_weights(workers.policy, workers.samplers)
+        metrics["sync_bytes"] = retry(
+            "sync",
+            lambda: sync_weights(workers.policy, workers.samplers, version=state.round + 1),
+            samplers,
+        )
+    metrics["retries"] = retry.count
     kl_ctl.update(metrics["train/kl"], n_steps=len(batch))
     metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
     elapsed = time.perf_counter() - start
