@@ -113,3 +113,12 @@ def test_rollout_batch_rejects_mismatched_shapes():
     ids = torch.zeros(2, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="old_logps"):
         RolloutBatch(ids, ids, ids, old_logps=torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("advantage", ["gae", "grpo", "rloo", "reinforce_pp"])
+def test_the_ppo_preset_runs_with_every_builtin_estimator(advantage):
+    from rlhf.config import load_config
+    from rlhf.driver.ppo import PPOConfig
+
+    cfg = load_config(PPOConfig, "configs/ppo.yaml", [f"ppo.advantage={advantage}"])
+    assert cfg.ppo.advantage == advantage
