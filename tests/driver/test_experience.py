@@ -1,6 +1,7 @@
 """PPO experience in the driver: alignment, sharding, advantages and metric sums, by hand."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,5 +121,6 @@ def test_the_ppo_preset_runs_with_every_builtin_estimator(advantage):
     from rlhf.config import load_config
     from rlhf.driver.ppo import PPOConfig
 
-    cfg = load_config(PPOConfig, "configs/ppo.yaml", [f"ppo.advantage={advantage}"])
+    preset = Path(__file__).resolve().parents[2] / "configs" / "ppo.yaml"
+    cfg = load_config(PPOConfig, str(preset), [f"ppo.advantage={advantage}"])
     assert cfg.ppo.advantage == advantage
