@@ -1,0 +1,218 @@
+"""PPO / GRPO iteration time by phase, generation's share, samples/s, and TRL's GRPOTrainer.
+
+    python benchmarks/ppo.py                 # GAE with a critic, GRPO, and TRL GRPO, 6 x 64 prompts
+    python benchmarks/ppo.py --quick         # 3 x 32 prompts
+
+Every job runs in its own process. Ours: ``rlhf train configs/ppo.yaml`` (vLLM samplers and
+reference, DeepSpeed policy and critic) on the embedded task; per-phase times come from its
+``metrics.jsonl``, the first iteration (engine warm-up) is reported apart. The peer: TRL's
+``GRPOTrainer`` on the same model, prompts, reward, K, completion length, learning rate and
+number of policy-gradient passes per sample (our PPO epochs = TRL's ``num_iterations``), with
+its KL term on (beta > 0, so it runs a reference model as we do). Ratios compare samples
+trained on per second, start-up excluded on both sides and reported on its own line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Phases, emit, print_table, run_job  # noqa: E402
+
+PHASES = ("generate", "score", "reference", "experience", "train", "sync")
+
+
+def ours_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Our PPO loop with the job's estimator; per-iteration phase times from its metrics."""
+    from rlhf.config import load_config
+    from rlhf.driver import ppo
+    from rlhf.run_dir import read_metrics
+
+    start = time.perf_counter()
+    overrides = [
+        f"output_dir={job['out']}",
+        f"model.path={job['model']}",
+        f"ppo.advantage={job['advantage']}",
+        f"ppo.iterations={job['iterations']}",
+        f"ppo.prompts_per_iteration={job['prompts']}",
+        f"ppo.epochs={job['epochs']}",
+        f"ppo.minibatch_size={job['minibatch']}",
+        f"samplers.sampling.n={job['k']}",
+        f"samplers.sampling.max_tokens={job['max_tokens']}",
+        f"trainer.lr={job['lr']}",
+        "ppo.eval_prompts=8",  # the held-out check stays in the loop, kept small
+    ]
+    run_dir = ppo.run(load_config(ppo.PPOConfig, "configs/ppo.yaml", overrides))
+    total = time.perf_counter() - start
+    iterations = [r for r in read_metrics(run_dir) if "eval/reward/mean" in r]
+    return {"total": total, "iterations": iterations}
+
+
+def trl_job(job: dict[str, Any]) -> dict[str, Any]:
+    """TRL's GRPOTrainer on the same task; returns its timings."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlhf.task import make_prompts, sentiment_reward
+
+    out = Path(job["out"])
+    tokenizer = AutoTokenizer.from_pretrained(job["model"])
+    bos = tokenizer.bos_token or ""
+    num_prompts = job["iterations"] * job["prompts"]
+    prompts = [bos + p for p in make_prompts(num_prompts, seed=0, split="train")]
+
+    def sentiment(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return sentiment_reward([p.removeprefix(bos) for p in prompts], completions)
+
+    args = GRPOConfig(
+        output_dir=str(out / "run"),
+        per_device_train_batch_size=job["minibatch"],
+        num_generations=job["k"],
+        num_iterations=job["epochs"],
+        max_completion_length=job["max_tokens"],
+        learning_rate=job["lr"],
+        beta=0.05,
+        temperature=1.0,
+        num_train_epochs=1,
+        bf16=False,
+        report_to="none",
+        logging_steps=1000,
+        save_strategy="no",
+    )
+    phases = Phases()
+    start = time.perf_counter()
+    with phases("start-up"):
+        trainer = GRPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(job["model"]),
+            reward_funcs=sentiment,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            processing_class=tokenizer,
+        )
+    with phases("train"):
+        trainer.train()
+    total = time.perf_counter() - start
+    return {"seconds": phases.seconds, "total": total, "samples": num_prompts * job["k"]}
+
+
+def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Steady-state numbers of one of our runs (iterations after the first)."""
+    its = result["iterations"]
+    steady = its[1:] or its
+    per_iter = {p: statistics.mean(r[f"time/{p}"] for r in steady) for p in PHASES}
+    iteration_s = sum(per_iter.values())
+    run_s = sum(sum(r[f"time/{p}"] for p in PHASES) for r in its)
+    samples = result["samples_per_iteration"] * len(its)
+    return {
+        "name": name,
+        "per_iter": per_iter,
+        "iteration_s": iteration_s,
+        "first_iteration_s": sum(its[0][f"time/{p}"] for p in PHASES),
+        "startup_s": result["total"] - run_s,
+        "samples_per_s": samples / run_s,
+        "steady_samples_per_s": result["samples_per_iteration"] / iteration_s,
+        "generate_share": per_iter["generate"] / iteration_s,
+        "reward": (its[0]["eval/reward/mean"], its[-1]["eval/reward/mean"]),
+    }
+
+
+def report(ours: list[dict], trl: dict | None) -> None:
+    print("\nPPO iteration by phase (mean seconds over iterations after the first)")
+    print_table(
+        ["run", *PHASES, "iteration", "gen share", "samples/s"],
+        [
+            [
+                o["name"],
+                *[f"{o['per_iter'][p]:.3f}" for p in PHASES],
+                f"{o['iteration_s']:.2f}",
+                f"{o['generate_share']:.0%}",
+                o["steady_samples_per_s"],
+            ]
+            for o in ours
+        ],
+    )
+    for o in ours:
+        print(
+            f"{o['name']}: start-up {o['startup_s']:.1f} s, first iteration "
+            f"{o['first_iteration_s']:.1f} s (engine warm-up), all iterations "
+            f"{o['samples_per_s']:.1f} samples/s, held-out reward "
+            f"{o['reward'][0]:.3f} -> {o['reward'][1]:.3f}"
+        )
+    if trl is not None:
+        trl_rate = trl["samples"] / trl["seconds"]["train"]
+        print(
+            f"TRL GRPOTrainer: start-up {trl['seconds']['start-up']:.1f} s, train "
+            f"{trl['seconds']['train']:.1f} s, {trl_rate:.1f} samples/s"
+        )
+        for o in ours:
+            print(
+                f"ratio {o['name']} / TRL GRPO, samples/s: steady iterations "
+                f"{o['steady_samples_per_s'] / trl_rate:.2f}x, all iterations "
+                f"{o['samples_per_s'] / trl_rate:.2f}x (the first overlaps the actors' start-up)"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--prompts", type=int, default=64, help="prompts per iteration")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--minibatch", type=int, default=64, help="samples per optimizer step")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--estimators", default="gae,grpo")
+    parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="3 x 32 prompts")
+    parser.add_argument("--workdir", help="runs and logs (default: a new temp dir)")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job and exit
+    args = parser.parse_args(argv)
+    if args.job:
+        job = json.loads(args.job)
+        emit({"ours": ours_job, "trl": trl_job}[job["kind"]](job))
+        return
+    if args.quick:
+        args.iterations, args.prompts = 3, 32
+    from rlhf.task import build_tiny_model
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ppo-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    common = {
+        "model": str(build_tiny_model()),
+        "iterations": args.iterations,
+        "prompts": args.prompts,
+        "k": args.k,
+        "epochs": args.epochs,
+        "minibatch": args.minibatch,
+        "max_tokens": args.max_tokens,
+        "lr": args.lr,
+    }
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    ours = []
+    for advantage in args.estimators.split(","):
+        out = workdir / f"{stamp}-ours-{advantage}"
+        job = {**common, "kind": "ours", "advantage": advantage, "out": str(out)}
+        result = run_job(Path(__file__), job, workdir / f"{out.name}.log")
+        result["samples_per_iteration"] = args.prompts * args.k
+        ours.append(summarize(f"ours {advantage}", result))
+    trl = None
+    if not args.no_trl:
+        out = workdir / f"{stamp}-trl-grpo"
+        trl = run_job(
+            Path(__file__), {**common, "kind": "trl", "out": str(out)}, workdir / f"{out.name}.log"
+        )
+    report(ours, trl)
+    print(f"\nlogs and runs: {workdir}")
+
+
+if __name__ == "__main__":
+    main()
