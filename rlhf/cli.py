@@ -71,7 +71,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     algorithm = apply_overrides(raw or {}, overrides).get("algorithm", "dpo")
     for module in BUILTIN_LOOPS:
         importlib.import_module(module)
-    loop = get_loop(algorithm)
+    from rlhf.algorithms import PluginLoadError, UnknownNameError
+
+    try:
+        loop = get_loop(algorithm)
+    except PluginLoadError:
+        raise
+    except (UnknownNameError, ImportError, TypeError) as error:  # unknown name, bad import path
+        raise ConfigError(f"{config or 'command line'}: algorithm: {error}") from None
     loop(load_config(loop.metadata["config"], config, overrides), resume=args.resume)
 
 
