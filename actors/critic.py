@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, trainer_env
-from actors.group import ActorGroup
+from actors.group import ActorGroup, SharedPlacement
 from rlhf.algorithms import ppo_value_loss
 from rlhf.data.batch import RolloutBatch
 from rlhf.models.deepspeed_config import TrainerConfig, check_device
@@ -139,10 +139,12 @@ def start_critic(
     value_clip_eps: float | None,
     device: Device = "cpu",
     strategy: str | None = None,
+    shared: SharedPlacement | None = None,
 ) -> ActorGroup:
     """Starts ``config.num_ranks`` critic ranks in one placement group.
 
-    ``strategy`` overrides the config's ``placement_strategy``.
+    ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
+    shared with colocated roles (``ray.colocate``), rank i in its bundle i.
     """
     config.validate()
     check_device(config, device)
@@ -155,4 +157,5 @@ def start_critic(
         resources_per_rank=config.resources_per_rank,
         strategy=strategy or config.placement_strategy,
         env_vars=trainer_env(device),
+        shared=shared,
     )

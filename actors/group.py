@@ -2,6 +2,8 @@
 
 ``spawn`` starts one actor; ``ActorGroup`` starts N ranks of one class in a placement group,
 with rank 0's address as the rendezvous point of their process group (trainers, critics).
+``SharedPlacement`` is one placement group several roles share (``ray.colocate``): rank i of
+each role goes to its bundle i.
 """
 
 from __future__ import annotations
@@ -36,6 +38,63 @@ def spawn(
     """Starts one actor of ``cls`` with its resources declared and the project's environment."""
     actor_cls = _remote_class(cls, num_cpus, num_gpus, env_vars)
     return actor_cls.options(**options).remote(*args)
+
+
+def _place(bundles: list[dict[str, float]], strategy: str, timeout_s: float, what: str) -> Any:
+    """A placement group of ``bundles``, ready; RuntimeError naming ``what`` if it cannot be."""
+    group = placement_group(bundles, strategy=strategy)
+    try:
+        ray.get(group.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"{what} could not be placed in {timeout_s:.0f} s; the cluster has "
+            f"{ray.cluster_resources()}, free {ray.available_resources()}. Lower the counts or "
+            f"the per-actor resources."
+        ) from None
+    return group
+
+
+class SharedPlacement:
+    """One placement group that several roles share: rank i of each role goes to bundle i.
+
+    Bundle i holds the sum of what rank i of every role asks for (see
+    ``rlhf.cluster.colocation.merged_bundles``); each actor still declares its own resources,
+    so Ray fits the actors of a bundle inside it. The owner (the driver's scope) frees it with
+    :meth:`kill` after the actors in it have ended.
+    """
+
+    def __init__(
+        self, bundles: list[dict[str, float]], strategy: str, name: str, timeout_s: float = 120.0
+    ) -> None:
+        bundles = [{k: v for k, v in bundle.items() if v > 0} for bundle in bundles]
+        self.name = name
+        self.group = _place(bundles, strategy, timeout_s, f"{name}: {bundles} ({strategy})")
+
+    def bundle(self, index: int) -> PlacementGroupSchedulingStrategy:
+        """The scheduling strategy that puts an actor into bundle ``index``."""
+        return PlacementGroupSchedulingStrategy(self.group, index)
+
+    def kill(self) -> None:
+        """Frees the placement group (its actors must have ended first)."""
+        remove_placement_group(self.group)
+
+
+def placement_here() -> tuple[str | None, int | None]:
+    """The placement group (hex id) and bundle index of the calling actor; Nones outside one.
+
+    Ray names the bundle only in the raw resource ids it assigned (``bundle_group_<i>_<pg>``).
+    """
+    group_id = ray.get_runtime_context().get_placement_group_id()
+    if group_id is None:
+        return None, None
+    resource_ids = ray._private.worker.global_worker.core_worker.resource_ids()
+    prefix, suffix = "bundle_group_", f"_{group_id}"
+    for name in resource_ids:
+        index = name.removeprefix(prefix).removesuffix(suffix)
+        if name.startswith(prefix) and name.endswith(suffix) and index.isdigit():
+            return group_id, int(index)
+    return group_id, None
 
 
 def _free_address() -> tuple[str, int]:
@@ -74,6 +133,9 @@ class ActorGroup:
         strategy: the placement strategy ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD").
         env_vars: extra environment of every rank's process (e.g. ``DS_ACCELERATOR``).
         timeout_s: how long to wait for the cluster to place the bundles.
+        shared: a placement group the ranks share with other roles (rank i in its bundle i);
+            the group then neither creates nor frees a placement group of its own, and
+            ``strategy`` is the shared group's.
     """
 
     def __init__(
@@ -89,6 +151,7 @@ class ActorGroup:
         strategy: str = "PACK",
         env_vars: dict[str, str] | None = None,
         timeout_s: float = 120.0,
+        shared: SharedPlacement | None = None,
     ) -> None:
         if num_ranks < 1:
             raise ValueError(f"an actor group needs at least one rank, got {num_ranks}")
@@ -97,16 +160,12 @@ class ActorGroup:
         if not bundle:
             raise ValueError("each rank needs resources: num_cpus_per_rank or num_gpus_per_rank")
         self.cls_name = cls.__name__
-        self.placement_group = placement_group([dict(bundle)] * num_ranks, strategy=strategy)
-        try:
-            ray.get(self.placement_group.ready(), timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(self.placement_group)
-            raise RuntimeError(
-                f"{num_ranks} x {bundle} ({strategy}) for {self.cls_name} could not be placed in "
-                f"{timeout_s:.0f} s; the cluster has {ray.cluster_resources()}, free "
-                f"{ray.available_resources()}. Lower num_ranks or the per-rank resources."
-            ) from None
+        self.owns_placement = shared is None
+        if shared is None:
+            what = f"{num_ranks} x {bundle} ({strategy}) for {self.cls_name}"
+            self.placement_group = _place([dict(bundle)] * num_ranks, strategy, timeout_s, what)
+        else:
+            self.placement_group = shared.group
         rank0 = PlacementGroupSchedulingStrategy(self.placement_group, 0)
         find = ray.remote(num_cpus=0)(_free_address).options(scheduling_strategy=rank0)
         self.master_addr, self.master_port = ray.get(find.remote())
@@ -145,4 +204,5 @@ class ActorGroup:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
-        remove_placement_group(self.placement_group)
+        if self.owns_placement:
+            remove_placement_group(self.placement_group)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, trainer_env
-from actors.group import ActorGroup
+from actors.group import ActorGroup, SharedPlacement
 from rlhf.algorithms import entropy_from_logits, ppo_policy_loss, sequence_logps
 from rlhf.data.batch import RolloutBatch
 from rlhf.models.deepspeed_config import TrainerConfig, check_device
@@ -175,10 +175,12 @@ def start_ppo_policy(
     entropy_coef: float,
     device: Device = "cpu",
     strategy: str | None = None,
+    shared: SharedPlacement | None = None,
 ) -> ActorGroup:
     """Starts ``config.num_ranks`` PPO policy ranks in one placement group.
 
-    ``strategy`` overrides the config's ``placement_strategy``.
+    ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
+    shared with colocated roles (``ray.colocate``), rank i in its bundle i.
     """
     config.validate()
     check_device(config, device)
@@ -191,4 +193,5 @@ def start_ppo_policy(
         resources_per_rank=config.resources_per_rank,
         strategy=strategy or config.placement_strategy,
         env_vars=trainer_env(device),
+        shared=shared,
     )

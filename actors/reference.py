@@ -20,12 +20,13 @@ class ReferenceServer:
             from rlhf.models.vllm_engine import start_engine, token_logprobs
             from rlhf.models.vllm_sync import push_weights
 
-            llm = start_engine(settings)
+            self.llm = llm = start_engine(settings)
             self._score = lambda sequences: token_logprobs(llm, sequences)
             self._load = lambda weights: push_weights(llm, weights)
         elif backend == "hf":
             from rlhf.models.hf import hf_token_logprobs, load_reference_model
 
+            self.llm = None
             model = load_reference_model(settings)
             self._score = lambda sequences: hf_token_logprobs(model, sequences)
             self._load = lambda weights: _load_hf(model, weights)
@@ -48,6 +49,18 @@ class ReferenceServer:
     def load_weights(self, named_tensors: dict) -> int:
         """Moves the reference to new weights (e.g. the last round's policy)."""
         return self._load(named_tensors)
+
+    def sleep(self) -> None:
+        """Frees the vLLM engine's GPU memory while others train (``sleep_when_idle``; GPU)."""
+        if self.llm is None:
+            raise RuntimeError("only the vllm backend can sleep; the hf backend keeps its model")
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Takes the GPU memory back after :meth:`sleep`, before scoring or loading weights."""
+        if self.llm is None:
+            raise RuntimeError("only the vllm backend can sleep; the hf backend keeps its model")
+        self.llm.wake_up()
 
 
 def _load_hf(model, weights: dict) -> int:

@@ -70,3 +70,11 @@ class Sampler:
         count = push_weights(self.llm, named_tensors)
         self.weights_version = version
         return count
+
+    def sleep(self) -> None:
+        """Frees the engine's GPU memory while others train (``engine.sleep_when_idle``; GPU)."""
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Takes the GPU memory back after :meth:`sleep`, before generating or loading weights."""
+        self.llm.wake_up()

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from actors.deepspeed_rank import DeepSpeedModel, Device, node_id, trainer_env
-from actors.group import ActorGroup
+from actors.group import ActorGroup, SharedPlacement
 from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
 from rlhf.data.batch import PreferenceBatch
 from rlhf.models.deepspeed_config import TrainerConfig, check_device
@@ -253,10 +253,12 @@ def start_policy_trainers(
     loss_options: dict[str, Any] | None = None,
     device: Device = "cpu",
     strategy: str | None = None,
+    shared: SharedPlacement | None = None,
 ) -> ActorGroup:
     """Starts ``config.num_ranks`` policy trainer ranks in one placement group.
 
-    ``strategy`` overrides the config's ``placement_strategy``.
+    ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
+    shared with colocated roles (``ray.colocate``), rank i in its bundle i.
     """
     config.validate()
     check_device(config, device)
@@ -269,4 +271,5 @@ def start_policy_trainers(
         resources_per_rank=config.resources_per_rank,
         strategy=strategy or config.placement_strategy,
         env_vars=trainer_env(device),
+        shared=shared,
     )

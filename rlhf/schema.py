@@ -43,6 +43,10 @@ class EngineConfig:
     num_cpus: float = 1.0  # Ray resources of each engine actor
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)  # custom ones, e.g. {node_b: 0.01}
+    # GPU only: the engine sleeps (weights to CPU memory, KV cache freed) while the trainers it
+    # is colocated with train, and wakes before it generates or scores (see ray.colocate).
+    # vLLM's CPU build has no sleep mode, so a job with device: cpu rejects it.
+    sleep_when_idle: bool = False
 
     def validate(self) -> None:
         if self.tensor_parallel_size < 1:
@@ -69,6 +73,7 @@ class EngineConfig:
             kv_cache_memory_bytes=self.kv_cache_memory_bytes,
             gpu_memory_utilization=self.gpu_memory_utilization,
             trust_remote_code=model.trust_remote_code,
+            enable_sleep_mode=self.sleep_when_idle,
         )
 
 
@@ -107,6 +112,10 @@ class RayConfig:
     # to phase_retries times (samplers get the current weights back first).
     max_restarts: int = 3
     phase_retries: int = 2
+    # Colocation groups (rlhf.cluster.colocation): roles that share one placement group, rank i
+    # of each in bundle i, e.g. [[trainer, reference]]. Names: trainer, critic, samplers,
+    # reference, reward (the ones the job starts).
+    colocate: list[list[str]] = field(default_factory=list)
 
     def validate(self) -> None:
         for key in ("max_restarts", "phase_retries"):

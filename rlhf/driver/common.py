@@ -7,7 +7,9 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from rlhf.cluster.colocation import colocate_roles
 from rlhf.cluster.resources import Role, require_fit
+from rlhf.config import ConfigError
 from rlhf.schema import EMBEDDED_MODEL, EngineConfig, ModelConfig, RayConfig
 
 
@@ -63,12 +65,19 @@ def ray_session(cfg: RayConfig, *stages: Sequence[Role]) -> Iterator[ActorScope]
     """Joins the job's cluster (:func:`cluster_address`), or starts a local Ray that ends with it.
 
     ``stages``: the roles the job runs at the same time, one list per stage (see
-    ``rlhf.cluster.resources``); a config the cluster cannot hold is rejected here, before any
+    ``rlhf.cluster.resources``); each ``ray.colocate`` group counts once (see
+    ``rlhf.cluster.colocation``). A config the cluster cannot hold is rejected here, before any
     actor starts, unless ``ray.check_resources`` is off. Yields the job's :class:`ActorScope`;
     its actors are killed when the block exits.
     """
     import ray
 
+    if cfg.colocate and not stages:
+        raise ConfigError(
+            f"ray.colocate is {cfg.colocate}, but this job starts no roles that could share a "
+            "placement group; remove ray.colocate"
+        )
+    stages = tuple(colocate_roles(stage, cfg.colocate) for stage in stages)
     started = False
     if not ray.is_initialized():
         address = cluster_address(cfg)
@@ -97,11 +106,13 @@ def start_samplers(
     model_path: str,
     seed: int,
     ray_cfg: RayConfig,
+    shared=None,
 ) -> list:
     """``count`` sampler actors, each with its own vLLM engine and seed.
 
     Ray restarts a sampler whose process died (``ray_cfg.max_restarts``); it comes back with
     the initial weights, which the driver's retry replaces (see ``rlhf.driver.retry``).
+    ``shared``: a colocation group's ``SharedPlacement`` (engine i in bundle i), or None.
     """
     from actors.group import spawn
     from actors.sampler import Sampler
@@ -115,13 +126,22 @@ def start_samplers(
             resources=engine.resources,
             env_vars=ray_cfg.env_vars,
             max_restarts=ray_cfg.max_restarts,
+            **in_bundle(shared, i),
         )
         for i in range(count)
     ]
 
 
-def start_reward(cfg, ray_cfg: RayConfig):
-    """The reward actor of the config's reward source (restarted by Ray if its process dies)."""
+def in_bundle(shared, index: int) -> dict[str, Any]:
+    """``spawn`` options that put an actor into bundle ``index`` of ``shared`` (None: none)."""
+    return {} if shared is None else {"scheduling_strategy": shared.bundle(index)}
+
+
+def start_reward(cfg, ray_cfg: RayConfig, shared=None):
+    """The reward actor of the config's reward source (restarted by Ray if its process dies).
+
+    ``shared``: a colocation group's ``SharedPlacement`` (the actor in bundle 0), or None.
+    """
     from actors.group import spawn
     from actors.reward import RewardActor
 
@@ -133,4 +153,5 @@ def start_reward(cfg, ray_cfg: RayConfig):
         resources=cfg.resources,
         env_vars=ray_cfg.env_vars,
         max_restarts=ray_cfg.max_restarts,
+        **in_bundle(shared, 0),
     )

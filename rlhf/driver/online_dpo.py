@@ -58,7 +58,15 @@ from rlhf.driver.rollout import (
     sample,
     score,
 )
-from rlhf.driver.setup import online_roles, open_run, start_reference, start_trainers
+from rlhf.driver.setup import (
+    check_colocation,
+    online_roles,
+    open_run,
+    place_colocated,
+    sleeping_engines,
+    start_reference,
+    start_trainers,
+)
 from rlhf.files import atomic_path
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.plots import plot_rounds
@@ -120,6 +128,7 @@ class OnlineDPOConfig:
         ranking = get_pair_strategy(self.rounds.strategy).metadata.get("ranking", False)
         if ranking and self.samplers.sampling.n < 2:
             raise ConfigError("samplers.sampling.n must be at least 2 to rank responses")
+        check_colocation(self, online_roles(self))
 
 
 @register_loop("online_dpo", config=OnlineDPOConfig)
@@ -137,8 +146,10 @@ def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
     r = cfg.rounds
     train_prompts = make_prompts(r.rounds * r.prompts_per_round, seed=cfg.seed, split="train")
     eval_prompts = make_prompts(r.eval_prompts, seed=cfg.seed, split="eval")
-    with ray_session(cfg.ray, online_roles(cfg)) as scope:
-        reference = scope.own(start_reference(cfg, model_path))
+    roles = online_roles(cfg)
+    with ray_session(cfg.ray, roles) as scope:
+        placements = place_colocated(cfg, roles, scope)  # ray.colocate groups, by role
+        reference = scope.own(start_reference(cfg, model_path, placements.get("reference")))
         samplers = scope.own(
             start_samplers(
                 cfg.samplers.num_engines,
@@ -147,11 +158,15 @@ def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
                 model_path,
                 cfg.seed,
                 cfg.ray,
+                placements.get("samplers"),
             )
         )
-        reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray)))
-        group = scope.own(start_trainers(cfg, model_path))
-        workers = Workers(samplers, reference, reward, group)
+        reward = actor_scorer(
+            scope.own(start_reward(cfg.reward, cfg.ray, placements.get("reward")))
+        )
+        group = scope.own(start_trainers(cfg, model_path, placements.get("trainer")))
+        sleepers = sleeping_engines(cfg, samplers, reference)
+        workers = Workers(samplers, reference, reward, group, sleepers)
         checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
         state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
         if state.round > 0:  # resumed: the samplers must sample from the restored policy
@@ -192,6 +207,7 @@ class Workers:
     reference: Any  # the reference server actor
     reward: GroupScorer  # scores groups of responses (the reward actor, remotely)
     trainers: Any  # the policy trainer ActorGroup
+    sleepers: list = field(default_factory=list)  # engines asleep while the trainers train
 
     def reward_actors(self) -> dict[str, Any]:
         """The reward actor by name, when ``reward`` calls one (a retry waits for it)."""
@@ -247,7 +263,9 @@ def run_round(
     }
     with timer("train"):
         if table.num_rows:
+            ray.get([engine.sleep.remote() for engine in workers.sleepers])  # GPU for training
             train_metrics = train_on(cfg, state, workers.trainers, table, pad_token_id, logger)
+            ray.get([engine.wake_up.remote() for engine in workers.sleepers])  # before the sync
             metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
     with timer("sync"):
         moved = workers.reference if _moves_reference(cfg) else None

@@ -30,7 +30,7 @@ from rlhf.algorithms import (
     get_advantage,
 )
 from rlhf.algorithms.kl import KL_KINDS
-from rlhf.cluster.resources import trainer_role
+from rlhf.cluster.resources import Role, trainer_role
 from rlhf.config import ConfigError
 from rlhf.driver import experience as xp
 from rlhf.driver.common import ray_session, resolve_model_path, start_reward, start_samplers
@@ -40,7 +40,14 @@ from rlhf.driver.preference_training import ReferenceConfig
 from rlhf.driver.reference import token_logps
 from rlhf.driver.retry import PhaseRetry, named_actors
 from rlhf.driver.rollout import ActorScorer, actor_scorer, sample, score
-from rlhf.driver.setup import online_roles, open_run, start_reference
+from rlhf.driver.setup import (
+    check_colocation,
+    online_roles,
+    open_run,
+    place_colocated,
+    sleeping_engines,
+    start_reference,
+)
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.plots import plot_rounds
 from rlhf.rewards import RewardConfig
@@ -122,6 +129,13 @@ class PPOConfig:
                 f"ppo.advantage {self.ppo.advantage!r} with samplers.sampling.n={k} and "
                 f"advantage_options {self.ppo.advantage_options}: {error}"
             ) from None
+        check_colocation(self, ppo_roles(self))
+
+
+def ppo_roles(cfg: PPOConfig) -> list[Role]:
+    """The roles a PPO job holds at once: the online ones, plus the critic when it has one."""
+    needs_critic = get_advantage(cfg.ppo.advantage).needs_critic
+    return online_roles(cfg) + ([trainer_role("critic", cfg.critic)] if needs_critic else [])
 
 
 @dataclass
@@ -142,6 +156,7 @@ class PPOWorkers:
     reward: Any  # a GroupScorer
     policy: Any  # ActorGroup of PPOPolicy
     critic: Any | None  # ActorGroup of Critic; None for critic-free estimators
+    sleepers: list = field(default_factory=list)  # engines asleep while policy and critic work
 
     def reward_actors(self) -> dict[str, Any]:
         """The reward actor by name, when ``reward`` calls one (a retry waits for it)."""
@@ -166,9 +181,10 @@ def run(cfg: PPOConfig, resume: bool = False) -> Path:
     train_prompts = make_prompts(p.iterations * p.prompts_per_iteration, seed=cfg.seed)
     eval_prompts = make_prompts(p.eval_prompts, seed=cfg.seed, split="eval")
     needs_critic = get_advantage(p.advantage).needs_critic
-    roles = online_roles(cfg) + ([trainer_role("critic", cfg.critic)] if needs_critic else [])
+    roles = ppo_roles(cfg)
     with ray_session(cfg.ray, roles) as scope:
-        reference = scope.own(start_reference(cfg, model_path))
+        placements = place_colocated(cfg, roles, scope)  # ray.colocate groups, by role
+        reference = scope.own(start_reference(cfg, model_path, placements.get("reference")))
         samplers = scope.own(
             start_samplers(
                 cfg.samplers.num_engines,
@@ -177,17 +193,36 @@ def run(cfg: PPOConfig, resume: bool = False) -> Path:
                 model_path,
                 cfg.seed,
                 cfg.ray,
+                placements.get("samplers"),
             )
         )
-        reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray)))
+        reward = actor_scorer(
+            scope.own(start_reward(cfg.reward, cfg.ray, placements.get("reward")))
+        )
         policy = scope.own(
-            start_ppo_policy(model_path, cfg.trainer, p.clip_eps, p.entropy_coef, cfg.device)
+            start_ppo_policy(
+                model_path,
+                cfg.trainer,
+                p.clip_eps,
+                p.entropy_coef,
+                cfg.device,
+                shared=placements.get("trainer"),
+            )
         )
         critic = None
         if needs_critic:
             critic_path = cfg.critic_model or model_path
-            critic = scope.own(start_critic(critic_path, cfg.critic, p.value_clip_eps, cfg.device))
-        workers = PPOWorkers(samplers, reference, reward, policy, critic)
+            critic = scope.own(
+                start_critic(
+                    critic_path,
+                    cfg.critic,
+                    p.value_clip_eps,
+                    cfg.device,
+                    shared=placements.get("critic"),
+                )
+            )
+        sleepers = sleeping_engines(cfg, samplers, reference)
+        workers = PPOWorkers(samplers, reference, reward, policy, critic, sleepers)
         checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
         state = (restore_checkpoint(workers, checkpoints) if resume else None) or PPOState()
         kl_ctl = kl_controller(p, state.kl_coef)
@@ -265,6 +300,7 @@ def run_iteration(
         ref_lists = token_logps(workers.reference, sequences, cfg.reference.chunk_size)
     n_train = sum(len(g.completions) for g in train_groups)
     batch, ref, scores = xp.rollout_batch(train_groups, ref_lists[:n_train], pad_token_id)
+    ray.get([engine.sleep.remote() for engine in workers.sleepers])  # GPU for the trainers
     with timer("experience"):  # old log-probs and values, both groups at once
         width = batch.input_ids.shape[1]
         logp_refs = xp.sharded_forward(
@@ -303,6 +339,7 @@ def run_iteration(
                 state.step += 1
                 logger.log(state.step, step_metrics)
     metrics.update(step_metrics)
+    ray.get([engine.wake_up.remote() for engine in workers.sleepers])  # before the sync
     with timer("sync"):
         metrics["sync_bytes"] = retry(
             "sync",

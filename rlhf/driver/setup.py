@@ -8,8 +8,9 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from rlhf.cluster.colocation import check_groups, group_name, group_strategy, merged_bundles
 from rlhf.cluster.resources import Role, actor_role, engine_roles, trainer_role
-from rlhf.config import dump_config
+from rlhf.config import ConfigError, dump_config
 from rlhf.data.cache import cache_key, load_cached, save_cached
 from rlhf.data.loader import split_by_prompt
 from rlhf.data.prepare import load_preferences
@@ -100,16 +101,77 @@ def online_roles(cfg: Any) -> list[Role]:
     ]
 
 
+TRAINER_ROLES = ("trainer", "critic")
+
+
+def check_colocation(cfg: Any, roles: list[Role]) -> None:
+    """Raises ConfigError for ``ray.colocate`` groups or ``sleep_when_idle`` engines the job's
+    ``roles`` cannot honour (see ``rlhf.cluster.colocation``); called by the online configs.
+
+    An engine may sleep only where vLLM has a sleep mode (GPUs: vLLM's CPU build raises "Sleep
+    mode is not supported on current platform"), only with the vLLM backend, and only when it
+    shares a colocation group with a trainer, whose training is what its sleep makes room for.
+    """
+    check_groups(cfg.ray.colocate, roles)
+    partners = {name: set(group) for group in cfg.ray.colocate for name in group}
+    engines = [("samplers", cfg.samplers.engine), ("reference", cfg.reference.engine)]
+    for name, engine in engines:
+        if not engine.sleep_when_idle:
+            continue
+        key = f"{name}.engine.sleep_when_idle"
+        if cfg.device == "cpu":
+            raise ConfigError(
+                f"{key}: vLLM's CPU build has no sleep mode (LLM.sleep needs a GPU); set it "
+                "false, or run on GPUs with device: cuda"
+            )
+        if name == "reference" and cfg.reference.backend != "vllm":
+            raise ConfigError(f"{key} needs reference.backend: vllm (the hf backend cannot sleep)")
+        if not partners.get(name, set()) & set(TRAINER_ROLES):
+            raise ConfigError(
+                f"{key}: the engine sleeps to free the GPU it shares with trainers, but {name} is "
+                f"in no ray.colocate group with {' or '.join(TRAINER_ROLES)}; add one "
+                f"(e.g. ray.colocate: [[trainer, {name}]]) or set it false"
+            )
+
+
+def place_colocated(cfg: Any, roles: list[Role], scope: Any) -> dict[str, Any]:
+    """One ``SharedPlacement`` per ``ray.colocate`` group, by role name (owned by ``scope``).
+
+    Start these before the roles' actors; pass ``placements.get(role)`` to their start calls.
+    """
+    from actors.group import SharedPlacement
+
+    by_name = {role.name: role for role in roles}
+    placements: dict[str, Any] = {}
+    for group in cfg.ray.colocate:
+        members = [by_name[name] for name in group]
+        shared = scope.own(
+            SharedPlacement(merged_bundles(members), group_strategy(members), group_name(members))
+        )
+        placements.update(dict.fromkeys(group, shared))
+    return placements
+
+
+def sleeping_engines(cfg: Any, samplers: list, reference: Any) -> list:
+    """The engine actors that sleep while the trainers train (``engine.sleep_when_idle``)."""
+    sleepers = list(samplers) if cfg.samplers.engine.sleep_when_idle else []
+    return sleepers + ([reference] if cfg.reference.engine.sleep_when_idle else [])
+
+
 def offline_stages(cfg: Any) -> tuple[list[Role], list[Role]]:
     """An offline job's two stages: the reference server (freed once the tables have their
     log-probs), then the trainer ranks. For ``ray_session(cfg.ray, *offline_stages(cfg))``."""
     return engine_roles("reference", cfg.reference.engine), [trainer_role("trainer", cfg.trainer)]
 
 
-def start_reference(cfg: Any, model_path: str):
-    """The reference server of the config (vLLM or Hugging Face backend)."""
+def start_reference(cfg: Any, model_path: str, shared: Any = None):
+    """The reference server of the config (vLLM or Hugging Face backend).
+
+    ``shared``: a colocation group's ``SharedPlacement`` (the server in bundle 0), or None.
+    """
     from actors.group import spawn
     from actors.reference import ReferenceServer
+    from rlhf.driver.common import in_bundle
 
     engine = cfg.reference.engine
     return spawn(
@@ -120,11 +182,15 @@ def start_reference(cfg: Any, model_path: str):
         num_gpus=engine.num_gpus,
         resources=engine.resources,
         env_vars=cfg.ray.env_vars,
+        **in_bundle(shared, 0),
     )
 
 
-def start_trainers(cfg: Any, model_path: str):
-    """The policy trainer group of the config's loss, trainer settings and device."""
+def start_trainers(cfg: Any, model_path: str, shared: Any = None):
+    """The policy trainer group of the config's loss, trainer settings and device.
+
+    ``shared``: a colocation group's ``SharedPlacement`` (rank i in bundle i), or None.
+    """
     from actors.trainer import start_policy_trainers
 
     return start_policy_trainers(
@@ -134,4 +200,5 @@ def start_trainers(cfg: Any, model_path: str):
         cfg.loss.beta,
         cfg.loss.options,
         device=cfg.device,
+        shared=shared,
     )

@@ -28,6 +28,8 @@ class EngineSettings:
     kv_cache_memory_bytes: int | None = 64 * 2**20
     gpu_memory_utilization: float = 0.5
     trust_remote_code: bool = False
+    # GPU only: lets the driver put the engine to sleep (``LLM.sleep``) and wake it up.
+    enable_sleep_mode: bool = False
     # Lets the driver push new weights into the engine (see rlhf.models.vllm_sync).
     worker_extension_cls: str | None = "rlhf.models.vllm_sync.WeightSyncExtension"
 
@@ -65,6 +67,8 @@ def start_engine(settings: EngineSettings) -> LLM:
         # One GPU worker per shard, started by vLLM through Ray beside this actor (which holds no
         # GPU itself; see EngineConfig). Untested here: these machines have no GPU.
         kwargs["distributed_executor_backend"] = "ray"
+    if settings.enable_sleep_mode:
+        kwargs["enable_sleep_mode"] = True  # vLLM raises on platforms without it (CPU)
     if settings.worker_extension_cls is not None:
         kwargs["worker_extension_cls"] = settings.worker_extension_cls
     return LLM(**kwargs)
