@@ -27,6 +27,7 @@ from rlhf.models.deepspeed_config import (
     deepspeed_config,
     scheduler_start,
 )
+from rlhf.models.weight_broadcast import Manifest, WeightSender, manifest_of
 
 Device = Literal["cpu", "cuda"]
 
@@ -130,6 +131,26 @@ class DeepSpeedModel:
                 if name in keep:
                     state[name] = buffer.detach().to("cpu", copy=True)
         return state if self.rank == 0 else None
+
+    def open_weight_broadcast(self, backend: str) -> tuple[tuple[str, int], Manifest] | None:
+        """Rank 0 starts the weight group's rendezvous; returns its address and the manifest of
+        the weights (None on other ranks). Every rank must be called (ZeRO-3 gathers)."""
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return None
+        self._sender = WeightSender(backend)
+        self._manifest = manifest_of(state.items())
+        return (ray.util.get_node_ip_address(), self._sender.port), self._manifest
+
+    def join_weight_group(self, group_id: str, world: int) -> None:
+        """Rank 0 forms the weight group ``group_id`` as its source (blocks until all joined)."""
+        self._sender.join(group_id, world, self._manifest)
+
+    def broadcast_weights(self) -> int:
+        """Rank 0 broadcasts the full weights to the group; returns the bytes (0 on others).
+        Every rank must be called (ZeRO-3 gathers)."""
+        state = self.full_state_dict()
+        return self._sender.send(state) if self.rank == 0 else 0
 
     def save_pretrained(self, path: str) -> None:
         """Writes a Hugging Face model directory (safetensors, config, tokenizer) at ``path``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 from rlhf.models.vllm_engine import EngineSettings
+from rlhf.models.weight_broadcast import Manifest, WeightReceiver
 
 
 class ReferenceServer:
@@ -18,11 +19,18 @@ class ReferenceServer:
     def __init__(self, settings: EngineSettings, backend: Literal["vllm", "hf"] = "vllm") -> None:
         if backend == "vllm":
             from rlhf.models.vllm_engine import start_engine, token_logprobs
-            from rlhf.models.vllm_sync import push_weights
+            from rlhf.models.vllm_sync import (
+                check_one_worker,
+                join_weight_group,
+                push_weights,
+                receive_weights,
+            )
 
             self.llm = llm = start_engine(settings)
             self._score = lambda sequences: token_logprobs(llm, sequences)
             self._load = lambda weights: push_weights(llm, weights)
+            self._join = lambda *group: (check_one_worker(settings), join_weight_group(llm, *group))
+            self._receive = lambda: receive_weights(llm)
         elif backend == "hf":
             from rlhf.models.hf import hf_token_logprobs, load_reference_model
 
@@ -30,8 +38,12 @@ class ReferenceServer:
             model = load_reference_model(settings)
             self._score = lambda sequences: hf_token_logprobs(model, sequences)
             self._load = lambda weights: _load_hf(model, weights)
+            receiver = WeightReceiver()
+            self._join = receiver.join
+            self._receive = lambda: _load_hf(model, dict(receiver.receive()))
         else:
             raise ValueError(f"reference backend {backend!r} is not one of 'vllm', 'hf'")
+        self.weight_group_id: str | None = None
 
     def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Per-token log-probs of tokens 1..L-1 of each sequence."""
@@ -49,6 +61,27 @@ class ReferenceServer:
     def load_weights(self, named_tensors: dict) -> int:
         """Moves the reference to new weights (e.g. the last round's policy)."""
         return self._load(named_tensors)
+
+    def join_weight_group(
+        self,
+        address: tuple[str, int],
+        group_id: str,
+        rank: int,
+        world: int,
+        backend: str,
+        manifest: Manifest,
+    ) -> None:
+        """Joins trainer rank 0's weight broadcast group (``rlhf.driver.weight_sync``)."""
+        self._join(address, group_id, rank, world, backend, manifest)
+        self.weight_group_id = group_id
+
+    def weight_group(self) -> str | None:
+        """The broadcast group this server is in; None after a restart."""
+        return self.weight_group_id
+
+    def receive_weights(self) -> int:
+        """:meth:`load_weights` from trainer rank 0's broadcast, which runs at the same time."""
+        return self._receive()
 
     def sleep(self) -> None:
         """Frees the vLLM engine's GPU memory while others train (``sleep_when_idle``; GPU)."""

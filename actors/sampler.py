@@ -11,7 +11,14 @@ from rlhf.models.vllm_engine import (
     start_engine,
     token_logprobs,
 )
-from rlhf.models.vllm_sync import StaleWeightsError, push_weights
+from rlhf.models.vllm_sync import (
+    StaleWeightsError,
+    check_one_worker,
+    join_weight_group,
+    push_weights,
+    receive_weights,
+)
+from rlhf.models.weight_broadcast import Manifest
 
 
 class Sampler:
@@ -24,7 +31,9 @@ class Sampler:
 
     def __init__(self, settings: EngineSettings) -> None:
         self.llm = start_engine(settings)
+        self.settings = settings
         self.weights_version: int | None = 0
+        self.weight_group_id: str | None = None  # the broadcast group joined (None: none yet)
 
     def generate(
         self,
@@ -78,3 +87,27 @@ class Sampler:
     def wake_up(self) -> None:
         """Takes the GPU memory back after :meth:`sleep`, before generating or loading weights."""
         self.llm.wake_up()
+
+    def join_weight_group(
+        self,
+        address: tuple[str, int],
+        group_id: str,
+        rank: int,
+        world: int,
+        backend: str,
+        manifest: Manifest,
+    ) -> None:
+        """Joins trainer rank 0's weight broadcast group (``rlhf.driver.weight_sync``)."""
+        check_one_worker(self.settings)
+        join_weight_group(self.llm, address, group_id, rank, world, backend, manifest)
+        self.weight_group_id = group_id
+
+    def weight_group(self) -> str | None:
+        """The broadcast group this engine is in; None after a restart (the driver re-forms it)."""
+        return self.weight_group_id
+
+    def receive_weights(self, version: int | None = None) -> int:
+        """:meth:`load_weights` from trainer rank 0's broadcast, which runs at the same time."""
+        count = receive_weights(self.llm)
+        self.weights_version = version
+        return count

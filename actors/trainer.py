@@ -27,6 +27,7 @@ from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
 from rlhf.data.batch import PreferenceBatch
 from rlhf.models.deepspeed_config import TrainerConfig, check_device
 from rlhf.models.hf import batch_logps, load_causal_lm
+from rlhf.models.weight_broadcast import Manifest
 
 _METRIC_KEYS = (
     "loss",
@@ -219,6 +220,18 @@ class PolicyTrainer:
         Every rank must be called (ZeRO-3 gathers). Tied weights appear once.
         """
         return self.model.full_state_dict()
+
+    def open_weight_broadcast(self, backend: str) -> tuple[tuple[str, int], Manifest] | None:
+        """Rank 0 hosts the weight broadcast's rendezvous (see DeepSpeedModel); all ranks."""
+        return self.model.open_weight_broadcast(backend)
+
+    def join_weight_group(self, group_id: str, world: int) -> None:
+        """Rank 0 forms the weight broadcast group as its source."""
+        self.model.join_weight_group(group_id, world)
+
+    def broadcast_weights(self) -> int:
+        """Rank 0 broadcasts the full weights to the samplers; all ranks (ZeRO-3 gathers)."""
+        return self.model.broadcast_weights()
 
     def save_pretrained(self, path: str) -> None:
         """Writes the policy as a Hugging Face model directory; every rank must be called."""

@@ -21,7 +21,9 @@ optimizer step, beta 0.1, lr 5e-4, up to 48 new tokens at temperature 1, fp32:
 Weight sync: bytes/s of each round's sync (``sync_bytes / time/sync``: rank 0 gathers the
 weights, Ray carries them, vLLM reloads them) against a plain in-memory copy of the same tensors
 in one process (``tensor.clone()`` of the model's state dict); ``--no-sync-parts`` skips timing
-the parts of a sync one by one (gather, object store, reload), which starts Ray once more.
+the parts of a sync one by one (gather, object store, reload) and then the same weights by
+broadcast (``samplers.sync=broadcast``), which starts Ray once more; ``--sync-only`` runs just
+that job and the memory copy.
 """
 
 from __future__ import annotations
@@ -194,6 +196,7 @@ def sync_parts_job(job: dict[str, Any]) -> dict[str, Any]:
     from rlhf.driver import online_dpo
     from rlhf.driver.common import ray_session, start_samplers
     from rlhf.driver.setup import start_trainers
+    from rlhf.driver.weight_sync import BroadcastSync
 
     cfg = load_config(
         online_dpo.OnlineDPOConfig,
@@ -219,8 +222,35 @@ def sync_parts_job(job: dict[str, Any]) -> dict[str, Any]:
             t4 = time.perf_counter()
             for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 parts[name].append(seconds)
+        # The same weights by broadcast (samplers.sync=broadcast): group formed once, then syncs.
+        t0 = time.perf_counter()
+        broadcast = scope.own(BroadcastSync.open(group, samplers, device=cfg.device))
+        parts["form group"] = [time.perf_counter() - t0]
+        parts["broadcast whole"] = []
+        for _ in range(job["repeats"]):
+            t0 = time.perf_counter()
+            sent = online_dpo.sync_weights(group, samplers)
+            parts["broadcast whole"].append(time.perf_counter() - t0)
+        assert broadcast.generation == 1 and sent == broadcast.manifest.nbytes
     nbytes = sum(t.numel() * t.element_size() for t in weights.values())
     return {"parts": {k: statistics.median(v) for k, v in parts.items()}, "bytes": nbytes}
+
+
+def print_sync_parts(parts: dict[str, Any], copy_rate: float) -> None:
+    """The sync-parts job's medians, and each sync method's bytes/s against a memory copy."""
+    p, nbytes = parts["parts"], parts["bytes"]
+    print(
+        f"  one sync, part by part (median): gather on rank 0 + return to driver "
+        f"{1000 * p['gather']:.1f} ms, ray.put {1000 * p['put']:.1f} ms, vLLM reload "
+        f"{1000 * p['reload']:.1f} ms; sync_weights whole {1000 * p['whole']:.1f} ms"
+    )
+    print(f"  broadcast group formed once in {1000 * p['form group']:.0f} ms")
+    for name, key in (("object store", "whole"), ("broadcast", "broadcast whole")):
+        rate = nbytes / p[key]
+        print(
+            f"  sync_weights by {name:12s}: {1000 * p[key]:7.1f} ms = {rate / 1e6:6.1f} MB/s = "
+            f"{rate / copy_rate:.4f}x of a memory copy"
+        )
 
 
 def memory_copy_rate(model_path: str, repeats: int = 50) -> tuple[int, float]:
@@ -306,12 +336,7 @@ def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], par
         f"{rate / 1e6:.0f} MB/s -> sync runs at {ours[0]['sync_rate'] / rate:.4f}x of a memory copy"
     )
     if parts:
-        p = parts["parts"]
-        print(
-            f"  one sync, part by part (median): gather on rank 0 + return to driver "
-            f"{1000 * p['gather']:.1f} ms, ray.put {1000 * p['put']:.1f} ms, vLLM reload "
-            f"{1000 * p['reload']:.1f} ms; sync_weights whole {1000 * p['whole']:.1f} ms"
-        )
+        print_sync_parts(parts, rate)
     rows = []
     for o in ours:
         rows.append(
@@ -376,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--trl", default="gc,no-gc", help="TRL variants: gc, no-gc, or none")
     parser.add_argument("--no-sync-parts", action="store_true")
+    parser.add_argument(
+        "--sync-only", action="store_true", help="only the sync parts: object store vs broadcast"
+    )
     parser.add_argument("--quick", action="store_true", help="2 x 32 prompts; K=2; TRL no-gc")
     parser.add_argument("--workdir", help="runs and logs (default: a new temp dir)")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job and exit
@@ -402,6 +430,13 @@ def main(argv: list[str] | None = None) -> None:
         "beta": args.beta,
         "lr": args.lr,
     }
+    if args.sync_only:
+        job = {**common, "kind": "sync-parts", "repeats": 10, "out": str(workdir / "sync")}
+        parts = run_job(Path(__file__), job, workdir / "sync-parts.log")
+        nbytes, rate = memory_copy_rate(model)
+        print(f"weight sync: {parts['bytes'] / 1e6:.2f} MB; in-memory copy {rate / 1e6:.0f} MB/s")
+        print_sync_parts(parts, rate)
+        return
     jobs: list[tuple[str, dict[str, Any]]] = []
     trl_variants = [v for v in args.trl.split(",") if v and v != "none"]
     ks = [int(k) for k in args.k.split(",")]

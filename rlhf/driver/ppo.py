@@ -48,6 +48,7 @@ from rlhf.driver.setup import (
     sleeping_engines,
     start_reference,
 )
+from rlhf.driver.weight_sync import BroadcastSync
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.plots import plot_rounds
 from rlhf.rewards import RewardConfig
@@ -209,6 +210,8 @@ def run(cfg: PPOConfig, resume: bool = False) -> Path:
                 shared=placements.get("trainer"),
             )
         )
+        if cfg.samplers.sync == "broadcast":
+            scope.own(BroadcastSync.open(policy, samplers, device=cfg.device))
         critic = None
         if needs_critic:
             critic_path = cfg.critic_model or model_path

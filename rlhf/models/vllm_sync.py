@@ -2,8 +2,9 @@
 
 vLLM runs this class's methods inside its worker (``LLM(worker_extension_cls=...)``), where the
 model runner can reload weights in place; the driver calls them with ``llm.collective_rpc``.
-This path works on the CPU and on a single GPU; on multi-GPU clusters vLLM's own weight-transfer
-engines (NCCL) are the faster route.
+Two ways in: ``push_weights`` hands the engine a state dict (from Ray's object store), and
+``join_weight_group`` / ``receive_weights`` take the weights from trainer rank 0's broadcast
+(``rlhf.models.weight_broadcast``; gloo on CPUs, NCCL on GPUs, untested here).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+
+from rlhf.models.weight_broadcast import Manifest, WeightReceiver
 
 EXTENSION = "rlhf.models.vllm_sync.WeightSyncExtension"
 
@@ -29,9 +32,53 @@ class WeightSyncExtension:
         self.model_runner.reload_weights(weights_iterator=iter(tensors))
         return len(tensors)
 
+    def rlhf_join_weight_group(
+        self, address: tuple[str, int], group_id: str, rank: int, world: int, backend: str, manifest
+    ) -> None:
+        """Joins the weight broadcast group (``WeightReceiver.join``)."""
+        self.rlhf_receiver = getattr(self, "rlhf_receiver", None) or WeightReceiver()
+        self.rlhf_receiver.join(address, group_id, rank, world, backend, manifest)
+
+    def rlhf_receive_weights(self) -> int:
+        """Receives one broadcast and loads it like ``rlhf_reload_weights``; returns how many."""
+        tensors = self.rlhf_receiver.receive()
+        self.model_runner.reload_weights(weights_iterator=iter(tensors))
+        return len(tensors)
+
 
 def push_weights(llm, named_tensors: dict[str, torch.Tensor]) -> int:
     """Reloads the engine's weights and drops KV blocks computed with the old ones."""
     counts = llm.collective_rpc("rlhf_reload_weights", args=(list(named_tensors.items()),))
     llm.reset_prefix_cache()
     return counts[0]
+
+
+def join_weight_group(
+    llm,
+    address: tuple[str, int],
+    group_id: str,
+    rank: int,
+    world: int,
+    backend: str,
+    manifest: Manifest,
+) -> None:
+    """Makes the engine's worker rank ``rank`` of the weight group (one worker per engine)."""
+    llm.collective_rpc(
+        "rlhf_join_weight_group", args=(address, group_id, rank, world, backend, manifest)
+    )
+
+
+def receive_weights(llm) -> int:
+    """Loads the weights trainer rank 0 broadcasts now; drops KV blocks of the old ones."""
+    counts = llm.collective_rpc("rlhf_receive_weights")
+    llm.reset_prefix_cache()
+    return counts[0]
+
+
+def check_one_worker(settings) -> None:
+    """The broadcast gives each engine one rank: an engine split over workers is refused."""
+    if settings.tensor_parallel_size > 1:
+        raise ValueError(
+            f"samplers.sync=broadcast serves engines with one worker; this one has "
+            f"tensor_parallel_size={settings.tensor_parallel_size}: use samplers.sync=object_store"
+        )

@@ -68,6 +68,7 @@ def test_online_dpo_plackett_luce_rankings_raise_reward(ray_cluster, tmp_path, e
         embedded_model_path,
         loss={"name": "plackett_luce"},
         rounds={"strategy": "ranking", "rounds": 5},
+        samplers={"sync": "object_store"},  # the same run by the object store (others: broadcast)
     )
     run_dir = online_dpo.run(cfg)
     rounds = _rounds(run_dir)

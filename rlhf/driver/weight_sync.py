@@ -1,0 +1,110 @@
+"""The broadcast weight sync (``samplers.sync: broadcast``): one process group per job.
+
+Trainer rank 0 is the source (group rank 0); every sampler engine, and the reference when it
+moves with the policy, receives (ranks 1..). The driver forms the group once, when the job's
+actors have started (:meth:`BroadcastSync.open`), and ``sync_weights`` then sends through it
+instead of the object store. A receiver that Ray restarted is in no group any more: the next
+sync sees it (each receiver reports the group it joined) and forms a new group with a new id
+before sending, so ``rlhf.driver.retry``'s recover-and-retry works unchanged. The group ends
+with the job's actors (the job's scope kills them; :meth:`BroadcastSync.kill` forgets it).
+
+The backend follows ``device``: gloo on CPUs, NCCL on GPUs (``weight_broadcast.BACKENDS``;
+the NCCL branch is untested here, these machines have no GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+import ray
+
+from rlhf.models.weight_broadcast import BACKENDS
+
+log = logging.getLogger(__name__)
+
+# The open broadcast of each trainer group (what ``sync_weights`` looks up).
+_OPEN: weakref.WeakKeyDictionary[Any, BroadcastSync] = weakref.WeakKeyDictionary()
+
+
+class BroadcastSync:
+    """A weight group between trainer rank 0 and the given receivers.
+
+    Args:
+        trainers: the policy ``ActorGroup`` (its ranks have ``open_weight_broadcast``,
+            ``join_weight_group`` and ``broadcast_weights``).
+        samplers: the sampler actors; ``reference``: the reference server when it moves with the
+            policy (None otherwise).
+        device: "cpu" or "cuda", the job's device; it picks the backend.
+    """
+
+    def __init__(self, trainers, samplers: list, reference=None, device: str = "cpu") -> None:
+        self.trainers, self.samplers, self.reference = trainers, list(samplers), reference
+        self.backend = BACKENDS[device]
+        self.generation = 0
+        self.group_id: str | None = None
+        opened = ray.get(trainers.call("open_weight_broadcast", self.backend))
+        self.address, self.manifest = opened[0]
+
+    @classmethod
+    def open(cls, trainers, samplers: list, reference=None, device: str = "cpu") -> BroadcastSync:
+        """Forms the group and registers it for ``sync_weights(trainers, ...)``."""
+        sync = cls(trainers, samplers, reference, device)
+        sync.form()
+        _OPEN[trainers] = sync
+        return sync
+
+    def receivers(self) -> list:
+        """The receiving actors, in group rank order (rank i + 1)."""
+        return self.samplers + ([self.reference] if self.reference is not None else [])
+
+    def serves(self, samplers: list, reference=None) -> bool:
+        """True when these are exactly the group's receivers (a sync to a subset, such as a
+        recover that re-syncs the samplers alone, goes through the object store)."""
+        return [_id(a) for a in samplers] == [_id(a) for a in self.samplers] and _id(
+            reference
+        ) == _id(self.reference)
+
+    def form(self) -> None:
+        """Forms a new group (new id) of trainer rank 0 and every receiver; all join at once."""
+        self.generation += 1
+        group_id = f"rlhf-weights-{self.generation}"
+        receivers = self.receivers()
+        world = 1 + len(receivers)
+        refs = [self.trainers.actors[0].join_weight_group.remote(group_id, world)]
+        refs += [
+            actor.join_weight_group.remote(
+                self.address, group_id, rank, world, self.backend, self.manifest
+            )
+            for rank, actor in enumerate(receivers, start=1)
+        ]
+        ray.get(refs)
+        self.group_id = group_id
+
+    def sync(self, version: int | None = None) -> int:
+        """Broadcasts the trainer's weights; returns the bytes sent (once, whatever the count
+        of receivers). Re-forms the group first if a receiver was restarted since."""
+        joined = ray.get([actor.weight_group.remote() for actor in self.receivers()])
+        if any(group_id != self.group_id for group_id in joined):
+            log.warning("weight sync: a receiver was restarted; forming a new broadcast group")
+            self.form()
+        refs = [sampler.receive_weights.remote(version) for sampler in self.samplers]
+        if self.reference is not None:
+            refs.append(self.reference.receive_weights.remote())
+        sends = self.trainers.call("broadcast_weights")
+        ray.get(refs)  # first: a receiver that died is an actor failure the retry handles
+        return ray.get(sends)[0]
+
+    def kill(self) -> None:
+        """Forgets the group (its processes end with the job's actors)."""
+        _OPEN.pop(self.trainers, None)
+
+
+def open_broadcast(trainers) -> BroadcastSync | None:
+    """The broadcast formed for this trainer group, if any."""
+    return _OPEN.get(trainers)
+
+
+def _id(actor) -> str | None:
+    return None if actor is None else actor._actor_id.hex()

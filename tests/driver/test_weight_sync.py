@@ -1,0 +1,99 @@
+"""The broadcast weight sync with real trainers (DeepSpeed, 2 ranks) and a real vLLM sampler."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+SEQ = [1, 10, 11, 12, 13, 14, 15, 2]
+
+
+def _train(ray_cluster, trainers, steps: int) -> None:
+    from rlhf.data.batch import PreferenceBatch
+
+    ids = torch.tensor([SEQ, SEQ[:-2] + [16, 2]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]] * 2)
+    batch = PreferenceBatch(ids, torch.ones_like(ids), mask, torch.tensor([-10.0, -10.0]), 2)
+    for _ in range(steps):
+        ray_cluster.get(trainers.call_sharded("train_step", batch))
+
+
+def _trainer_logprobs(ray_cluster, trainers, model_path: str) -> list[float]:
+    from transformers import AutoModelForCausalLM
+
+    weights = ray_cluster.get(trainers.call("state_dict_for_sync"))[0]
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.load_state_dict(weights, strict=False)
+    with torch.no_grad():
+        logp = model(torch.tensor([SEQ])).logits.log_softmax(-1)[0]
+    return [logp[t - 1, SEQ[t]].item() for t in range(1, len(SEQ))]
+
+
+def _gap(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def test_broadcast_sync_lands_twice(ray_cluster, embedded_model_path):
+    """Each broadcast sync makes the sampler's log-probs the trainer's, and labels the version."""
+    from actors.group import spawn
+    from actors.reference import ReferenceServer
+    from actors.trainer import start_policy_trainers
+    from rlhf.driver.common import start_samplers
+    from rlhf.driver.online_dpo import sync_weights
+    from rlhf.driver.weight_sync import BroadcastSync, open_broadcast
+    from rlhf.models.deepspeed_config import TrainerConfig
+    from rlhf.models.vllm_sync import StaleWeightsError
+    from rlhf.schema import EngineConfig, ModelConfig, RayConfig
+
+    trainers = start_policy_trainers(
+        embedded_model_path, TrainerConfig(num_ranks=2, lr=1e-2), "sigmoid", 0.1
+    )
+    (sampler,) = start_samplers(
+        1,
+        EngineConfig(),
+        ModelConfig(path=embedded_model_path),
+        embedded_model_path,
+        0,
+        RayConfig(),
+    )
+    # A moving reference on the Hugging Face backend: it receives in its actor's own process.
+    settings = EngineConfig().settings(
+        ModelConfig(path=embedded_model_path), embedded_model_path, 0
+    )
+    reference = spawn(ReferenceServer, settings, "hf")
+    broadcast = BroadcastSync.open(trainers, [sampler], reference)
+    try:
+        assert open_broadcast(trainers) is broadcast
+        for version in (1, 2):
+            _train(ray_cluster, trainers, 3)
+            trained = _trainer_logprobs(ray_cluster, trainers, embedded_model_path)
+            before = ray_cluster.get(sampler.token_logprobs.remote([SEQ]))[0]
+            assert _gap(before, trained) > 1e-2
+            nbytes = sync_weights(trainers, [sampler], reference, version=version)
+            after = ray_cluster.get(sampler.token_logprobs.remote([SEQ]))[0]
+            assert _gap(after, trained) < 1e-4, version
+            moved = ray_cluster.get(reference.token_logprobs.remote([SEQ]))[0]
+            assert _gap(moved, trained) < 1e-4, version
+            assert nbytes == broadcast.manifest.nbytes > 100_000
+            # The sampler holds this version now (it refuses to sample for any other).
+            ray_cluster.get(
+                sampler.generate.remote(["a"], 1, max_tokens=2, weights_version=version)
+            )
+            with pytest.raises(StaleWeightsError):
+                ray_cluster.get(sampler.generate.remote(["a"], 1, weights_version=version - 1))
+        assert broadcast.generation == 1  # formed once for both syncs
+        # What a sync does after a receiver restarted: a new group of the same actors.
+        broadcast.form()
+        _train(ray_cluster, trainers, 1)
+        trained = _trainer_logprobs(ray_cluster, trainers, embedded_model_path)
+        sync_weights(trainers, [sampler], reference, version=3)
+        after = ray_cluster.get(sampler.token_logprobs.remote([SEQ]))[0]
+        assert _gap(after, trained) < 1e-4
+        assert ray_cluster.get(sampler.weight_group.remote()) == broadcast.group_id
+        assert broadcast.group_id.endswith("-2")
+    finally:
+        broadcast.kill()
+        trainers.kill()
+        ray_cluster.kill(sampler)
+        ray_cluster.kill(reference)
+    assert open_broadcast(trainers) is None
