@@ -35,7 +35,7 @@ from rlhf.config import ConfigError
 from rlhf.driver import experience as xp
 from rlhf.driver.common import ray_session, resolve_model_path, start_reward, start_samplers
 from rlhf.driver.loops import register_loop
-from rlhf.driver.online_dpo import PhaseTimer, SamplersConfig, sample_metrics, sync_weights
+from rlhf.driver.online import PhaseTimer, SamplersConfig, sample_metrics, sync_weights
 from rlhf.driver.preference_training import ReferenceConfig
 from rlhf.driver.reference import token_logps
 from rlhf.driver.retry import PhaseRetry, named_actors

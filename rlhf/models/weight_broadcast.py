@@ -1,6 +1,6 @@
 """Broadcasting trained weights from trainer rank 0 to the engines over a side process group.
 
-The object-store sync (``rlhf.driver.online_dpo.sync_weights``'s default) copies the state dict
+The object-store sync (``rlhf.driver.online.sync_weights``'s default) copies the state dict
 into Ray's object store and every engine reads it from there. The broadcast sync instead forms
 one process group per job between trainer rank 0 (rank 0 of the group, the source) and every
 receiving engine worker (ranks 1..), rendezvousing through a ``TCPStore`` that rank 0 hosts, and

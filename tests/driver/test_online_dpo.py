@@ -124,7 +124,7 @@ def test_weight_sync_makes_sampler_logprobs_equal_trainer(
     from actors.trainer import start_policy_trainers
     from rlhf.data.batch import PreferenceBatch
     from rlhf.driver.common import start_samplers
-    from rlhf.driver.online_dpo import sync_weights
+    from rlhf.driver.online import sync_weights
     from rlhf.models.deepspeed_config import TrainerConfig
     from rlhf.schema import EngineConfig, ModelConfig, RayConfig
 

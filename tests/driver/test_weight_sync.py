@@ -39,7 +39,7 @@ def test_broadcast_sync_lands_twice(ray_cluster, embedded_model_path):
     from actors.reference import ReferenceServer
     from actors.trainer import start_policy_trainers
     from rlhf.driver.common import start_samplers
-    from rlhf.driver.online_dpo import sync_weights
+    from rlhf.driver.online import sync_weights
     from rlhf.driver.weight_sync import BroadcastSync, open_broadcast
     from rlhf.models.deepspeed_config import TrainerConfig
     from rlhf.models.vllm_sync import StaleWeightsError

@@ -1,0 +1,98 @@
+"""What every online loop (online DPO, PPO) shares: the samplers' settings, the weight sync
+from the policy's trainer group to the sampler engines, the metrics of a round's samples, and the
+timer of a round's phases."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import ray
+
+from rlhf.config import ConfigError
+from rlhf.driver.rollout import ScoredGroup
+from rlhf.driver.weight_sync import open_broadcast
+from rlhf.schema import EngineConfig, SamplingConfig
+
+
+@dataclass
+class SamplersConfig:
+    """The vLLM sampler engines that generate from the current policy."""
+
+    num_engines: int = 1
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # How new weights reach the engines: broadcast (a process group from trainer rank 0: gloo on
+    # CPUs, NCCL on GPUs, untested here; see rlhf.driver.weight_sync; 1.7x faster than the object
+    # store here) or object_store (the trainer's state dict through Ray's object store).
+    sync: Literal["broadcast", "object_store"] = "broadcast"
+
+    def validate(self) -> None:
+        if self.sync == "broadcast" and self.engine.tensor_parallel_size > 1:
+            raise ConfigError(
+                "samplers.sync=broadcast serves engines with one worker; "
+                f"samplers.engine.tensor_parallel_size is {self.engine.tensor_parallel_size}"
+            )
+
+
+def sync_weights(group, samplers: list, reference=None, version: int | None = None) -> int:
+    """Pushes the trainer's weights into every sampler (and the reference, if it moves);
+    returns the bytes of one copy of the weights.
+
+    With a broadcast group open for ``group`` (``samplers.sync=broadcast``) and these
+    receivers, trainer rank 0 broadcasts them; otherwise they go into the object store once and
+    every engine reads the same copy. ``version`` labels them in the samplers (see
+    ``Sampler.generate``'s ``weights_version``).
+    """
+    broadcast = open_broadcast(group)
+    if broadcast is not None and broadcast.serves(samplers, reference):
+        return broadcast.sync(version)
+    weights = ray.get(group.call("state_dict_for_sync"))[0]
+    handle = ray.put(weights)
+    refs = [sampler.load_weights.remote(handle, version) for sampler in samplers]
+    if reference is not None:
+        refs.append(reference.load_weights.remote(handle))
+    ray.get(refs)
+    return sum(t.numel() * t.element_size() for t in weights.values())
+
+
+def sample_metrics(split: str, groups: list[ScoredGroup], ref: list[list[float]]) -> dict:
+    """Mean / max reward of the samples and KL(policy || reference) estimated on them.
+
+    The k1 estimator: the mean over samples of log pi(y) - log pi_ref(y), unbiased for samples
+    drawn from pi itself (temperature 1, top_p 1).
+    """
+    scores = [s for g in groups for s in g.scores]
+    kl = [
+        c.logprob - r
+        for g, g_ref in zip(groups, ref, strict=True)
+        for c, r in zip(g.completions, g_ref, strict=True)
+    ]
+    lengths = [len(c.token_ids) for g in groups for c in g.completions]
+    return {
+        f"{split}/reward/mean": statistics.mean(scores),
+        f"{split}/reward/max": max(scores),
+        f"{split}/reward/std": statistics.pstdev(scores),
+        f"{split}/kl": statistics.mean(kl),
+        f"{split}/response_length": statistics.mean(lengths),
+    }
+
+
+class PhaseTimer:
+    """Wall time per named phase: ``with timer("train"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + elapsed
