@@ -80,9 +80,9 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     rounds: list[float] = []
 
     @contextlib.contextmanager
-    def session(ray_cfg):
+    def session(ray_cfg, *stages):
         start = time.perf_counter()
-        with original["ray_session"](ray_cfg) as scope:
+        with original["ray_session"](ray_cfg, *stages) as scope:
             phases.add("ray start", time.perf_counter() - start)
             yield scope
             start = time.perf_counter()
