@@ -94,9 +94,9 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     phases = Phases()
 
     @contextlib.contextmanager
-    def session(ray_cfg):
+    def session(ray_cfg, *stages):
         start = time.perf_counter()
-        with original_session(ray_cfg) as scope:
+        with original_session(ray_cfg, *stages) as scope:
             phases.add("ray start", time.perf_counter() - start)
             yield scope
             start = time.perf_counter()  # the job's own teardown: actors, then Ray
