@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, trainer_env
+from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, start_ranks
 from actors.group import ActorGroup, SharedPlacement
 from rlhf.algorithms import ppo_value_loss
 from rlhf.data.batch import RolloutBatch
-from rlhf.models.deepspeed_config import TrainerConfig, check_device
+from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.models.hf import load_value_model, token_values
 
 
@@ -50,12 +50,7 @@ class Critic:
             master_port,
             model_path,
             config,
-            lambda: load_value_model(
-                model_path,
-                dtype="bfloat16" if config.bf16 else "float32",
-                trust_remote_code=config.trust_remote_code,
-                gradient_checkpointing=config.gradient_checkpointing,
-            ),
+            load_value_model,
             device,
         )
         self.engine = self.model.engine
@@ -146,16 +141,6 @@ def start_critic(
     ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
     shared with colocated roles (``ray.colocate``), rank i in its bundle i.
     """
-    config.validate()
-    check_device(config, device)
-    return ActorGroup(
-        Critic,
-        config.num_ranks,
-        args=(model_path, config, value_clip_eps, device),
-        num_cpus_per_rank=config.num_cpus_per_rank,
-        num_gpus_per_rank=config.num_gpus_per_rank,
-        resources_per_rank=config.resources_per_rank,
-        strategy=strategy or config.placement_strategy,
-        env_vars=trainer_env(device),
-        shared=shared,
+    return start_ranks(
+        Critic, config, (model_path, config, value_clip_eps, device), device, strategy, shared
     )

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from actors.group import ActorGroup, SharedPlacement
 from rlhf.files import replace_dir
 from rlhf.models.deepspeed_config import (
     TrainerConfig,
@@ -37,6 +38,35 @@ def trainer_env(device: Device) -> dict[str, str]:
     return {"DS_ACCELERATOR": "cpu"} if device == "cpu" else {}
 
 
+def start_ranks(
+    cls: type,
+    config: TrainerConfig,
+    args: tuple[Any, ...],
+    device: Device = "cpu",
+    strategy: str | None = None,
+    shared: SharedPlacement | None = None,
+) -> ActorGroup:
+    """Starts ``config.num_ranks`` ranks of a training role ``cls`` in one placement group.
+
+    Each rank is built as ``cls(rank, world_size, master_addr, master_port, *args)``.
+    ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
+    shared with colocated roles (``ray.colocate``), rank i in its bundle i.
+    """
+    config.validate()
+    check_device(config, device)
+    return ActorGroup(
+        cls,
+        config.num_ranks,
+        args=args,
+        num_cpus_per_rank=config.num_cpus_per_rank,
+        num_gpus_per_rank=config.num_gpus_per_rank,
+        resources_per_rank=config.resources_per_rank,
+        strategy=strategy or config.placement_strategy,
+        env_vars=trainer_env(device),
+        shared=shared,
+    )
+
+
 class DeepSpeedModel:
     """A model wrapped by DeepSpeed on one rank of a group of ``world_size`` ranks.
 
@@ -45,8 +75,10 @@ class DeepSpeedModel:
         model_path: the Hugging Face directory the model comes from (its tokenizer is copied
             into saved models).
         config: the trainer settings (ZeRO stage, optimizer, schedule, batch sizes).
-        load_model: builds the ``torch.nn.Module`` to train from ``model_path`` (called after
-            the process group exists and, under ZeRO-3, while DeepSpeed partitions loading).
+        load_model: ``load_model(model_path, dtype=, trust_remote_code=, gradient_checkpointing=)``
+            builds the module to train (e.g. ``rlhf.models.hf.load_causal_lm``); called with
+            the config's settings after the process group exists and, under ZeRO-3, while
+            DeepSpeed partitions loading.
         device: ``"cpu"`` (gloo) or ``"cuda"`` (nccl; the actor sees its one GPU as cuda:0).
     """
 
@@ -58,7 +90,7 @@ class DeepSpeedModel:
         master_port: int,
         model_path: str,
         config: TrainerConfig,
-        load_model: Callable[[], torch.nn.Module],
+        load_model: Callable[..., torch.nn.Module],
         device: Device = "cpu",
     ) -> None:
         config.validate()
@@ -102,7 +134,12 @@ class DeepSpeedModel:
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
-        model = load_model()
+        model = load_model(
+            self.model_path,
+            dtype="bfloat16" if config.bf16 else "float32",
+            trust_remote_code=config.trust_remote_code,
+            gradient_checkpointing=config.gradient_checkpointing,
+        )
         self.engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],

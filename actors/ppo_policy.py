@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, trainer_env
+from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, start_ranks
 from actors.group import ActorGroup, SharedPlacement
 from rlhf.algorithms import entropy_from_logits, ppo_policy_loss, sequence_logps
 from rlhf.data.batch import RolloutBatch
-from rlhf.models.deepspeed_config import TrainerConfig, check_device
+from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.models.hf import load_causal_lm, positions
 from rlhf.models.weight_broadcast import Manifest
 
@@ -55,12 +55,7 @@ class PPOPolicy:
             master_port,
             model_path,
             config,
-            lambda: load_causal_lm(
-                model_path,
-                dtype="bfloat16" if config.bf16 else "float32",
-                trust_remote_code=config.trust_remote_code,
-                gradient_checkpointing=config.gradient_checkpointing,
-            ),
+            load_causal_lm,
             device,
         )
         self.engine = self.model.engine
@@ -195,16 +190,11 @@ def start_ppo_policy(
     ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
     shared with colocated roles (``ray.colocate``), rank i in its bundle i.
     """
-    config.validate()
-    check_device(config, device)
-    return ActorGroup(
+    return start_ranks(
         PPOPolicy,
-        config.num_ranks,
-        args=(model_path, config, clip_eps, entropy_coef, device),
-        num_cpus_per_rank=config.num_cpus_per_rank,
-        num_gpus_per_rank=config.num_gpus_per_rank,
-        resources_per_rank=config.resources_per_rank,
-        strategy=strategy or config.placement_strategy,
-        env_vars=trainer_env(device),
-        shared=shared,
+        config,
+        (model_path, config, clip_eps, entropy_coef, device),
+        device,
+        strategy,
+        shared,
     )

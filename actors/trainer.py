@@ -21,11 +21,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from actors.deepspeed_rank import DeepSpeedModel, Device, node_id, trainer_env
+from actors.deepspeed_rank import DeepSpeedModel, Device, node_id, start_ranks
 from actors.group import ActorGroup, SharedPlacement
 from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
 from rlhf.data.batch import PreferenceBatch
-from rlhf.models.deepspeed_config import TrainerConfig, check_device
+from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.models.hf import batch_logps, load_causal_lm
 from rlhf.models.weight_broadcast import Manifest
 
@@ -76,12 +76,7 @@ class PolicyTrainer:
             master_port,
             model_path,
             config,
-            lambda: load_causal_lm(
-                model_path,
-                dtype="bfloat16" if config.bf16 else "float32",
-                trust_remote_code=config.trust_remote_code,
-                gradient_checkpointing=config.gradient_checkpointing,
-            ),
+            load_causal_lm,
             device,
         )
         self.rank, self.world_size, self.config = rank, world_size, config
@@ -273,16 +268,11 @@ def start_policy_trainers(
     ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
     shared with colocated roles (``ray.colocate``), rank i in its bundle i.
     """
-    config.validate()
-    check_device(config, device)
-    return ActorGroup(
+    return start_ranks(
         PolicyTrainer,
-        config.num_ranks,
-        args=(model_path, config, loss, beta, loss_options, device),
-        num_cpus_per_rank=config.num_cpus_per_rank,
-        num_gpus_per_rank=config.num_gpus_per_rank,
-        resources_per_rank=config.resources_per_rank,
-        strategy=strategy or config.placement_strategy,
-        env_vars=trainer_env(device),
-        shared=shared,
+        config,
+        (model_path, config, loss, beta, loss_options, device),
+        device,
+        strategy,
+        shared,
     )
