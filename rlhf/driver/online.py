@@ -9,12 +9,14 @@ import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import ray
 
 from rlhf.config import ConfigError
-from rlhf.driver.rollout import ScoredGroup
+from rlhf.driver.common import start_reward, start_samplers
+from rlhf.driver.rollout import ScoredGroup, actor_scorer
+from rlhf.driver.setup import start_reference
 from rlhf.driver.weight_sync import open_broadcast
 from rlhf.schema import EngineConfig, SamplingConfig
 
@@ -37,6 +39,28 @@ class SamplersConfig:
                 "samplers.sync=broadcast serves engines with one worker; "
                 f"samplers.engine.tensor_parallel_size is {self.engine.tensor_parallel_size}"
             )
+
+
+def start_rollout_actors(cfg, model_path: str, scope, placements: dict) -> tuple[list, Any, Any]:
+    """The actors every online round samples and scores with: (samplers, reference, reward).
+
+    ``placements``: the ``ray.colocate`` placement of each role (``place_colocated``); the
+    actors end with ``scope``. ``reward`` is the reward actor behind a ``GroupScorer``.
+    """
+    reference = scope.own(start_reference(cfg, model_path, placements.get("reference")))
+    samplers = scope.own(
+        start_samplers(
+            cfg.samplers.num_engines,
+            cfg.samplers.engine,
+            cfg.model,
+            model_path,
+            cfg.seed,
+            cfg.ray,
+            placements.get("samplers"),
+        )
+    )
+    reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray, placements.get("reward"))))
+    return samplers, reference, reward
 
 
 def sync_weights(group, samplers: list, reference=None, version: int | None = None) -> int:

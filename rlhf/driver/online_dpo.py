@@ -30,11 +30,15 @@ from rlhf.data.table import build_table, with_ref_logps
 from rlhf.driver.common import (
     ray_session,
     resolve_model_path,
-    start_reward,
-    start_samplers,
 )
 from rlhf.driver.loops import register_loop
-from rlhf.driver.online import PhaseTimer, SamplersConfig, sample_metrics, sync_weights
+from rlhf.driver.online import (
+    PhaseTimer,
+    SamplersConfig,
+    sample_metrics,
+    start_rollout_actors,
+    sync_weights,
+)
 from rlhf.driver.preference_training import (
     LossConfig,
     ReferenceConfig,
@@ -51,7 +55,6 @@ from rlhf.driver.rollout import (
     ActorScorer,
     GroupScorer,
     ScoredGroup,
-    actor_scorer,
     sample,
     score,
 )
@@ -61,7 +64,6 @@ from rlhf.driver.setup import (
     open_run,
     place_colocated,
     sleeping_engines,
-    start_reference,
     start_trainers,
 )
 from rlhf.driver.weight_sync import BroadcastSync
@@ -138,21 +140,7 @@ def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
     roles = online_roles(cfg)
     with ray_session(cfg.ray, roles) as scope:
         placements = place_colocated(cfg, roles, scope)  # ray.colocate groups, by role
-        reference = scope.own(start_reference(cfg, model_path, placements.get("reference")))
-        samplers = scope.own(
-            start_samplers(
-                cfg.samplers.num_engines,
-                cfg.samplers.engine,
-                cfg.model,
-                model_path,
-                cfg.seed,
-                cfg.ray,
-                placements.get("samplers"),
-            )
-        )
-        reward = actor_scorer(
-            scope.own(start_reward(cfg.reward, cfg.ray, placements.get("reward")))
-        )
+        samplers, reference, reward = start_rollout_actors(cfg, model_path, scope, placements)
         group = scope.own(start_trainers(cfg, model_path, placements.get("trainer")))
         if cfg.samplers.sync == "broadcast":
             moved = reference if _moves_reference(cfg) else None

@@ -33,20 +33,25 @@ from rlhf.algorithms.kl import KL_KINDS
 from rlhf.cluster.resources import Role, trainer_role
 from rlhf.config import ConfigError
 from rlhf.driver import experience as xp
-from rlhf.driver.common import ray_session, resolve_model_path, start_reward, start_samplers
+from rlhf.driver.common import ray_session, resolve_model_path
 from rlhf.driver.loops import register_loop
-from rlhf.driver.online import PhaseTimer, SamplersConfig, sample_metrics, sync_weights
+from rlhf.driver.online import (
+    PhaseTimer,
+    SamplersConfig,
+    sample_metrics,
+    start_rollout_actors,
+    sync_weights,
+)
 from rlhf.driver.preference_training import ReferenceConfig
 from rlhf.driver.reference import token_logps
 from rlhf.driver.retry import PhaseRetry, named_actors
-from rlhf.driver.rollout import ActorScorer, actor_scorer, sample, score
+from rlhf.driver.rollout import ActorScorer, sample, score
 from rlhf.driver.setup import (
     check_colocation,
     online_roles,
     open_run,
     place_colocated,
     sleeping_engines,
-    start_reference,
 )
 from rlhf.driver.weight_sync import BroadcastSync
 from rlhf.models.deepspeed_config import TrainerConfig
@@ -185,21 +190,7 @@ def run(cfg: PPOConfig, resume: bool = False) -> Path:
     roles = ppo_roles(cfg)
     with ray_session(cfg.ray, roles) as scope:
         placements = place_colocated(cfg, roles, scope)  # ray.colocate groups, by role
-        reference = scope.own(start_reference(cfg, model_path, placements.get("reference")))
-        samplers = scope.own(
-            start_samplers(
-                cfg.samplers.num_engines,
-                cfg.samplers.engine,
-                cfg.model,
-                model_path,
-                cfg.seed,
-                cfg.ray,
-                placements.get("samplers"),
-            )
-        )
-        reward = actor_scorer(
-            scope.own(start_reward(cfg.reward, cfg.ray, placements.get("reward")))
-        )
+        samplers, reference, reward = start_rollout_actors(cfg, model_path, scope, placements)
         policy = scope.own(
             start_ppo_policy(
                 model_path,

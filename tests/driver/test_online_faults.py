@@ -79,7 +79,7 @@ def test_dead_sampler_and_reward_actor_are_restarted_and_the_phase_retried(
     """SIGKILL (from outside) of the sampler just before round 1 generates, and of the reward
     actor just before round 2 scores: Ray restarts them, the driver re-syncs the sampler's
     weights (its engine restarts from the SFT model) and runs the phase again."""
-    from rlhf.driver import online_dpo
+    from rlhf.driver import online, online_dpo
 
     started, killed, current = {}, {}, {}
 
@@ -104,10 +104,9 @@ def test_dead_sampler_and_reward_actor_are_restarted_and_the_phase_retried(
         return score(groups, scorer)
 
     sample, score = online_dpo.sample, online_dpo.score
-    monkeypatch.setattr(
-        online_dpo, "start_samplers", recorded("samplers", online_dpo.start_samplers)
-    )
-    monkeypatch.setattr(online_dpo, "start_reward", recorded("reward", online_dpo.start_reward))
+    # The rollout actors start in rlhf.driver.online, shared by the online loops.
+    monkeypatch.setattr(online, "start_samplers", recorded("samplers", online.start_samplers))
+    monkeypatch.setattr(online, "start_reward", recorded("reward", online.start_reward))
     monkeypatch.setattr(online_dpo, "sample", sample_killing_in_round_1)
     monkeypatch.setattr(online_dpo, "score", score_killing_in_round_2)
 
