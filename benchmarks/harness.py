@@ -102,6 +102,27 @@ def make_pairs(out: Path, pairs: int, seed: int = 0) -> Path:
     return out
 
 
+def trl_task(model: str, num_prompts: int):
+    """What a TRL online trainer needs of the embedded task: (tokenizer, prompts, reward).
+
+    Prompts get the tokenizer's BOS written in front (TRL tokenizes prompts without special
+    tokens; our samplers add BOS, which the embedded model was trained with); the reward
+    function, TRL's signature, sees them without it.
+    """
+    from transformers import AutoTokenizer
+
+    from rlhf.task import make_prompts, sentiment_reward
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    bos = tokenizer.bos_token or ""
+    prompts = [bos + p for p in make_prompts(num_prompts, seed=0, split="train")]
+
+    def sentiment(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        return sentiment_reward([p.removeprefix(bos) for p in prompts], completions)
+
+    return tokenizer, prompts, sentiment
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2

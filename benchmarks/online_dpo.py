@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import REPO, Phases, emit, print_table, run_job  # noqa: E402
+from harness import REPO, Phases, emit, print_table, run_job, trl_task  # noqa: E402
 
 PHASES = ("generate", "score", "reference", "train", "sync")
 
@@ -53,7 +53,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch.utils.tensorboard  # noqa: F401 (imported before the clock, as TRL's are)
 
     from rlhf.config import load_config
-    from rlhf.driver import online_dpo
+    from rlhf.driver import online, online_dpo
     from rlhf.run_dir import read_metrics
 
     out = Path(job["out"])
@@ -113,17 +113,19 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
         finally:
             rounds.append(time.perf_counter() - start)
 
+    # The rollout actors start in rlhf.driver.online (shared by the online loops), the rest in
+    # the online DPO loop itself.
     wrappers = {
-        "ray_session": session,
-        "start_reference": start_reference,
-        "start_samplers": start_samplers,
-        "start_trainers": start_trainers,
-        "run_round": run_round,
-        "save_checkpoint": phases.timed("checkpoint", online_dpo.save_checkpoint),
+        (online, "start_reference"): start_reference,
+        (online, "start_samplers"): start_samplers,
+        (online_dpo, "ray_session"): session,
+        (online_dpo, "start_trainers"): start_trainers,
+        (online_dpo, "run_round"): run_round,
+        (online_dpo, "save_checkpoint"): phases.timed("checkpoint", online_dpo.save_checkpoint),
     }
-    original = {name: getattr(online_dpo, name) for name in wrappers}
-    for name, wrapper in wrappers.items():
-        setattr(online_dpo, name, wrapper)
+    original = {name: getattr(module, name) for module, name in wrappers}
+    for (module, name), wrapper in wrappers.items():
+        setattr(module, name, wrapper)
 
     start = time.perf_counter()
     run_dir = online_dpo.run(cfg)
@@ -144,19 +146,12 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
 def trl_job(job: dict[str, Any]) -> dict[str, Any]:
     """TRL's OnlineDPOTrainer on the same prompts, reward and model; returns its timings."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-    from rlhf.task import make_prompts, sentiment_reward
-
     out = Path(job["out"])
-    tokenizer = AutoTokenizer.from_pretrained(job["model"])
-    bos = tokenizer.bos_token or ""
     num_prompts = job["rounds"] * job["prompts_per_round"]
-    prompts = [bos + p for p in make_prompts(num_prompts, seed=0, split="train")]
-
-    def sentiment(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        return sentiment_reward([p.removeprefix(bos) for p in prompts], completions)
+    tokenizer, prompts, sentiment = trl_task(job["model"], num_prompts)
 
     args = OnlineDPOConfig(
         output_dir=str(out / "run"),

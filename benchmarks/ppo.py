@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Phases, emit, print_table, run_job  # noqa: E402
+from harness import Phases, emit, print_table, run_job, trl_task  # noqa: E402
 
 PHASES = ("generate", "score", "reference", "experience", "train", "sync")
 
@@ -59,19 +59,12 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
 def trl_job(job: dict[str, Any]) -> dict[str, Any]:
     """TRL's GRPOTrainer on the same task; returns its timings."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlhf.task import make_prompts, sentiment_reward
-
     out = Path(job["out"])
-    tokenizer = AutoTokenizer.from_pretrained(job["model"])
-    bos = tokenizer.bos_token or ""
     num_prompts = job["iterations"] * job["prompts"]
-    prompts = [bos + p for p in make_prompts(num_prompts, seed=0, split="train")]
-
-    def sentiment(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        return sentiment_reward([p.removeprefix(bos) for p in prompts], completions)
+    tokenizer, prompts, sentiment = trl_task(job["model"], num_prompts)
 
     args = GRPOConfig(
         output_dir=str(out / "run"),
