@@ -115,7 +115,9 @@ class PPOPolicy:
                 mask,
                 self.clip_eps,
             )
-            entropy = _masked_token_mean(entropy_from_logits(logits[:, :-1]), mask)
+            # Logged always; part of the graph only when the bonus trains on it.
+            with torch.set_grad_enabled(bool(self.entropy_coef)):
+                entropy = _masked_token_mean(entropy_from_logits(logits[:, :-1]), mask)
             if self.entropy_coef:
                 loss = loss - self.entropy_coef * entropy
             tokens = int(mask.sum())
