@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 
 _HALF = (torch.float16, torch.bfloat16)
+# Logits normalised per chunk: 16M float32 values (64 MiB) at most in one temporary.
+_CHUNK_ELEMENTS = 1 << 24
 
 
 def sequence_logps(logits: Tensor, labels: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -23,8 +25,9 @@ def sequence_logps(logits: Tensor, labels: Tensor, loss_mask: Tensor) -> tuple[T
         logps: [B], sum over response tokens of log pi(y_t | x, y_<t).
         token_logps: [B, T], the per-token log-probs aligned to ``labels`` (0 where masked).
 
-    Half-precision logits are upcast one sequence at a time, so the log-softmax normaliser is
-    computed in float32; only one sequence's [T, V] temporary exists at a time in the forward.
+    Only the response positions are scored: their logits are gathered into one [n, V] block
+    and normalised in chunks of at most ``_CHUNK_ELEMENTS`` values, so half-precision logits are
+    upcast to float32 a chunk at a time and prompt and padding positions cost nothing.
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must have shape [B, T, V], got {tuple(logits.shape)}")
@@ -40,17 +43,19 @@ def sequence_logps(logits: Tensor, labels: Tensor, loss_mask: Tensor) -> tuple[T
             "always follows a prompt of at least one token, e.g. BOS)"
         )
     # Token t is predicted by logits[t - 1]; masked labels may hold anything (e.g. -100).
-    targets = torch.where(mask[:, 1:], labels[:, 1:], torch.zeros_like(labels[:, 1:]))
-    shifted = logits[:, :-1]
-    rows = []
-    for row_logits, row_targets in zip(shifted, targets, strict=True):
-        if row_logits.dtype in _HALF:
-            row_logits = row_logits.float()
-        picked = row_logits.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row_logits, dim=-1))  # log_softmax at the target
-    predicted = torch.stack(rows)  # [B, T - 1]
-    token_logps = torch.cat([predicted.new_zeros(predicted.shape[0], 1), predicted], dim=1)
-    token_logps = torch.where(mask, token_logps, torch.zeros_like(token_logps))
+    scored = mask[:, 1:]
+    picked_logits = logits[:, :-1][scored]  # [n, V], row-major over (sequence, position)
+    targets = labels[:, 1:][scored]
+    chunk = max(1, _CHUNK_ELEMENTS // max(logits.shape[-1], 1))
+    parts = []
+    for rows, row_targets in zip(picked_logits.split(chunk), targets.split(chunk), strict=True):
+        rows = rows.float()  # a no-op for float32 logits
+        picked = rows.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
+        parts.append(picked - torch.logsumexp(rows, dim=-1))  # log_softmax at the target
+    values = torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float32)
+    # masked_scatter fills the mask's positions in the same row-major order.
+    token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    token_logps = token_logps.masked_scatter(mask, values)
     return token_logps.sum(dim=1), token_logps
 
 

@@ -68,6 +68,37 @@ def test_half_precision_is_upcast_and_differentiable():
     assert logits.grad[0, 0].abs().sum() > 0
 
 
+def test_chunks_give_the_values_and_gradients_of_one_block(monkeypatch):
+    from rlhf.algorithms import logprobs
+
+    torch.manual_seed(1)
+    logits = torch.randn(3, 7, 5, dtype=torch.float64).float().requires_grad_(True)
+    labels = torch.randint(5, (3, 7))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1]])
+    whole, _ = sequence_logps(logits, labels, mask)
+    (grad_whole,) = torch.autograd.grad(whole.sum(), logits)
+    monkeypatch.setattr(logprobs, "_CHUNK_ELEMENTS", 2 * 5)  # 2 response tokens per chunk
+    chunked, token_logps = sequence_logps(logits, labels, mask)
+    (grad_chunked,) = torch.autograd.grad(chunked.sum(), logits)
+    expected, expected_tokens = naive_logps(logits.detach(), labels, mask)
+    torch.testing.assert_close(chunked, expected.float())
+    torch.testing.assert_close(token_logps, expected_tokens.float())
+    torch.testing.assert_close(grad_chunked, grad_whole)
+    # d/d logits of log softmax at the target: onehot - softmax, on scored positions only.
+    t = 1  # sequence 1 scores positions 1 and 2, predicted by logits 0 and 1
+    onehot = torch.nn.functional.one_hot(labels[1, t + 1], 5).float()
+    torch.testing.assert_close(grad_chunked[1, t], onehot - torch.softmax(logits[1, t], -1))
+    assert grad_chunked[1, 2:].abs().sum() == 0
+
+
+def test_no_response_tokens_give_zeros():
+    logits = torch.randn(2, 4, 3, requires_grad=True)
+    logps, token_logps = sequence_logps(
+        logits, torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4)
+    )
+    assert logps.tolist() == [0.0, 0.0] and token_logps.abs().sum() == 0
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="loss_mask"):
         sequence_logps(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3))
