@@ -7,6 +7,7 @@ Dropout is switched off at load time in the config, so ``model.train()`` is harm
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -138,14 +139,43 @@ def batch_logps(
     Returns:
         logps: [N] float32, summed log-probs of the response tokens.
         token_logps: [N, T] float32, per-token log-probs aligned to ``input_ids`` (0 off-mask).
+
+    The LM head runs only from the position before the earliest response token on (the model's
+    ``logits_to_keep``): logits of the prompt positions all sequences share are never made.
     """
+    skip = _shared_prompt_positions(loss_mask) if _keeps_logits(model) else 0
+    kwargs = {"logits_to_keep": input_ids.shape[1] - skip} if skip else {}
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions(attention_mask),
         use_cache=False,
+        **kwargs,
     ).logits
-    return sequence_logps(logits, input_ids, loss_mask)
+    logps, token_logps = sequence_logps(logits, input_ids[:, skip:], loss_mask[:, skip:])
+    return logps, torch.nn.functional.pad(token_logps, (skip, 0))
+
+
+def _shared_prompt_positions(loss_mask: Tensor) -> int:
+    """How many leading positions no logits are needed for: the earliest response token's
+    position minus one (the logits at position t - 1 predict token t)."""
+    scored = loss_mask.bool().any(dim=0)
+    if not scored.any():
+        return 0
+    return max(int(scored.nonzero()[0]) - 1, 0)
+
+
+def _keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (every recent HF causal LM does)."""
+    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    accepts = _KEEPS_LOGITS.get(type(module))
+    if accepts is None:
+        parameters = inspect.signature(module.forward).parameters
+        accepts = _KEEPS_LOGITS[type(module)] = "logits_to_keep" in parameters
+    return accepts
+
+
+_KEEPS_LOGITS: dict[type, bool] = {}
 
 
 def token_values(
@@ -185,23 +215,26 @@ def hf_token_logprobs(
 
     The same contract as ``rlhf.models.vllm_engine.token_logprobs``: for each sequence of length
     L, L - 1 floats, the log-prob of token t given the tokens before it, for t = 1..L-1.
-    Sequences are scored ``batch_size`` at a time, right-padded.
+    Sequences are scored ``batch_size`` at a time in order of length (little padding),
+    right-padded; the result keeps the input order.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    result: list[list[float]] = []
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    result: list[list[float]] = [[] for _ in sequences]
     try:
-        for start in range(0, len(sequences), batch_size):
-            chunk = sequences[start : start + batch_size]
-            input_ids, attention_mask = pad_right(chunk)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, attention_mask = pad_right([sequences[i] for i in rows])
             loss_mask = attention_mask.clone()
             loss_mask[:, 0] = 0
             _, token_logps = batch_logps(
                 model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
             )
             token_logps = token_logps.float().cpu()
-            result += [token_logps[row, 1 : len(seq)].tolist() for row, seq in enumerate(chunk)]
+            for row, i in enumerate(rows):
+                result[i] = token_logps[row, 1 : len(sequences[i])].tolist()
     finally:
         model.train(was_training)
     return result

@@ -50,6 +50,47 @@ def test_batch_logps_equals_per_sequence_computation(tiny_llama_path: Path) -> N
     assert torch.all(token_logps[batch.loss_mask == 0] == 0)
 
 
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward does not take ``logits_to_keep`` (older or remote code)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache):
+        return self.inner(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+        )
+
+
+def test_the_lm_head_skips_the_shared_prompt_positions(tiny_llama_path: Path) -> None:
+    model = load_causal_lm(tiny_llama_path)
+    batch = random_batch(4, num_responses=2, seed=5)
+    first = int(batch.loss_mask.bool().any(0).nonzero()[0])  # earliest response position
+    assert first > 2, "the test needs prompts longer than two tokens"
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[1]))
+    try:
+        logps, token_logps = batch_logps(
+            model, batch.input_ids, batch.attention_mask, batch.loss_mask
+        )
+        full, full_tokens = batch_logps(
+            _NoLogitsToKeep(model), batch.input_ids, batch.attention_mask, batch.loss_mask
+        )
+    finally:
+        hook.remove()
+    width = batch.input_ids.shape[1]
+    assert seen == [width - (first - 1), width]  # positions first - 1 .. T - 1, then all
+    assert token_logps.shape == full_tokens.shape == batch.input_ids.shape
+    torch.testing.assert_close(token_logps, full_tokens, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logps, full, atol=1e-5, rtol=0)
+    logps.sum().backward()  # gradients flow through the trimmed head
+    assert model.lm_head.weight.grad is not None
+
+
 def test_padding_does_not_change_a_sequence_logp(tiny_llama_path: Path) -> None:
     model = load_causal_lm(tiny_llama_path)
     batch = random_batch(3, seed=2)
