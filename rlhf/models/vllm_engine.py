@@ -128,11 +128,20 @@ def token_logprobs(llm: LLM, sequences: list[list[int]]) -> list[list[float]]:
     from vllm.inputs import TokensPrompt
 
     # detokenize=False: only the numbers are needed (about 25% faster, identical values).
-    params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
+    # flat_logprobs: one list of floats per sequence instead of a dict per token (less Python).
+    params = SamplingParams(
+        max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False, flat_logprobs=True
+    )
     prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in sequences]
     outputs = llm.generate(prompts, params, use_tqdm=False)
     result = []
     for ids, out in zip(sequences, outputs, strict=True):
-        # prompt_logprobs[0] is None; entry t maps token id -> Logprob for position t.
-        result.append([out.prompt_logprobs[t][ids[t]].logprob for t in range(1, len(ids))])
+        # Position 0 holds nothing; position t holds the log-prob of the prompt's own token t.
+        flat = out.prompt_logprobs
+        if list(flat.token_ids) != list(ids[1:]):
+            raise RuntimeError(
+                f"vLLM's prompt_logprobs for a sequence of {len(ids)} tokens hold "
+                f"{len(flat.token_ids)} entries that are not the sequence's own tokens 1..L-1"
+            )
+        result.append(list(flat.logprobs))
     return result
