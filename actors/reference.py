@@ -28,15 +28,21 @@ class ReferenceServer:
 
             self.llm = llm = start_engine(settings)
             self._score = lambda sequences: token_logprobs(llm, sequences)
+            self._response = self._summed_token_logprobs
             self._load = lambda weights: push_weights(llm, weights)
             self._join = lambda *group: (check_one_worker(settings), join_weight_group(llm, *group))
             self._receive = lambda: receive_weights(llm)
         elif backend == "hf":
-            from rlhf.models.hf import hf_token_logprobs, load_reference_model
+            from rlhf.models.hf import (
+                hf_response_logps,
+                hf_token_logprobs,
+                load_reference_model,
+            )
 
             self.llm = None
             model = load_reference_model(settings)
             self._score = lambda sequences: hf_token_logprobs(model, sequences)
+            self._response = lambda prompts, responses: hf_response_logps(model, prompts, responses)
             self._load = lambda weights: _load_hf(model, weights)
             receiver = WeightReceiver()
             self._join = receiver.join
@@ -53,6 +59,11 @@ class ReferenceServer:
         self, prompt_ids: list[list[int]], response_ids: list[list[int]]
     ) -> list[float]:
         """Summed log-probs of each response given its prompt (response tokens only)."""
+        return self._response(prompt_ids, response_ids)
+
+    def _summed_token_logprobs(
+        self, prompt_ids: list[list[int]], response_ids: list[list[int]]
+    ) -> list[float]:
         sequences = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
         per_token = self._score(sequences)
         # per_token[t - 1] is the log-prob of token t; the response occupies [len(p), len(seq)).

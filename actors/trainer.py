@@ -1,14 +1,16 @@
 """Policy trainer: one data-parallel rank that owns one DeepSpeed engine around the policy.
 
 The driver starts ``num_ranks`` of these in an ``ActorGroup`` (see ``start_policy_trainers``),
-shards each batch by prompt (``group.call_sharded("train_step", batch)``) and reads the metrics
-from any rank: they are reduced across ranks inside ``train_step``, so every rank returns the
-global answer. DeepSpeed owns the optimizer, the lr schedule, clipping, ZeRO and offload.
+shards each batch by prompt (``group.call_sharded("train_step", batch, batch.num_prompts)``)
+and merges the ranks' answers with ``merge_rank_metrics``. DeepSpeed owns the optimizer, the lr
+schedule, clipping, ZeRO and offload.
 
 A train step is one optimizer step: the rank's shard is cut into micro batches of at most
 ``micro_batch_size`` prompts, each runs one forward pass over all its K responses per prompt
 and one backward pass, then ``engine.step()``. The loss is the mean over all prompts of the
-step (all ranks), whatever the shard sizes.
+step (all ranks), whatever the shard sizes. The driver passes the step's total prompt count,
+from which every rank knows its weight and the number of passes all ranks make: a step runs no
+collective beyond DeepSpeed's own gradient reduction.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import dataclasses
 import time
 from typing import Any
 
+import pyarrow as pa
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from actors.deepspeed_rank import DeepSpeedModel, Device, node_id, start_ranks
 from actors.group import ActorGroup, SharedPlacement
 from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
-from rlhf.data.batch import PreferenceBatch
+from rlhf.data.batch import PreferenceBatch, shard_bounds
+from rlhf.data.loader import collate
+from rlhf.data.table import REF_LOGPS, num_responses
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.models.hf import batch_logps, load_causal_lm
 from rlhf.models.weight_broadcast import Manifest
@@ -80,26 +84,56 @@ class PolicyTrainer:
             device,
         )
         self.rank, self.world_size, self.config = rank, world_size, config
+        self._tables: dict[str, tuple[pa.Table, int]] = {}
         self.engine, self.device = self.model.engine, self.model.device
 
     # --- training ---------------------------------------------------------------------------
 
-    def train_step(self, batch: PreferenceBatch) -> dict[str, float]:
-        """One optimizer step on this rank's shard; returns metrics averaged over all ranks.
+    def hold_table(self, name: str, table: pa.Table, pad_token_id: int) -> None:
+        """Keeps a tokenized preference table (with ``ref_logps``) for ``train_rows`` and
+        ``eval_rows`` under ``name``, replacing any table of that name.
 
-        Keys: loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected},
-        grad_norm (DeepSpeed's global norm before clipping; NaN at zero_stage 0, where DeepSpeed
-        does not report it), lr (used by this step), prompts and tokens (all ranks),
-        tokens_per_s (over the slowest rank's time).
+        The driver puts the table into the object store once; every rank maps it from there.
+        Steps then carry row indices only.
+        """
+        self._tables[name] = (table, pad_token_id)
+
+    def train_rows(self, name: str, indices: list[int]) -> dict[str, Any]:
+        """``train_step`` on this rank's shard of rows ``indices`` of the held table ``name``."""
+        return self.train_step(self._shard(name, indices), len(indices))
+
+    def eval_rows(self, name: str, indices: list[int]) -> dict[str, Any]:
+        """``eval_step`` on this rank's shard of rows ``indices`` of the held table ``name``."""
+        return self.eval_step(self._shard(name, indices), len(indices))
+
+    def _shard(self, name: str, indices: list[int]) -> PreferenceBatch:
+        """This rank's prompts of a step, collated (``shard_bounds`` splits all steps)."""
+        if name not in self._tables:
+            raise KeyError(
+                f"no table {name!r} held (held: {sorted(self._tables)}); hold_table first"
+            )
+        table, pad_token_id = self._tables[name]
+        lo, hi = shard_bounds(len(indices), self.rank, self.world_size)
+        if lo == hi:  # an empty shard still knows its K
+            empty = torch.zeros((0, 0), dtype=torch.long)
+            ref = None if REF_LOGPS.name not in table.column_names else torch.zeros(0)
+            return PreferenceBatch(empty, empty, empty, ref, num_responses(table))
+        return collate(table.take(indices[lo:hi]), pad_token_id)
+
+    def train_step(self, batch: PreferenceBatch, total_prompts: int) -> dict[str, Any]:
+        """One optimizer step on this rank's shard of a batch of ``total_prompts`` prompts.
+
+        Returns this rank's part of the step's metrics, for ``merge_rank_metrics``: the prompt
+        sums of loss, rewards/{chosen,rejected,margins,accuracies}, logps/{chosen,rejected};
+        its prompts, tokens and seconds; DeepSpeed's global grad_norm before clipping (NaN at
+        zero_stage 0, where DeepSpeed does not report it) and the lr this step used.
         """
         start = time.perf_counter()
-        self.engine.train()
-        lr = self.engine.get_lr()[0]
-        sizes, chunks = self._plan(batch)
+        lr = self.model.lr()
         # Each prompt weighs 1/total in the step; DeepSpeed averages gradients over ranks.
-        weight = self.world_size / max(int(sizes.sum()), 1)
+        weight = self.world_size / max(total_prompts, 1)
         ranked = []
-        for chunk in chunks:
+        for chunk in self._micro_batches(batch, total_prompts):
             sub, logps = self._forward(batch, chunk)
             if sub is None:  # no prompts left on this rank: keep the collectives in step
                 self.engine.backward(logps.sum() * 0.0, scale_wrt_gas=False)
@@ -110,38 +144,41 @@ class PolicyTrainer:
                 (dataclasses.replace(logps, policy=logps.policy.detach()), losses.detach())
             )
         self.engine.step()
-        metrics = self._reduce_metrics(batch, ranked, start)
-        metrics["grad_norm"] = self.model.grad_norm()
-        metrics["lr"] = float(lr)
-        return metrics
+        return self._rank_metrics(batch, ranked, start) | {
+            "grad_norm": self.model.grad_norm(),
+            "lr": lr,
+        }
 
     @torch.no_grad()
-    def eval_step(self, batch: PreferenceBatch) -> dict[str, float]:
+    def eval_step(self, batch: PreferenceBatch, total_prompts: int) -> dict[str, Any]:
         """The train step's metrics without a gradient or an update."""
         start = time.perf_counter()
         self.engine.eval()
-        _, chunks = self._plan(batch)
         ranked = []
-        for chunk in chunks:
-            sub, logps = self._forward(batch, chunk)
-            if sub is not None:
-                ranked.append((logps, self.loss_fn(logps, self.beta, **self.loss_options)))
-        self.engine.train()
-        return self._reduce_metrics(batch, ranked, start)
+        try:
+            for chunk in self._micro_batches(batch, total_prompts):
+                sub, logps = self._forward(batch, chunk)
+                if sub is not None:
+                    ranked.append((logps, self.loss_fn(logps, self.beta, **self.loss_options)))
+        finally:
+            self.engine.train()
+        return self._rank_metrics(batch, ranked, start)
 
-    def _plan(self, batch: PreferenceBatch) -> tuple[Tensor, list[Tensor]]:
-        """Every rank's prompt count, and this rank's micro batches (prompt indices).
+    def _micro_batches(self, batch: PreferenceBatch, total_prompts: int) -> list[Tensor]:
+        """This rank's micro batches (prompt indices), as many as every other rank's.
 
         All ranks must run the same number of forward/backward passes (ZeRO's collectives run
-        inside them), so the count is agreed across ranks; a rank with fewer prompts gets
-        smaller (possibly empty) micro batches.
+        inside them). The largest shard of ``total_prompts`` (``PreferenceBatch.shard``) sets
+        the count; a rank with fewer prompts gets smaller, possibly empty, micro batches.
         """
-        sizes = torch.zeros(self.world_size, dtype=torch.long, device=self.device)
-        sizes[self.rank] = batch.num_prompts
-        dist.all_reduce(sizes)
-        micro = self.config.micro_batch_size
-        num_micro = max(1, int(-(-sizes.max() // micro)))
-        return sizes.cpu(), list(torch.arange(batch.num_prompts).tensor_split(num_micro))
+        largest = -(-total_prompts // self.world_size)
+        if batch.num_prompts > largest:
+            raise ValueError(
+                f"a shard of {batch.num_prompts} prompts is larger than the largest of "
+                f"{total_prompts} prompts over {self.world_size} ranks ({largest})"
+            )
+        num_micro = max(1, -(-largest // self.config.micro_batch_size))
+        return list(torch.arange(batch.num_prompts).tensor_split(num_micro))
 
     def _forward(
         self, batch: PreferenceBatch, prompts: Tensor
@@ -175,14 +212,14 @@ class PolicyTrainer:
         )
         return sub, ranked
 
-    def _reduce_metrics(
+    def _rank_metrics(
         self,
         batch: PreferenceBatch,
         ranked: list[tuple[RankedLogps, Tensor]],
         start: float,
-    ) -> dict[str, float]:
-        """Prompt-weighted means over all ranks (rank-local values would depend on sharding)."""
-        local = torch.zeros(len(_METRIC_KEYS) + 2, dtype=torch.float64)
+    ) -> dict[str, Any]:
+        """This rank's prompt sums of the preference metrics, and its counts and seconds."""
+        sums = dict.fromkeys(_METRIC_KEYS, 0.0)
         if ranked:
             logps = RankedLogps(
                 policy=torch.cat([r.policy for r, _ in ranked]),
@@ -193,19 +230,13 @@ class PolicyTrainer:
             )
             values = preference_metrics(logps, self.beta)
             values["loss"] = torch.cat([loss for _, loss in ranked]).float().mean().item()
-            local[: len(_METRIC_KEYS)] = torch.tensor([values[k] for k in _METRIC_KEYS])
-            local[: len(_METRIC_KEYS)] *= batch.num_prompts
-        local[-2] = batch.num_prompts
-        local[-1] = float(batch.attention_mask.sum())
-        elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
-        total, elapsed = local.to(self.device), elapsed.to(self.device)
-        dist.all_reduce(total)
-        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
-        total = total.cpu()
-        prompts, tokens = total[-2].item(), total[-1].item()
-        metrics = {k: (total[i] / max(prompts, 1)).item() for i, k in enumerate(_METRIC_KEYS)}
-        metrics.update(prompts=prompts, tokens=tokens, tokens_per_s=tokens / elapsed.item())
-        return metrics
+            sums = {key: float(values[key]) * batch.num_prompts for key in _METRIC_KEYS}
+        return {
+            "sums": sums,
+            "prompts": batch.num_prompts,
+            "tokens": int(batch.attention_mask.sum()),
+            "seconds": time.perf_counter() - start,
+        }
 
     # --- weights out and checkpoints (see DeepSpeedModel) ------------------------------------
 
@@ -251,6 +282,24 @@ class PolicyTrainer:
     def node_id(self) -> str:
         """The Ray node this rank runs on."""
         return node_id()
+
+
+def merge_rank_metrics(parts: list[dict[str, Any]]) -> dict[str, float]:
+    """The step's metrics from every rank's ``train_step`` or ``eval_step`` answer.
+
+    Preference metrics are prompt-weighted means over all ranks (a rank-local value would
+    depend on the sharding); prompts and tokens are totals, tokens_per_s runs over the slowest
+    rank's time; grad_norm and lr (train steps) are the same on every rank and come from rank 0.
+    """
+    prompts = sum(part["prompts"] for part in parts)
+    tokens = sum(part["tokens"] for part in parts)
+    seconds = max(part["seconds"] for part in parts)
+    metrics = {
+        key: sum(part["sums"][key] for part in parts) / max(prompts, 1) for key in _METRIC_KEYS
+    }
+    metrics.update(prompts=prompts, tokens=tokens, tokens_per_s=tokens / max(seconds, 1e-9))
+    metrics.update({key: float(parts[0][key]) for key in ("grad_norm", "lr") if key in parts[0]})
+    return metrics
 
 
 def start_policy_trainers(

@@ -12,6 +12,16 @@ from dataclasses import dataclass
 import torch
 
 
+def shard_bounds(num_prompts: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank ``rank``'s prompts ``[lo, hi)`` of a step of ``num_prompts``.
+
+    Ranks take ``ceil(num_prompts / world_size)`` prompts each in order, so the first rank's
+    shard is the largest and the last ones may be short or empty.
+    """
+    per_rank = -(-num_prompts // world_size)
+    return min(rank * per_rank, num_prompts), min((rank + 1) * per_rank, num_prompts)
+
+
 @dataclass
 class PreferenceBatch:
     """B prompts with K ranked responses each, flattened to N = B * K sequences."""
@@ -47,9 +57,7 @@ class PreferenceBatch:
 
     def shard(self, rank: int, world_size: int) -> PreferenceBatch:
         """The prompts of one data-parallel rank (whole groups, never a split ranking)."""
-        per_rank = -(-self.num_prompts // world_size)
-        lo = min(rank * per_rank, self.num_prompts) * self.num_responses
-        hi = min((rank + 1) * per_rank, self.num_prompts) * self.num_responses
+        lo, hi = (b * self.num_responses for b in shard_bounds(self.num_prompts, rank, world_size))
         # Cloned: a pickled slice would carry its whole storage (every rank's rows) along.
         ref = None if self.ref_logps is None else self.ref_logps[lo:hi].clone()
         return PreferenceBatch(

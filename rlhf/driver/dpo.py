@@ -22,9 +22,11 @@ from rlhf.driver.preference_training import (
     TrainState,
     epoch_batches,
     evaluate,
+    hold_table,
     restore_checkpoint,
     save_checkpoint,
-    train_step,
+    step_metrics,
+    submit_step,
 )
 from rlhf.driver.setup import load_preference_tables, offline_stages, open_run, start_trainers
 from rlhf.models.deepspeed_config import TrainerConfig
@@ -58,6 +60,9 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         train, held_out, tokenizer = load_preference_tables(cfg, model_path, scope)
         pad = tokenizer.pad_token_id
         group = scope.own(start_trainers(cfg, model_path))
+        hold_table(group, "train", train, pad)
+        if held_out is not None:
+            hold_table(group, "eval", held_out, pad)
         checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
         state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
         logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)
@@ -70,8 +75,15 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         saved_at = evaluated_at = None
         last_eval: dict[str, float] = {}
         while state.epoch < cfg.schedule.epochs and state.step < total:
-            for indices in epoch_batches(train, batch_size, cfg.schedule, cfg.seed, state):
-                metrics = train_step(group, train, indices, pad)
+            order = list(epoch_batches(train, batch_size, cfg.schedule, cfg.seed, state))
+            ahead: list | None = None  # the next step, submitted before this one ended
+            for n, indices in enumerate(order):
+                refs = ahead or submit_step(group, "train", indices)
+                ahead = None
+                if n + 1 < len(order) and _quiet(state.step + 1, cfg, total, held_out):
+                    # The ranks go on with the next batch while the driver logs this one.
+                    ahead = submit_step(group, "train", order[n + 1])
+                metrics = step_metrics(refs)
                 state.step += 1
                 state.batch_in_epoch += 1
                 state.tokens += int(metrics.get("tokens", 0))
@@ -81,7 +93,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
                     loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}"
                 )
                 if _due(state.step, cfg.schedule.eval_every) and held_out is not None:
-                    last_eval = _eval(group, held_out, cfg, pad)
+                    last_eval = _eval(group, held_out, cfg)
                     logger.log(state.step, last_eval)
                     evaluated_at = state.step
                 if _due(state.step, cfg.schedule.save_every):
@@ -93,7 +105,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 if held_out is not None and evaluated_at != state.step:
-                    last_eval = _eval(group, held_out, cfg, pad)
+                    last_eval = _eval(group, held_out, cfg)
                     logger.log(state.step, last_eval)
                     evaluated_at = state.step
                 save_checkpoint(group, checkpoints, state)
@@ -102,7 +114,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         if saved_at != state.step:
             save_checkpoint(group, checkpoints, state)
         if held_out is not None and evaluated_at != state.step:
-            last_eval = _eval(group, held_out, cfg, pad)
+            last_eval = _eval(group, held_out, cfg)
             logger.log(state.step, last_eval)
         if held_out is not None:
             print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last_eval.items())))
@@ -116,6 +128,16 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def _eval(group, table, cfg: DPOConfig, pad: int) -> dict[str, float]:
-    metrics = evaluate(group, table, cfg.schedule.eval_batch_size, pad)
+def _quiet(step: int, cfg: DPOConfig, total: int, held_out) -> bool:
+    """Whether nothing but logging follows ``step``: no evaluation, checkpoint or end.
+
+    Only then may the next step start before this one's metrics are read: an evaluation or a
+    checkpoint must see the weights of exactly ``step`` steps.
+    """
+    evaluates = held_out is not None and _due(step, cfg.schedule.eval_every)
+    return not (evaluates or _due(step, cfg.schedule.save_every) or step >= total)
+
+
+def _eval(group, table, cfg: DPOConfig) -> dict[str, float]:
+    metrics = evaluate(group, "eval", table, cfg.schedule.eval_batch_size)
     return {f"eval/{k}": v for k, v in metrics.items() if k not in ("lr", "grad_norm")}

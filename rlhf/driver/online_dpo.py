@@ -45,9 +45,11 @@ from rlhf.driver.preference_training import (
     ScheduleConfig,
     TrainState,
     epoch_batches,
+    hold_table,
     restore_checkpoint,
     save_checkpoint,
-    train_step,
+    step_metrics,
+    submit_step,
 )
 from rlhf.driver.reference import response_logps
 from rlhf.driver.retry import PhaseRetry, named_actors
@@ -293,16 +295,24 @@ def preference_table(
 
 
 def train_on(cfg, state: TrainState, group, table: pa.Table, pad: int, logger) -> dict:
-    """DPO steps over the round's preferences; logs every step, returns the last step's metrics."""
+    """DPO steps over the round's preferences; logs every step, returns the last step's metrics.
+
+    The ranks hold the round's table; every step of the round is submitted at once (they run
+    in order) and the driver logs them as they finish.
+    """
+    hold_table(group, "round", table, pad)
     batch_size = cfg.trainer.prompts_per_step
-    last: dict[str, float] = {}
+    steps = []
     for epoch in range(cfg.rounds.epochs_per_round):
         position = TrainState(epoch=state.round * cfg.rounds.epochs_per_round + epoch)
         for indices in epoch_batches(table, batch_size, cfg.schedule, cfg.seed, position):
-            last = train_step(group, table, indices, pad)
-            state.step += 1
-            state.tokens += int(last.get("tokens", 0))
-            logger.log(state.step, {f"train/{k}": v for k, v in last.items()})
+            steps.append(submit_step(group, "round", indices))
+    last: dict[str, float] = {}
+    for refs in steps:
+        last = step_metrics(refs)
+        state.step += 1
+        state.tokens += int(last.get("tokens", 0))
+        logger.log(state.step, {f"train/{k}": v for k, v in last.items()})
     return last
 
 

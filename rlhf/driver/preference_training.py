@@ -14,9 +14,10 @@ from typing import Any, Literal
 import pyarrow as pa
 import ray
 
+from actors.trainer import merge_rank_metrics
 from rlhf.algorithms import UnknownNameError, get_preference_loss
 from rlhf.config import ConfigError
-from rlhf.data.loader import batches, collate
+from rlhf.data.loader import batches
 from rlhf.data.table import num_responses, with_ref_logps
 from rlhf.driver.reference import response_logps
 from rlhf.run_dir import Checkpoints
@@ -92,27 +93,42 @@ def add_reference_logps(server, table: pa.Table, chunk_size: int) -> pa.Table:
 COUNTS = ("prompts", "tokens", "tokens_per_s")  # totals and rates, not averages over prompts
 
 
-def train_step(group, table: pa.Table, indices: list[int], pad_token_id: int) -> dict[str, float]:
-    """One optimizer step of the whole group on the given rows; the global metrics.
+def hold_table(group, name: str, table: pa.Table, pad_token_id: int) -> None:
+    """Hands every rank the table ``name`` (one copy in the object store, mapped by all)."""
+    ray.get(group.call("hold_table", name, ray.put(table), pad_token_id))
 
-    The driver shards the batch over the ranks; each rank returns metrics already averaged
-    over all ranks, so rank 0's answer is the group's.
+
+def submit_step(group, name: str, indices: list[int]) -> list:
+    """Starts one optimizer step of the whole group on rows ``indices`` of the held table
+    ``name``; one ref per rank (``step_metrics`` reads them).
+
+    Each rank collates its own shard, so a step carries row indices only. Steps submitted back
+    to back run in order on every rank: the driver may submit the next step before this one
+    ends.
     """
-    batch = collate(table.take(indices), pad_token_id)
-    return ray.get(group.call_sharded("train_step", batch))[0]
+    return group.call("train_rows", name, indices)
 
 
-def evaluate(group, table: pa.Table, batch_size: int, pad_token_id: int) -> dict[str, float]:
-    """Preference metrics on a held-out table (no gradient), averaged over all its prompts."""
+def step_metrics(refs: list) -> dict[str, float]:
+    """The global metrics of a submitted step (waits for every rank)."""
+    return merge_rank_metrics(ray.get(refs))
+
+
+def evaluate(group, name: str, table: pa.Table, batch_size: int) -> dict[str, float]:
+    """Preference metrics on the held-out table ``table``, held by the ranks as ``name`` (no
+    gradient), averaged over all its prompts.
+
+    Every batch is submitted at once; the ranks work through them while the driver waits.
+    """
+    order = batches(table, batch_size, seed=0, epoch=0, shuffle=False)
+    pending = [(len(indices), group.call("eval_rows", name, indices)) for indices in order]
     sums: dict[str, float] = {}
     count = 0
-    for indices in batches(table, batch_size, seed=0, epoch=0, shuffle=False):
-        batch = collate(table.take(indices), pad_token_id)
-        metrics = ray.get(group.call_sharded("eval_step", batch))[0]
-        for key, value in metrics.items():
+    for prompts, refs in pending:
+        for key, value in step_metrics(refs).items():
             if key not in COUNTS:
-                sums[key] = sums.get(key, 0.0) + value * batch.num_prompts
-        count += batch.num_prompts
+                sums[key] = sums.get(key, 0.0) + value * prompts
+        count += prompts
     return {key: value / count for key, value in sums.items()} | {"prompts": count}
 
 

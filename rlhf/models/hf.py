@@ -8,6 +8,7 @@ Dropout is switched off at load time in the config, so ``model.train()`` is harm
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -215,29 +216,56 @@ def hf_token_logprobs(
 
     The same contract as ``rlhf.models.vllm_engine.token_logprobs``: for each sequence of length
     L, L - 1 floats, the log-prob of token t given the tokens before it, for t = 1..L-1.
-    Sequences are scored ``batch_size`` at a time in order of length (little padding),
-    right-padded; the result keeps the input order.
+    """
+    result: list[list[float]] = [[] for _ in sequences]
+    for rows, _, token_logps in _scored_batches(model, sequences, [1] * len(sequences), batch_size):
+        for row, i in enumerate(rows):
+            result[i] = token_logps[row, 1 : len(sequences[i])].tolist()
+    return result
+
+
+@torch.no_grad()
+def hf_response_logps(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    batch_size: int = 32,
+) -> list[float]:
+    """Summed log-probs of each response given its prompt under a Hugging Face model."""
+    sequences = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
+    starts = [len(p) for p in prompt_ids]
+    result = [0.0] * len(sequences)
+    for rows, logps, _ in _scored_batches(model, sequences, starts, batch_size):
+        for i, value in zip(rows, logps.tolist(), strict=True):
+            result[i] = value
+    return result
+
+
+def _scored_batches(
+    model: torch.nn.Module, sequences: list[list[int]], starts: list[int], batch_size: int
+) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """``(rows, logps, token_logps)`` (float32, on the CPU) of ``batch_size`` sequences at a
+    time, in order of length (little padding); tokens before ``starts[i]`` are not scored.
+
+    The model runs in eval mode and gets its mode back afterwards.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    result: list[list[float]] = [[] for _ in sequences]
     try:
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for first in range(0, len(order), batch_size):
+            rows = order[first : first + batch_size]
             input_ids, attention_mask = pad_right([sequences[i] for i in rows])
-            loss_mask = attention_mask.clone()
-            loss_mask[:, 0] = 0
-            _, token_logps = batch_logps(
+            columns = torch.arange(input_ids.shape[1])
+            begin = torch.tensor([max(starts[i], 1) for i in rows])
+            loss_mask = attention_mask * (columns >= begin[:, None])
+            logps, token_logps = batch_logps(
                 model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
             )
-            token_logps = token_logps.float().cpu()
-            for row, i in enumerate(rows):
-                result[i] = token_logps[row, 1 : len(sequences[i])].tolist()
+            yield rows, logps.float().cpu(), token_logps.float().cpu()
     finally:
         model.train(was_training)
-    return result
 
 
 def load_reward_model(path: str, trust_remote_code: bool = False):

@@ -16,8 +16,10 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.trainer import start_policy_trainers
+from actors.trainer import merge_rank_metrics, start_policy_trainers
+from rlhf.data import DataReport, collate
 from rlhf.data.batch import PreferenceBatch
+from rlhf.data.table import build_table, with_ref_logps
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.models.hf import batch_logps, load_causal_lm
 from tests.models.tiny_llama import random_batch
@@ -44,9 +46,14 @@ def _weights(group) -> dict[str, torch.Tensor]:
 
 
 def _train(group, batch: PreferenceBatch) -> dict[str, float]:
-    per_rank = ray.get(group.call_sharded("train_step", batch))
-    assert all(m == per_rank[0] for m in per_rank)  # reduced inside: every rank has the answer
-    return per_rank[0]
+    per_rank = ray.get(group.call_sharded("train_step", batch, batch.num_prompts))
+    assert sum(m["prompts"] for m in per_rank) == batch.num_prompts
+    assert len({(m["grad_norm"], m["lr"]) for m in per_rank}) == 1  # one step of one group
+    return merge_rank_metrics(per_rank)
+
+
+def _eval(group, batch: PreferenceBatch) -> dict[str, float]:
+    return merge_rank_metrics(ray.get(group.call_sharded("eval_step", batch, batch.num_prompts)))
 
 
 def _digests_agree(group) -> str:
@@ -95,9 +102,27 @@ def test_uneven_and_empty_shards_keep_ranks_in_step(zero2) -> None:
         batch = random_batch(prompts, seed=12)
         batch = dataclasses.replace(batch, ref_logps=torch.zeros(2 * prompts))
         assert _train(zero2, batch)["prompts"] == prompts
-    evaluated = ray.get(zero2.call_sharded("eval_step", batch))
-    assert evaluated[0]["prompts"] == 1
+    assert _eval(zero2, batch)["prompts"] == 1
     _digests_agree(zero2)
+
+
+def test_held_table_rows_equal_the_collated_batch(zero2) -> None:
+    """train_rows / eval_rows: each rank collates its own shard of the driver's indices."""
+    report = DataReport("generated.jsonl", "line")
+    prompts = [[1, 5 + i, 6] for i in range(5)]
+    responses = [[[10 + i, 11, 2], [12, 13 + i, 14, 2]] for i in range(5)]
+    table = with_ref_logps(
+        build_table(list(range(5)), prompts, responses, report),
+        [[-3.0 - i, -4.0] for i in range(5)],
+    )
+    ray.get(zero2.call("hold_table", "t", ray.put(table), 0))
+    for indices in ([4, 0, 2], [3]):  # shards of 2 + 1 prompts, then 1 + 0
+        batch = collate(table.take(indices), 0)
+        rows = merge_rank_metrics(ray.get(zero2.call("eval_rows", "t", indices)))
+        assert rows == pytest.approx(_eval(zero2, batch) | {"tokens_per_s": rows["tokens_per_s"]})
+        assert rows["prompts"] == len(indices)
+    with pytest.raises(ray.exceptions.RayTaskError, match="no table 'other' held"):
+        ray.get(zero2.call("eval_rows", "other", [0]))
 
 
 def test_save_pretrained_loads_back_with_the_same_logps(zero2, tiny_llama_path, tmp_path) -> None:
@@ -113,7 +138,7 @@ def test_save_pretrained_loads_back_with_the_same_logps(zero2, tiny_llama_path, 
         torch.testing.assert_close(tensor, weights[name], atol=0, rtol=0)
 
     batch = _with_reference(random_batch(4, seed=13), weights, tiny_llama_path)
-    trainer = ray.get(zero2.call_sharded("eval_step", batch))[0]
+    trainer = _eval(zero2, batch)
     loaded.eval()
     with torch.no_grad():
         logps, _ = batch_logps(loaded, batch.input_ids, batch.attention_mask, batch.loss_mask)

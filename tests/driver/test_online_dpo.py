@@ -144,7 +144,7 @@ def test_weight_sync_makes_sampler_logprobs_equal_trainer(
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]] * 2)
     batch = PreferenceBatch(ids, torch.ones_like(ids), mask, torch.tensor([-10.0, -10.0]), 2)
     for _ in range(3):
-        ray_cluster.get(trainers.call_sharded("train_step", batch))
+        ray_cluster.get(trainers.call_sharded("train_step", batch, batch.num_prompts))
     weights = ray_cluster.get(trainers.call("state_dict_for_sync"))[0]
     model = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32)
     model.load_state_dict(weights, strict=False)

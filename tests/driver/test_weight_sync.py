@@ -15,7 +15,7 @@ def _train(ray_cluster, trainers, steps: int) -> None:
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]] * 2)
     batch = PreferenceBatch(ids, torch.ones_like(ids), mask, torch.tensor([-10.0, -10.0]), 2)
     for _ in range(steps):
-        ray_cluster.get(trainers.call_sharded("train_step", batch))
+        ray_cluster.get(trainers.call_sharded("train_step", batch, batch.num_prompts))
 
 
 def _trainer_logprobs(ray_cluster, trainers, model_path: str) -> list[float]:

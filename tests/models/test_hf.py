@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import LlamaConfig
 
@@ -12,6 +13,7 @@ from rlhf.algorithms import RankedLogps, get_preference_loss
 from rlhf.models.hf import (
     batch_logps,
     disable_dropout,
+    hf_response_logps,
     hf_token_logprobs,
     load_causal_lm,
     load_reference_model,
@@ -150,6 +152,18 @@ def test_hf_token_logprobs_contract(tiny_llama_path: Path) -> None:
         assert len(values) == len(tokens) - 1
         # values[t - 1] is token t: the response sum equals the naive computation.
         assert abs(sum(values[start - 1 :]) - _naive_logp(model, tokens, start)) < 1e-4
+    assert not model.training
+
+
+def test_hf_response_logps_sum_the_response_tokens_in_input_order(tiny_llama_path: Path) -> None:
+    model = load_reference_model(EngineSettings(model=str(tiny_llama_path)))
+    rows = _rows(random_batch(4, num_responses=2, seed=6))
+    prompts = [tokens[:start] for tokens, start in rows]
+    responses = [tokens[start:] for tokens, start in rows]
+    sums = hf_response_logps(model, prompts, responses, batch_size=3)  # batches cut the order
+    expected = [_naive_logp(model, tokens, start) for tokens, start in rows]
+    assert sums == pytest.approx(expected, abs=1e-4)
+    assert len({len(t) for t, _ in rows}) > 1  # lengths differ: sorting changed the batches
     assert not model.training
 
 
