@@ -1,6 +1,7 @@
 """Offline DPO, this framework vs TRL's DPOTrainer: same tiny model, data, batch and pairs.
 
-    .venv/bin/python benchmarks/dpo_vs_trl.py                 # 2,000 pairs, every variant
+    .venv/bin/python benchmarks/dpo_vs_trl.py                 # 2,000 pairs, 16 per step
+    .venv/bin/python benchmarks/dpo_vs_trl.py --batch 8,16,32 # the same at three batch sizes
     .venv/bin/python benchmarks/dpo_vs_trl.py --quick         # 256 pairs, three jobs: a smoke test
     .venv/bin/python benchmarks/dpo_vs_trl.py --pairs 4000 --repeats 2 --ours 2x1,1x1,1x2
 
@@ -12,6 +13,7 @@ trained model on disk, reference log-probs included:
 
 - ours: ``rlhf.driver.dpo.run`` with ``configs/dpo.yaml`` and a fresh table cache (so the vLLM
   reference pass is counted), N ranks x C CPUs each (``--ours 2x1``: two ranks of one CPU).
+  The reference pass runs before the ranks start and gets the job's N x C CPUs.
   Phases are timed by wrapping the functions the driver calls (the wrappers only time and
   delegate; the engine and trainer wrappers also wait until the actors are up, so their
   start-up is not billed to the first call). metrics.jsonl gives the time spent inside the
@@ -82,6 +84,8 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
             f"trainer.lr={job['lr']}",
             f"trainer.num_ranks={ranks}",
             f"trainer.num_cpus_per_rank={cpus}",
+            # The reference pass runs before the ranks start: it gets the job's CPUs.
+            f"reference.engine.num_cpus={ranks * cpus}",
             f"trainer.micro_batch_size={job['batch'] // ranks}",
             "trainer.gradient_accumulation_steps=1",
             "schedule.epochs=1",
@@ -119,7 +123,9 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     original_start_trainers, dpo.start_trainers = dpo.start_trainers, start_trainers
     setup.load_preferences = phases.timed("data", setup.load_preferences)
     setup.add_reference_logps = phases.timed("reference", setup.add_reference_logps)
-    dpo.train_step = phases.timed("train", dpo.train_step)
+    # The loop submits step i + 1 before reading step i: time both halves of each step.
+    dpo.submit_step = phases.timed("train", dpo.submit_step)
+    dpo.step_metrics = phases.timed("train", dpo.step_metrics)
     dpo.save_checkpoint = phases.timed("save", dpo.save_checkpoint)
 
     start = time.perf_counter()
@@ -311,10 +317,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="256 pairs; TRL x2 and ours 2x1")
-    parser.add_argument("--batch", type=int, default=8, help="prompts per optimizer step")
+    parser.add_argument(
+        "--batch", default="16", help="prompts per optimizer step; a list (8,16,32) runs each"
+    )
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--ours", default="2x1,1x1", help="RxC[:zN][:hf],... (see parse_ours)")
+    parser.add_argument(
+        "--ours",
+        default="1x2:z0:hf,1x2:z0,2x1",
+        help="RxC[:zN][:hf],... (see parse_ours); default: one rank on both cores with the HF "
+        "or the vLLM reference, and configs/dpo.yaml's two ZeRO-2 ranks",
+    )
     parser.add_argument("--trl", default=",".join(TRL_VARIANTS), help="TRL variants to run")
     parser.add_argument("--repeats", type=int, default=1, help="the fastest repeat is kept")
     parser.add_argument("--workdir", help="data, runs and logs (default: a new temp dir)")
@@ -334,28 +347,44 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     data = make_pairs(workdir / f"pairs-{args.pairs}.parquet", args.pairs)
     print(f"data: {args.pairs} pairs in {data} ({time.perf_counter() - start:.0f}s, made once)")
-    common = {"model": model, "data": str(data), "batch": args.batch, "beta": args.beta}
-    common["lr"] = args.lr
     jobs = parse_ours(args.ours)
     jobs.update({TRL_NAMES[v]: {"kind": v} for v in args.trl.split(",") if v})
-    best: dict[str, dict[str, Any]] = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")  # fresh run dirs and table caches in a reused workdir
-    for repeat in range(args.repeats):
-        # Alternate TRL and ours so that a noisy minute does not land on one side only.
-        order = _interleave(list(jobs))
-        for index, name in enumerate(order):
-            out = workdir / f"{stamp}-r{repeat}-{index}-{jobs[name]['kind']}"
-            job = {**common, **jobs[name], "out": str(out)}
-            result = run_job(Path(__file__), job, workdir / f"{out.name}.log")
-            row = summarize(name, args.pairs, result)
-            print(
-                f"  [{repeat + 1}/{args.repeats}] {name}: {row['work']:.1f}s work, "
-                f"{row['startup']:.1f}s start-up, {row['pairs_per_s']:.0f} pairs/s",
-                flush=True,
-            )
-            if name not in best or row["work"] < best[name]["work"]:
-                best[name] = row
-    report(args.pairs, args.batch, [best[name] for name in jobs])
+    summary = []
+    for batch in (int(b) for b in args.batch.split(",")):
+        common = {"model": model, "data": str(data), "batch": batch, "beta": args.beta}
+        common["lr"] = args.lr
+        best: dict[str, dict[str, Any]] = {}
+        for repeat in range(args.repeats):
+            # Alternate TRL and ours so that a noisy minute does not land on one side only.
+            order = _interleave(list(jobs))
+            for index, name in enumerate(order):
+                out = workdir / f"{stamp}-b{batch}-r{repeat}-{index}-{jobs[name]['kind']}"
+                job = {**common, **jobs[name], "out": str(out)}
+                result = run_job(Path(__file__), job, workdir / f"{out.name}.log")
+                row = summarize(name, args.pairs, result)
+                print(
+                    f"  [batch {batch}, {repeat + 1}/{args.repeats}] {name}: "
+                    f"{row['work']:.1f}s work, {row['startup']:.1f}s start-up, "
+                    f"{row['pairs_per_s']:.0f} pairs/s",
+                    flush=True,
+                )
+                if name not in best or row["work"] < best[name]["work"]:
+                    best[name] = row
+        report(args.pairs, batch, [best[name] for name in jobs])
+        summary.append((batch, best))
+    if len(summary) > 1:
+        print("\nwork ratios, ours / TRL, by prompts per step:")
+        pairs_of = [
+            (o, t) for o in jobs if o.startswith("ours") for t in jobs if not t.startswith("ours")
+        ]
+        print_table(
+            ["ours", "vs", *(str(batch) for batch, _ in summary)],
+            [
+                [o, t, *(f"{b[o]['pairs_per_s'] / b[t]['pairs_per_s']:.2f}x" for _, b in summary)]
+                for o, t in pairs_of
+            ],
+        )
     print(f"\nlogs and runs: {workdir}")
 
 
