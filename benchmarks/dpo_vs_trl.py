@@ -7,8 +7,9 @@
 
 The pairs are made once, the DPO paper's way (``rlhf make-data``: 4 SFT samples per prompt,
 labelled by the task reward, all differently-scored pairs), and every job trains one epoch on
-exactly those pairs at the same global batch (prompts per optimizer step), beta and lr, in fp32
-without evaluation. Each job runs in a fresh process and is timed from its first call to the
+exactly those pairs (one epoch, or ``--epochs``) at the same global batch (prompts per optimizer
+step), beta and lr, in fp32 without evaluation. The reference log-probs are computed once per
+job by us and by TRL's precompute variants, once per epoch by TRL's defaults. Each job runs in a fresh process and is timed from its first call to the
 trained model on disk, reference log-probs included:
 
 - ours: ``rlhf.driver.dpo.run`` with ``configs/dpo.yaml`` and a fresh table cache (so the vLLM
@@ -88,7 +89,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
             f"reference.engine.num_cpus={ranks * cpus}",
             f"trainer.micro_batch_size={job['batch'] // ranks}",
             "trainer.gradient_accumulation_steps=1",
-            "schedule.epochs=1",
+            f"schedule.epochs={job['epochs']}",
             "schedule.eval_every=0",
             "schedule.save_every=0",
             *options,
@@ -160,7 +161,7 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
         per_device_train_batch_size=job["batch"],
         learning_rate=job["lr"],
         beta=job["beta"],
-        num_train_epochs=1,
+        num_train_epochs=job["epochs"],
         bf16=False,
         report_to="none",
         eval_strategy="no",
@@ -218,9 +219,12 @@ def summarize(name: str, pairs: int, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def report(pairs: int, batch: int, rows: list[dict[str, Any]]) -> None:
+def report(pairs: int, epochs: int, batch: int, rows: list[dict[str, Any]]) -> None:
     """The table, the start-up line, the ratios and where our train step's time goes."""
-    print(f"\n{pairs} pairs, {batch} prompts (pairs) per optimizer step, 1 epoch, fp32\n")
+    print(
+        f"\n{pairs} pairs, {batch} prompts (pairs) per optimizer step, {epochs} epoch(s), fp32; "
+        "pairs/s counts every pair once per epoch\n"
+    )
     print_table(
         [
             "job",
@@ -320,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batch", default="16", help="prompts per optimizer step; a list (8,16,32) runs each"
     )
+    parser.add_argument(
+        "--epochs", type=int, default=1, help="passes over the pairs (configs/dpo.yaml: 2)"
+    )
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument(
@@ -353,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = []
     for batch in (int(b) for b in args.batch.split(",")):
         common = {"model": model, "data": str(data), "batch": batch, "beta": args.beta}
-        common["lr"] = args.lr
+        common.update(lr=args.lr, epochs=args.epochs)
         best: dict[str, dict[str, Any]] = {}
         for repeat in range(args.repeats):
             # Alternate TRL and ours so that a noisy minute does not land on one side only.
@@ -362,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
                 out = workdir / f"{stamp}-b{batch}-r{repeat}-{index}-{jobs[name]['kind']}"
                 job = {**common, **jobs[name], "out": str(out)}
                 result = run_job(Path(__file__), job, workdir / f"{out.name}.log")
-                row = summarize(name, args.pairs, result)
+                row = summarize(name, args.pairs * args.epochs, result)
                 print(
                     f"  [batch {batch}, {repeat + 1}/{args.repeats}] {name}: "
                     f"{row['work']:.1f}s work, {row['startup']:.1f}s start-up, "
@@ -371,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 if name not in best or row["work"] < best[name]["work"]:
                     best[name] = row
-        report(args.pairs, batch, [best[name] for name in jobs])
+        report(args.pairs, args.epochs, batch, [best[name] for name in jobs])
         summary.append((batch, best))
     if len(summary) > 1:
         print("\nwork ratios, ours / TRL, by prompts per step:")
