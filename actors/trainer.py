@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from actors.deepspeed_rank import DeepSpeedModel, Device, node_id, start_ranks
+from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, start_ranks
 from actors.group import ActorGroup, SharedPlacement
 from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
 from rlhf.data.batch import PreferenceBatch, shard_bounds
@@ -134,10 +134,10 @@ class PolicyTrainer:
         weight = self.world_size / max(total_prompts, 1)
         ranked = []
         for chunk in self._micro_batches(batch, total_prompts):
-            sub, logps = self._forward(batch, chunk)
-            if sub is None:  # no prompts left on this rank: keep the collectives in step
-                self.engine.backward(logps.sum() * 0.0, scale_wrt_gas=False)
+            if len(chunk) == 0:  # no prompts left on this rank: keep the collectives in step
+                self.engine.backward(empty_pass(self.engine), scale_wrt_gas=False)
                 continue
+            logps = self._forward(batch, chunk)
             losses = self.loss_fn(logps, self.beta, **self.loss_options)
             self.engine.backward(losses.sum() * weight, scale_wrt_gas=False)
             ranked.append(
@@ -157,9 +157,11 @@ class PolicyTrainer:
         ranked = []
         try:
             for chunk in self._micro_batches(batch, total_prompts):
-                sub, logps = self._forward(batch, chunk)
-                if sub is not None:
-                    ranked.append((logps, self.loss_fn(logps, self.beta, **self.loss_options)))
+                if len(chunk) == 0:  # ZeRO-3 gathers run inside the forward: take part
+                    empty_pass(self.engine)
+                    continue
+                logps = self._forward(batch, chunk)
+                ranked.append((logps, self.loss_fn(logps, self.beta, **self.loss_options)))
         finally:
             self.engine.train()
         return self._rank_metrics(batch, ranked, start)
@@ -171,7 +173,8 @@ class PolicyTrainer:
         inside them). The largest shard of ``total_prompts`` (``PreferenceBatch.shard``) sets
         the count; a rank with fewer prompts gets smaller, possibly empty, micro batches.
         """
-        largest = -(-total_prompts // self.world_size)
+        lo, hi = shard_bounds(total_prompts, 0, self.world_size)  # rank 0's is the largest
+        largest = hi - lo
         if batch.num_prompts > largest:
             raise ValueError(
                 f"a shard of {batch.num_prompts} prompts is larger than the largest of "
@@ -180,20 +183,9 @@ class PolicyTrainer:
         num_micro = max(1, -(-largest // self.config.micro_batch_size))
         return list(torch.arange(batch.num_prompts).tensor_split(num_micro))
 
-    def _forward(
-        self, batch: PreferenceBatch, prompts: Tensor
-    ) -> tuple[PreferenceBatch | None, RankedLogps | Tensor]:
-        """One forward pass over the K responses of the given prompts.
-
-        Returns the sub-batch and its ranked log-probs, or (None, dummy log-probs) for an
-        empty micro batch (a two-token pass that keeps the ranks' collectives aligned).
-        """
+    def _forward(self, batch: PreferenceBatch, prompts: Tensor) -> RankedLogps:
+        """One forward pass over the K responses of the given (at least one) prompts."""
         k = batch.num_responses
-        if len(prompts) == 0:
-            ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
-            mask = torch.tensor([[0, 1]], device=self.device)
-            logps, _ = batch_logps(self.engine, ids, torch.ones_like(ids), mask)
-            return None, logps
         rows = (prompts[:, None] * k + torch.arange(k)).flatten()
         on = {
             name: getattr(batch, name)[rows].to(self.device)
@@ -205,12 +197,11 @@ class PolicyTrainer:
         logps, _ = batch_logps(self.engine, on["input_ids"], on["attention_mask"], on["loss_mask"])
         ref = None if batch.ref_logps is None else batch.ref_logps[rows].to(self.device)
         sub = PreferenceBatch(**on, ref_logps=ref, num_responses=k)
-        ranked = RankedLogps(
+        return RankedLogps(
             policy=logps.view(-1, k),
             reference=None if ref is None else ref.view(-1, k).to(logps.dtype),
             lengths=sub.response_lengths.view(-1, k),
         )
-        return sub, ranked
 
     def _rank_metrics(
         self,
