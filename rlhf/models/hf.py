@@ -7,6 +7,7 @@ Dropout is switched off at load time in the config, so ``model.train()`` is harm
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,14 +170,12 @@ def _shared_prompt_positions(loss_mask: Tensor) -> int:
 def _keeps_logits(model: torch.nn.Module) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (every recent HF causal LM does)."""
     module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
-    accepts = _KEEPS_LOGITS.get(type(module))
-    if accepts is None:
-        parameters = inspect.signature(module.forward).parameters
-        accepts = _KEEPS_LOGITS[type(module)] = "logits_to_keep" in parameters
-    return accepts
+    return _forward_takes_logits_to_keep(type(module))
 
 
-_KEEPS_LOGITS: dict[type, bool] = {}
+@functools.cache
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def token_values(
