@@ -1,6 +1,10 @@
-"""Fixtures for driver tests: the task's preference data, made the DPO paper's way."""
+"""Fixtures for driver tests: the task's preference data, made the DPO paper's way; and the
+helpers that train a trainer group a little and read its weights' log-probs."""
 
 import pytest
+import torch
+
+SEQ = [1, 10, 11, 12, 13, 14, 15, 2]  # a sequence of the embedded task's tokens
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +63,26 @@ def dpo_config(data_path, out_dir, model_path, table_cache, **sections):
         else:
             data[key] = value
     return from_dict(DPOConfig, data)
+
+
+def train_on_one_pair(ray_cluster, trainers, steps: int) -> None:
+    """``steps`` optimizer steps of a trainer group on one pair built from ``SEQ``."""
+    from rlhf.data.batch import PreferenceBatch
+
+    ids = torch.tensor([SEQ, SEQ[:-2] + [16, 2]])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]] * 2)
+    batch = PreferenceBatch(ids, torch.ones_like(ids), mask, torch.tensor([-10.0, -10.0]), 2)
+    for _ in range(steps):
+        ray_cluster.get(trainers.call_sharded("train_step", batch, batch.num_prompts))
+
+
+def trainer_logprobs(ray_cluster, trainers, model_path: str) -> list[float]:
+    """Per-token log-probs of ``SEQ`` (tokens 1..L-1) under the trainer group's weights."""
+    from transformers import AutoModelForCausalLM
+
+    weights = ray_cluster.get(trainers.call("state_dict_for_sync"))[0]
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.load_state_dict(weights, strict=False)
+    with torch.no_grad():
+        logp = model(torch.tensor([SEQ])).logits.log_softmax(-1)[0]
+    return [logp[t - 1, SEQ[t]].item() for t in range(1, len(SEQ))]

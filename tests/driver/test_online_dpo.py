@@ -5,10 +5,10 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from rlhf.config import from_dict
 from rlhf.run_dir import read_metrics
+from tests.driver.conftest import SEQ, train_on_one_pair, trainer_logprobs
 
 pytestmark = pytest.mark.integration
 
@@ -119,10 +119,7 @@ def test_weight_sync_makes_sampler_logprobs_equal_trainer(
     ray_cluster, tmp_path, embedded_model_path
 ):
     """Before a sync the sampler still has the SFT weights; after it, the trained ones."""
-    from transformers import AutoModelForCausalLM
-
     from actors.trainer import start_policy_trainers
-    from rlhf.data.batch import PreferenceBatch
     from rlhf.driver.common import start_samplers
     from rlhf.driver.online import sync_weights
     from rlhf.models.deepspeed_config import TrainerConfig
@@ -139,23 +136,13 @@ def test_weight_sync_makes_sampler_logprobs_equal_trainer(
         0,
         RayConfig(),
     )
-    seq = [1, 10, 11, 12, 13, 14, 15, 2]
-    ids = torch.tensor([seq, seq[:-2] + [16, 2]])
-    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]] * 2)
-    batch = PreferenceBatch(ids, torch.ones_like(ids), mask, torch.tensor([-10.0, -10.0]), 2)
-    for _ in range(3):
-        ray_cluster.get(trainers.call_sharded("train_step", batch, batch.num_prompts))
-    weights = ray_cluster.get(trainers.call("state_dict_for_sync"))[0]
-    model = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32)
-    model.load_state_dict(weights, strict=False)
-    with torch.no_grad():
-        logp = model(torch.tensor([seq])).logits.log_softmax(-1)[0]
-    trained = [logp[t - 1, seq[t]].item() for t in range(1, len(seq))]
+    train_on_one_pair(ray_cluster, trainers, 3)
+    trained = trainer_logprobs(ray_cluster, trainers, embedded_model_path)
 
-    before = ray_cluster.get(sampler.token_logprobs.remote([seq]))[0]
+    before = ray_cluster.get(sampler.token_logprobs.remote([SEQ]))[0]
     assert max(abs(a - b) for a, b in zip(before, trained, strict=True)) > 1e-2
     nbytes = sync_weights(trainers, [sampler])
-    after = ray_cluster.get(sampler.token_logprobs.remote([seq]))[0]
+    after = ray_cluster.get(sampler.token_logprobs.remote([SEQ]))[0]
     assert max(abs(a - b) for a, b in zip(after, trained, strict=True)) < 1e-4
     assert nbytes > 100_000
     trainers.kill()

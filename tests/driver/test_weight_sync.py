@@ -1,32 +1,10 @@
 """The broadcast weight sync with real trainers (DeepSpeed, 2 ranks) and a real vLLM sampler."""
 
 import pytest
-import torch
+
+from tests.driver.conftest import SEQ, train_on_one_pair, trainer_logprobs
 
 pytestmark = pytest.mark.integration
-
-SEQ = [1, 10, 11, 12, 13, 14, 15, 2]
-
-
-def _train(ray_cluster, trainers, steps: int) -> None:
-    from rlhf.data.batch import PreferenceBatch
-
-    ids = torch.tensor([SEQ, SEQ[:-2] + [16, 2]])
-    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]] * 2)
-    batch = PreferenceBatch(ids, torch.ones_like(ids), mask, torch.tensor([-10.0, -10.0]), 2)
-    for _ in range(steps):
-        ray_cluster.get(trainers.call_sharded("train_step", batch, batch.num_prompts))
-
-
-def _trainer_logprobs(ray_cluster, trainers, model_path: str) -> list[float]:
-    from transformers import AutoModelForCausalLM
-
-    weights = ray_cluster.get(trainers.call("state_dict_for_sync"))[0]
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    model.load_state_dict(weights, strict=False)
-    with torch.no_grad():
-        logp = model(torch.tensor([SEQ])).logits.log_softmax(-1)[0]
-    return [logp[t - 1, SEQ[t]].item() for t in range(1, len(SEQ))]
 
 
 def _gap(a: list[float], b: list[float]) -> float:
@@ -65,8 +43,8 @@ def test_broadcast_sync_lands_twice(ray_cluster, embedded_model_path):
     try:
         assert open_broadcast(trainers) is broadcast
         for version in (1, 2):
-            _train(ray_cluster, trainers, 3)
-            trained = _trainer_logprobs(ray_cluster, trainers, embedded_model_path)
+            train_on_one_pair(ray_cluster, trainers, 3)
+            trained = trainer_logprobs(ray_cluster, trainers, embedded_model_path)
             before = ray_cluster.get(sampler.token_logprobs.remote([SEQ]))[0]
             assert _gap(before, trained) > 1e-2
             nbytes = sync_weights(trainers, [sampler], reference, version=version)
@@ -84,8 +62,8 @@ def test_broadcast_sync_lands_twice(ray_cluster, embedded_model_path):
         assert broadcast.generation == 1  # formed once for both syncs
         # What a sync does after a receiver restarted: a new group of the same actors.
         broadcast.form()
-        _train(ray_cluster, trainers, 1)
-        trained = _trainer_logprobs(ray_cluster, trainers, embedded_model_path)
+        train_on_one_pair(ray_cluster, trainers, 1)
+        trained = trainer_logprobs(ray_cluster, trainers, embedded_model_path)
         sync_weights(trainers, [sampler], reference, version=3)
         after = ray_cluster.get(sampler.token_logprobs.remote([SEQ]))[0]
         assert _gap(after, trained) < 1e-4
