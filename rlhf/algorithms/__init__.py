@@ -8,7 +8,7 @@ reused anywhere. The math follows ALGORITHMS.md; every function documents its te
 - ``advantages``: ``gae``, ``grpo_advantages``, ``rloo_advantages``, ``reinforce_pp_advantages``
 - ``ppo``: ``ppo_policy_loss``, ``ppo_value_loss``
 - ``kl``: ``kl_estimate`` (k1, k2, k3), ``kl_penalized_rewards``, KL controllers
-- ``logprobs``: ``sequence_logps``, ``entropy_from_logits``
+- ``logprobs``: ``sequence_logps``, ``target_logps``, ``entropy_from_logits``
 - ``masked``: ``masked_mean``, ``masked_var``, ``masked_whiten``
 - ``registry``: ``get_preference_loss`` / ``register_preference_loss``, ``get_advantage`` /
   ``register_advantage``, and the generic ``Registry`` (entry-point group ``rlhf.algorithms``)
@@ -29,7 +29,7 @@ from rlhf.algorithms.kl import (
     kl_estimate,
     kl_penalized_rewards,
 )
-from rlhf.algorithms.logprobs import entropy_from_logits, sequence_logps
+from rlhf.algorithms.logprobs import entropy_from_logits, sequence_logps, target_logps
 from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.algorithms.ppo import ppo_policy_loss, ppo_value_loss
 from rlhf.algorithms.preference import dpo_loss, plackett_luce_loss, preference_metrics
@@ -92,4 +92,5 @@ __all__ = [
     "reinforce_pp_advantages",
     "rloo_advantages",
     "sequence_logps",
+    "target_logps",
 ]

@@ -26,8 +26,7 @@ def sequence_logps(logits: Tensor, labels: Tensor, loss_mask: Tensor) -> tuple[T
         token_logps: [B, T], the per-token log-probs aligned to ``labels`` (0 where masked).
 
     Only the response positions are scored: their logits are gathered into one [n, V] block
-    and normalised in chunks of at most ``_CHUNK_ELEMENTS`` values, so half-precision logits are
-    upcast to float32 a chunk at a time and prompt and padding positions cost nothing.
+    for ``target_logps``, so prompt and padding positions cost nothing.
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must have shape [B, T, V], got {tuple(logits.shape)}")
@@ -44,19 +43,31 @@ def sequence_logps(logits: Tensor, labels: Tensor, loss_mask: Tensor) -> tuple[T
         )
     # Token t is predicted by logits[t - 1]; masked labels may hold anything (e.g. -100).
     scored = mask[:, 1:]
-    picked_logits = logits[:, :-1][scored]  # [n, V], row-major over (sequence, position)
-    targets = labels[:, 1:][scored]
-    chunk = max(1, _CHUNK_ELEMENTS // max(logits.shape[-1], 1))
-    parts = []
-    for rows, row_targets in zip(picked_logits.split(chunk), targets.split(chunk), strict=True):
-        rows = rows.float()  # a no-op for float32 logits
-        picked = rows.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
-        parts.append(picked - torch.logsumexp(rows, dim=-1))  # log_softmax at the target
-    values = torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float32)
+    values = target_logps(logits[:, :-1][scored], labels[:, 1:][scored])
     # masked_scatter fills the mask's positions in the same row-major order.
     token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     token_logps = token_logps.masked_scatter(mask, values)
     return token_logps.sum(dim=1), token_logps
+
+
+def target_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[target] of each row: [n, V] and [n] -> [n] float32.
+
+    Rows are normalised in chunks of at most ``_CHUNK_ELEMENTS`` values, so half-precision
+    logits are upcast to float32 a chunk at a time.
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"logits [n, V] and targets [n] expected, got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    chunk = max(1, _CHUNK_ELEMENTS // max(logits.shape[-1], 1))
+    parts = []
+    for rows, row_targets in zip(logits.split(chunk), targets.split(chunk), strict=True):
+        rows = rows.float()  # a no-op for float32 logits
+        picked = rows.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
+        parts.append(picked - torch.logsumexp(rows, dim=-1))  # log_softmax at the target
+    return torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float32)
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:

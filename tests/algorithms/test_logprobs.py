@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf.algorithms import entropy_from_logits, sequence_logps
+from rlhf.algorithms import entropy_from_logits, sequence_logps, target_logps
 
 
 def naive_logps(logits, labels, mask):
@@ -104,6 +104,16 @@ def test_bad_inputs():
         sequence_logps(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3))
     with pytest.raises(ValueError, match="shape"):
         sequence_logps(torch.zeros(1, 3, 4), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2))
+
+
+def test_target_logps_by_hand():
+    # Row 0: softmax(0, ln 3) = (1/4, 3/4); row 1: three equal logits.
+    logits = torch.tensor([[0.0, math.log(3.0), -math.inf], [2.0, 2.0, 2.0]])
+    got = target_logps(logits, torch.tensor([1, 0]))
+    torch.testing.assert_close(got, torch.tensor([math.log(0.75), -math.log(3.0)]))
+    assert target_logps(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)).shape == (0,)
+    with pytest.raises(ValueError, match=r"targets \[n\]"):
+        target_logps(logits, torch.tensor([1]))
 
 
 def test_entropy_from_logits():
