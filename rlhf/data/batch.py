@@ -7,6 +7,7 @@ carries its shape. Rows are grouped by prompt: row ``i * K + k`` is response ``k
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,12 @@ class PreferenceBatch:
         """[N] number of response tokens of each sequence."""
         return self.loss_mask.sum(-1)
 
+    def shared_prompt_rows(self) -> SharedPromptRows:
+        """The batch as one row per prompt, its K responses after it (see ``share_prompts``)."""
+        group = torch.arange(self.input_ids.shape[0], device=self.input_ids.device)
+        group = group // self.num_responses
+        return share_prompts(self.input_ids, self.loss_mask, group)
+
     def shard(self, rank: int, world_size: int) -> PreferenceBatch:
         """The prompts of one data-parallel rank (whole groups, never a split ranking)."""
         lo, hi = (b * self.num_responses for b in shard_bounds(self.num_prompts, rank, world_size))
@@ -67,6 +74,112 @@ class PreferenceBatch:
             ref,
             self.num_responses,
         )
+
+
+@dataclass
+class SharedPromptRows:
+    """N = sum of K_b responses to B prompts, one row per prompt: ``[x_b, y_b1, ..., y_bK]``.
+
+    A response attends to its prompt and to itself, never to its siblings, and its positions
+    continue from the prompt's end: every response token sees exactly what it would see in its
+    own ``prompt + response`` sequence, while the prompt runs once for all K.
+    """
+
+    input_ids: torch.Tensor  # [B, W] int64, right-padded (pad id 0, never attended to)
+    position_ids: torch.Tensor  # [B, W] int64, each response from the prompt's length on
+    segment_ids: torch.Tensor  # [B, W] int64, 0 on the prompt, k on response k (1-based), -1 pad
+    # One entry per response token, in order of (sequence, position):
+    token_sequence: torch.Tensor  # [n] int64, which of the N sequences it belongs to
+    token_row: torch.Tensor  # [n] int64, its row b
+    token_column: torch.Tensor  # [n] int64, its column in row b
+    token_predictor: torch.Tensor  # [n] int64, the column whose logits predict it
+    num_sequences: int  # N
+
+    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """[B, 1, W, W] additive mask in ``dtype``: 0 where query i may attend to key j (j <= i
+        and j is in the prompt or in i's own segment), the dtype's minimum elsewhere.
+
+        Padding queries attend to the prompt and to earlier padding, so no row is all masked.
+        """
+        seg = self.segment_ids
+        width = seg.shape[1]
+        causal = torch.ones(width, width, dtype=torch.bool, device=seg.device).tril()
+        allowed = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+    def to(self, device: torch.device | str) -> SharedPromptRows:
+        """The same rows on ``device``."""
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
+
+
+def share_prompts(
+    input_ids: torch.Tensor, loss_mask: torch.Tensor, group: torch.Tensor
+) -> SharedPromptRows:
+    """Packs N ``prompt + response`` sequences into one row per prompt.
+
+    Args:
+        input_ids: [N, T] prompt + response tokens, right-padded.
+        loss_mask: [N, T] 1 on response tokens (at least one per sequence), by position.
+        group: [N] the prompt (0..B-1) of each sequence; non-decreasing, and the sequences of
+            one prompt have the same prompt tokens. The prompt is taken from a group's first.
+    """
+    num_seq, width = input_ids.shape
+    device = input_ids.device
+    response = loss_mask.bool()
+    lengths = response.sum(1)
+    starts = response.int().argmax(1)  # the first response position: the prompt's length
+    ends = width - response.flip(1).int().argmax(1)
+    if not bool(((lengths > 0) & (starts > 0) & (ends - starts == lengths)).all()):
+        raise ValueError(
+            "every sequence needs a prompt of at least one token followed by one unbroken "
+            "response of at least one token to share its prompt"
+        )
+    first = torch.ones(num_seq, dtype=torch.bool, device=device)
+    first[1:] = group[1:] != group[:-1]
+    prompt_len = starts[first]  # [B]
+    leader = first.nonzero().squeeze(1)  # [B] each prompt's first sequence
+    columns = torch.arange(width, device=device)
+    own_prompt = columns < starts[:, None]
+    if (
+        bool((group[1:] < group[:-1]).any())
+        or not torch.equal(starts, prompt_len[group])
+        or bool(((input_ids != input_ids[leader[group]]) & own_prompt).any())
+    ):
+        raise ValueError("the sequences of one prompt must be consecutive and share its tokens")
+    # Response of sequence n starts after the prompt and the group's earlier responses.
+    before = lengths.cumsum(0) - lengths
+    offset = prompt_len[group] + before - before[first][group]
+    row_length = prompt_len + torch.zeros_like(prompt_len).index_add_(0, group, lengths)
+    rows = len(prompt_len)
+    packed_width = int(row_length.max())
+    packed = torch.zeros((rows, packed_width), dtype=torch.long, device=device)
+    positions = torch.zeros_like(packed)
+    segments = torch.full_like(packed, -1)
+    in_prompt = own_prompt[leader]  # [B, T]
+    packed[:, :width][in_prompt] = input_ids[leader][in_prompt]
+    segments[:, :width][in_prompt] = 0
+    positions[:, :width] = torch.where(in_prompt, columns, 0)
+    seq, pos = response.nonzero(as_tuple=True)  # row-major: grouped by sequence
+    row = group[seq]
+    column = offset[seq] + pos - starts[seq]
+    packed[row, column] = input_ids[seq, pos]
+    rank_in_group = torch.arange(num_seq, device=device) - leader[group]
+    segments[row, column] = rank_in_group[seq] + 1
+    positions[row, column] = pos
+    # A response's first token is predicted by the prompt's last position, the rest by the
+    # token before them in the row.
+    predictor = torch.where(pos == starts[seq], prompt_len[row] - 1, column - 1)
+    return SharedPromptRows(
+        packed, positions, segments, seq, row, column, predictor, num_sequences=num_seq
+    )
 
 
 @dataclass
