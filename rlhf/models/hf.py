@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from rlhf.algorithms import sequence_logps
+from rlhf.algorithms import sequence_logps, target_logps
+from rlhf.data.batch import SharedPromptRows, share_prompts
 
 if TYPE_CHECKING:
     from rlhf.models.vllm_engine import EngineSettings
@@ -158,6 +159,38 @@ def batch_logps(
     return logps, torch.nn.functional.pad(token_logps, (skip, 0))
 
 
+def shared_prompt_logps(model: torch.nn.Module, rows: SharedPromptRows) -> Tensor:
+    """[N] float32 summed response log-probs of N sequences packed one row per prompt.
+
+    The same values as ``batch_logps`` on the N ``prompt + response`` sequences, with the prompt
+    run once per K responses instead of K times. The model must take a 4D attention mask
+    (``takes_4d_mask``). The LM head starts at the shortest prompt's last position.
+    """
+    module = getattr(model, "module", model)
+    skip = int(rows.token_predictor.min()) if _keeps_logits(model) and len(rows.token_row) else 0
+    kwargs = {"logits_to_keep": rows.input_ids.shape[1] - skip} if skip else {}
+    logits = model(
+        input_ids=rows.input_ids,
+        attention_mask=rows.attention_mask(module.dtype),
+        position_ids=rows.position_ids,
+        use_cache=False,
+        **kwargs,
+    ).logits
+    values = target_logps(
+        logits[rows.token_row, rows.token_predictor - skip],
+        rows.input_ids[rows.token_row, rows.token_column],
+    )
+    logps = torch.zeros(rows.num_sequences, dtype=torch.float32, device=values.device)
+    return logps.index_add_(0, rows.token_sequence, values)
+
+
+def takes_4d_mask(model: torch.nn.Module) -> bool:
+    """Whether the model's attention takes a custom 4D mask (HF's eager and sdpa do; flash
+    attention kernels take padding masks only)."""
+    module = getattr(model, "module", model)
+    return getattr(module.config, "_attn_implementation", None) in ("eager", "sdpa")
+
+
 def _shared_prompt_positions(loss_mask: Tensor) -> int:
     """How many leading positions no logits are needed for: the earliest response token's
     position minus one (the logits at position t - 1 predict token t)."""
@@ -230,13 +263,61 @@ def hf_response_logps(
     response_ids: list[list[int]],
     batch_size: int = 32,
 ) -> list[float]:
-    """Summed log-probs of each response given its prompt under a Hugging Face model."""
+    """Summed log-probs of each response given its prompt under a Hugging Face model.
+
+    Consecutive responses to the same prompt share one forward row (``share_prompts``) when the
+    model takes a 4D mask and no prompt or response is empty; otherwise each response runs as
+    its own ``prompt + response`` sequence.
+    """
+    if takes_4d_mask(model) and all(prompt_ids) and all(response_ids):
+        return _shared_response_logps(model, prompt_ids, response_ids, batch_size)
     sequences = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
     starts = [len(p) for p in prompt_ids]
     result = [0.0] * len(sequences)
     for rows, logps, _ in _scored_batches(model, sequences, starts, batch_size):
         for i, value in zip(rows, logps.tolist(), strict=True):
             result[i] = value
+    return result
+
+
+def _shared_response_logps(
+    model: torch.nn.Module,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    batch_size: int,
+) -> list[float]:
+    """``hf_response_logps`` with each run of equal consecutive prompts in one row; rows in
+    order of length, about ``batch_size`` responses per forward pass."""
+    runs: list[range] = []  # the responses of each prompt run
+    for i in range(len(prompt_ids)):
+        if runs and prompt_ids[i] == prompt_ids[runs[-1].start]:
+            runs[-1] = range(runs[-1].start, i + 1)
+        else:
+            runs.append(range(i, i + 1))
+    width = [len(prompt_ids[r.start]) + sum(len(response_ids[i]) for i in r) for r in runs]
+    runs = [runs[j] for j in sorted(range(len(runs)), key=width.__getitem__)]
+    result = [0.0] * len(prompt_ids)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    batches: list[list[range]] = []
+    for run in runs:
+        if not batches or sum(map(len, batches[-1])) >= batch_size:
+            batches.append([])
+        batches[-1].append(run)
+    try:
+        for batch in batches:
+            rows = [i for r in batch for i in r]
+            input_ids, attention_mask = pad_right([prompt_ids[i] + response_ids[i] for i in rows])
+            starts = torch.tensor([len(prompt_ids[i]) for i in rows])
+            loss_mask = attention_mask * (torch.arange(input_ids.shape[1]) >= starts[:, None])
+            group = torch.tensor([j for j, r in enumerate(batch) for _ in r])
+            packed = share_prompts(input_ids, loss_mask, group).to(device)
+            logps = shared_prompt_logps(model, packed).float().cpu()
+            for i, value in zip(rows, logps.tolist(), strict=True):
+                result[i] = value
+    finally:
+        model.train(was_training)
     return result
 
 

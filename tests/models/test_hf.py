@@ -17,6 +17,8 @@ from rlhf.models.hf import (
     hf_token_logprobs,
     load_causal_lm,
     load_reference_model,
+    shared_prompt_logps,
+    takes_4d_mask,
 )
 from rlhf.models.vllm_engine import EngineSettings
 
@@ -93,6 +95,38 @@ def test_the_lm_head_skips_the_shared_prompt_positions(tiny_llama_path: Path) ->
     assert model.lm_head.weight.grad is not None
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_rows_give_the_per_sequence_logps_and_gradients(
+    tiny_llama_path: Path, attention: str
+) -> None:
+    model = load_causal_lm(tiny_llama_path)
+    model.set_attn_implementation(attention)
+    assert takes_4d_mask(model)
+    batch = random_batch(5, num_responses=3, seed=8)
+
+    def grads() -> list[torch.Tensor]:
+        result = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        return result
+
+    separate, _ = batch_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+    (separate * torch.arange(1.0, 16.0)).sum().backward()  # a distinct weight per sequence
+    expected = grads()
+    rows = batch.shared_prompt_rows()
+    shared = shared_prompt_logps(model, rows)
+    (shared * torch.arange(1.0, 16.0)).sum().backward()
+    assert rows.input_ids.numel() < batch.input_ids.numel()  # each prompt ran once
+    torch.testing.assert_close(shared, separate, atol=1e-5, rtol=0)
+    for got, want in zip(grads(), expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_flash_attention_takes_no_4d_mask(tiny_llama_path: Path) -> None:
+    model = load_causal_lm(tiny_llama_path)
+    model.config._attn_implementation = "flash_attention_2"  # not loadable on a CPU
+    assert not takes_4d_mask(model)
+
+
 def test_padding_does_not_change_a_sequence_logp(tiny_llama_path: Path) -> None:
     model = load_causal_lm(tiny_llama_path)
     batch = random_batch(3, seed=2)
@@ -165,6 +199,25 @@ def test_hf_response_logps_sum_the_response_tokens_in_input_order(tiny_llama_pat
     assert sums == pytest.approx(expected, abs=1e-4)
     assert len({len(t) for t, _ in rows}) > 1  # lengths differ: sorting changed the batches
     assert not model.training
+
+
+def test_hf_response_logps_share_runs_of_one_prompt_and_fall_back_for_empty_parts(
+    tiny_llama_path: Path,
+) -> None:
+    model = load_reference_model(EngineSettings(model=str(tiny_llama_path)))
+    rows = _rows(random_batch(6, num_responses=3, seed=7))
+    prompts = [tokens[:start] for tokens, start in rows]
+    responses = [tokens[start:] for tokens, start in rows]
+    expected = [_naive_logp(model, tokens, start) for tokens, start in rows]
+    # Runs of 3 responses per prompt, some cut by a batch of 4; then runs of 1, 2 and 3.
+    for keep in (range(18), [0, 3, 4, 6, 7, 8, 12]):
+        got = hf_response_logps(
+            model, [prompts[i] for i in keep], [responses[i] for i in keep], batch_size=4
+        )
+        assert got == pytest.approx([expected[i] for i in keep], abs=1e-4)
+    # An empty response scores 0 (each response then runs as its own sequence).
+    got = hf_response_logps(model, prompts[:2] + [prompts[2]], responses[:2] + [[]], batch_size=4)
+    assert got == pytest.approx(expected[:2] + [0.0], abs=1e-4)
 
 
 def test_dropout_is_disabled_at_load(tmp_path: Path) -> None:
