@@ -16,6 +16,7 @@ collective beyond DeepSpeed's own gradient reduction.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -30,8 +31,10 @@ from rlhf.data.batch import PreferenceBatch, shard_bounds
 from rlhf.data.loader import collate
 from rlhf.data.table import REF_LOGPS, num_responses
 from rlhf.models.deepspeed_config import TrainerConfig
-from rlhf.models.hf import batch_logps, load_causal_lm
+from rlhf.models.hf import batch_logps, load_causal_lm, shared_prompt_logps, takes_4d_mask
 from rlhf.models.weight_broadcast import Manifest
+
+log = logging.getLogger(__name__)
 
 _METRIC_KEYS = (
     "loss",
@@ -86,6 +89,13 @@ class PolicyTrainer:
         self.rank, self.world_size, self.config = rank, world_size, config
         self._tables: dict[str, tuple[pa.Table, int]] = {}
         self.engine, self.device = self.model.engine, self.model.device
+        self.share_prompt = config.share_prompt and takes_4d_mask(self.engine)
+        if config.share_prompt and not self.share_prompt:
+            log.warning(
+                "trainer.share_prompt: the model's attention (%s) takes no 4D mask; each "
+                "response runs as its own sequence",
+                self.engine.module.config._attn_implementation,
+            )
 
     # --- training ---------------------------------------------------------------------------
 
@@ -194,9 +204,12 @@ class PolicyTrainer:
         # Trim right padding shared by the whole micro batch.
         width = int(on["attention_mask"].sum(-1).max())
         on = {name: value[:, :width] for name, value in on.items()}
-        logps, _ = batch_logps(self.engine, on["input_ids"], on["attention_mask"], on["loss_mask"])
         ref = None if batch.ref_logps is None else batch.ref_logps[rows].to(self.device)
         sub = PreferenceBatch(**on, ref_logps=ref, num_responses=k)
+        if self.share_prompt:
+            logps = shared_prompt_logps(self.engine, sub.shared_prompt_rows())
+        else:
+            logps, _ = batch_logps(self.engine, sub.input_ids, sub.attention_mask, sub.loss_mask)
         return RankedLogps(
             policy=logps.view(-1, k),
             reference=None if ref is None else ref.view(-1, k).to(logps.dtype),

@@ -48,15 +48,18 @@ def collate(table: pa.Table, pad_token_id: int) -> PreferenceBatch:
     )
 
 
-def sequence_lengths(table: pa.Table) -> np.ndarray:
-    """[rows] length of each row's longest prompt + response sequence (what padding follows)."""
+def sequence_lengths(table: pa.Table, shared_prompt: bool = False) -> np.ndarray:
+    """[rows] the padded length each row needs (what padding follows): its longest prompt +
+    response sequence, or with ``shared_prompt`` its one row of the prompt and all responses."""
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.int64)
     k = num_responses(table)
     prompt = pc.list_value_length(table.column("prompt_ids")).to_numpy()
     responses = pc.list_value_length(pc.list_flatten(table.column("response_ids")))
-    longest = responses.to_numpy().reshape(-1, k).max(axis=1)
-    return (prompt + longest).astype(np.int64)
+    per_row = responses.to_numpy().reshape(-1, k)
+    return (prompt + (per_row.sum(axis=1) if shared_prompt else per_row.max(axis=1))).astype(
+        np.int64
+    )
 
 
 def batch_order(
@@ -69,12 +72,14 @@ def batch_order(
     length_grouping: bool = False,
     window: int = 50,
     drop_last: bool = False,
+    shared_prompt: bool = False,
 ) -> list[list[int]]:
     """Every batch of one epoch as row indices; the order depends only on (seed, epoch).
 
     With ``length_grouping``, rows are shuffled, then each window of ``window`` batches is
     sorted by sequence length (longest first) and cut into batches, whose order within the
     window is shuffled again: batches of similar lengths, little padding, still random order.
+    The length is that of the trainer's layout (``sequence_lengths`` with ``shared_prompt``).
     """
     if batch_size < 1 or window < 1:
         raise ValueError(f"batch_size ({batch_size}) and window ({window}) must be at least 1")
@@ -83,7 +88,7 @@ def batch_order(
     if not length_grouping:
         result = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     else:
-        lengths = sequence_lengths(table)
+        lengths = sequence_lengths(table, shared_prompt)
         result = []
         span = window * batch_size
         for lo in range(0, len(order), span):
@@ -109,6 +114,7 @@ def batches(
     length_grouping: bool = False,
     window: int = 50,
     drop_last: bool = False,
+    shared_prompt: bool = False,
 ) -> Iterator[list[int]]:
     """The row indices of each batch of one epoch (see :func:`batch_order`), after ``skip``.
 
@@ -125,6 +131,7 @@ def batches(
         length_grouping=length_grouping,
         window=window,
         drop_last=drop_last,
+        shared_prompt=shared_prompt,
     )
     if skip < 0:
         raise ValueError(f"skip must be >= 0, got {skip}")

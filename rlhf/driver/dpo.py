@@ -75,7 +75,16 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         saved_at = evaluated_at = None
         last_eval: dict[str, float] = {}
         while state.epoch < cfg.schedule.epochs and state.step < total:
-            order = list(epoch_batches(train, batch_size, cfg.schedule, cfg.seed, state))
+            order = list(
+                epoch_batches(
+                    train,
+                    batch_size,
+                    cfg.schedule,
+                    cfg.seed,
+                    state,
+                    shared_prompt=cfg.trainer.share_prompt,
+                )
+            )
             ahead: list | None = None  # the next step, submitted before this one ended
             for n, indices in enumerate(order):
                 refs = ahead or submit_step(group, "train", indices)

@@ -305,7 +305,15 @@ def train_on(cfg, state: TrainState, group, table: pa.Table, pad: int, logger) -
     steps = []
     for epoch in range(cfg.rounds.epochs_per_round):
         position = TrainState(epoch=state.round * cfg.rounds.epochs_per_round + epoch)
-        for indices in epoch_batches(table, batch_size, cfg.schedule, cfg.seed, position):
+        order = epoch_batches(
+            table,
+            batch_size,
+            cfg.schedule,
+            cfg.seed,
+            position,
+            shared_prompt=cfg.trainer.share_prompt,
+        )
+        for indices in order:
             steps.append(submit_step(group, "round", indices))
     last: dict[str, float] = {}
     for refs in steps:

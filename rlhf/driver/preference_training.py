@@ -139,8 +139,13 @@ def epoch_batches(
     seed: int,
     state: TrainState,
     shuffle: bool = True,
+    shared_prompt: bool = False,
 ) -> Iterator[list[int]]:
-    """The remaining batches of the state's epoch, in the order a fresh run would see them."""
+    """The remaining batches of the state's epoch, in the order a fresh run would see them.
+
+    ``shared_prompt``: the trainer packs each prompt with its responses (length grouping then
+    groups by that row's length).
+    """
     yield from batches(
         table,
         batch_size,
@@ -149,6 +154,7 @@ def epoch_batches(
         shuffle=shuffle,
         skip=state.batch_in_epoch,
         length_grouping=schedule.length_grouping and shuffle,
+        shared_prompt=shared_prompt,
     )
 
 

@@ -35,6 +35,9 @@ class TrainerConfig:
     gradient_accumulation_steps: int = 1  # micro batches per rank per optimizer step
     bf16: bool = False  # bf16 weights and compute (fp32 master weights kept by DeepSpeed)
     gradient_checkpointing: bool = False
+    # One row per prompt with its K responses after it: the prompt runs once, not K times.
+    # Needs an attention that takes a 4D mask (eager, sdpa); others fall back to K sequences.
+    share_prompt: bool = True
     trust_remote_code: bool = False
     seed: int = 0
     num_ranks: int = 1  # data-parallel trainer actors

@@ -106,6 +106,19 @@ def test_uneven_and_empty_shards_keep_ranks_in_step(zero2) -> None:
     _digests_agree(zero2)
 
 
+def test_shared_prompt_logps_equal_a_local_forward_of_each_sequence(zero2, tiny_llama_path):
+    """The ranks run each prompt once with its responses after it (trainer.share_prompt); the
+    log-probs equal a local forward of every prompt + response sequence on its own."""
+    assert ray.get(zero2.actors[0].__ray_call__.remote(lambda rank: rank.share_prompt))
+    batch = random_batch(6, num_responses=2, seed=13)
+    batch = _with_reference(batch, _weights(zero2), tiny_llama_path)
+    metrics = _eval(zero2, batch)
+    local = batch.ref_logps.view(-1, 2).mean(0)  # the local model holds the ranks' weights
+    assert metrics["logps/chosen"] == pytest.approx(local[0].item(), abs=1e-4)
+    assert metrics["logps/rejected"] == pytest.approx(local[1].item(), abs=1e-4)
+    assert abs(metrics["rewards/margins"]) < 1e-5
+
+
 def test_held_table_rows_equal_the_collated_batch(zero2) -> None:
     """train_rows / eval_rows: each rank collates its own shard of the driver's indices."""
     report = DataReport("generated.jsonl", "line")

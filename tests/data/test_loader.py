@@ -7,7 +7,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from rlhf.data import DataReport, batch_order, batches, collate, split_by_prompt, with_ref_logps
+from rlhf.data import (
+    DataReport,
+    batch_order,
+    batches,
+    collate,
+    sequence_lengths,
+    split_by_prompt,
+    with_ref_logps,
+)
 from rlhf.data.table import build_table
 
 from .helpers import EOS
@@ -106,6 +114,24 @@ def test_length_grouping_reduces_padding():
     plain = batch_order(table, 8, seed=1, epoch=0)
     grouped = batch_order(table, 8, seed=1, epoch=0, length_grouping=True, window=5)
     assert padding(grouped) < padding(plain) / 3
+
+
+def test_sequence_lengths_follow_the_trainer_layout():
+    table = _table([[1, 7], [1]], [[[4, 5, EOS], [6, EOS]], [[4, EOS], [5, 6, 7, EOS]]])
+    assert sequence_lengths(table).tolist() == [5, 5]  # prompt + longest response
+    assert sequence_lengths(table, shared_prompt=True).tolist() == [7, 7]  # prompt + both
+    lengths = np.random.default_rng(3).integers(1, 30, size=(64, 2))
+    table = _table([[1]] * 64, [[[4] * int(a) + [EOS], [5] * int(b) + [EOS]] for a, b in lengths])
+    row = 1 + (lengths + 1).sum(1)
+
+    def padding(order: list[list[int]]) -> int:
+        return sum((max(row[b]) - row[b]).sum() for b in order)
+
+    by_longest = batch_order(table, 8, seed=0, epoch=0, length_grouping=True, window=8)
+    by_row = batch_order(
+        table, 8, seed=0, epoch=0, length_grouping=True, window=8, shared_prompt=True
+    )
+    assert padding(by_row) < padding(by_longest)
 
 
 def test_split_by_prompt_is_disjoint_and_deterministic():
