@@ -95,9 +95,10 @@ class SharedPromptRows:
     token_predictor: torch.Tensor  # [n] int64, the column whose logits predict it
     num_sequences: int  # N
 
-    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        """[B, 1, W, W] additive mask in ``dtype``: 0 where query i may attend to key j (j <= i
-        and j is in the prompt or in i's own segment), the dtype's minimum elsewhere.
+    def attention_mask(self, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+        """[B, 1, W, W]: whether query i may attend to key j (j <= i, and j is in the prompt or in
+        i's own segment). Boolean (True: attend), or additive in a float ``dtype`` (0 where
+        allowed, the dtype's minimum elsewhere), as eager attention adds it to the scores.
 
         Padding queries attend to the prompt and to earlier padding, so no row is all masked.
         """
@@ -105,6 +106,8 @@ class SharedPromptRows:
         width = seg.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool, device=seg.device).tril()
         allowed = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
+        if dtype == torch.bool:
+            return allowed[:, None]
         mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
         return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 

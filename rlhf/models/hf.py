@@ -171,7 +171,10 @@ def shared_prompt_logps(model: torch.nn.Module, rows: SharedPromptRows) -> Tenso
     kwargs = {"logits_to_keep": rows.input_ids.shape[1] - skip} if skip else {}
     logits = model(
         input_ids=rows.input_ids,
-        attention_mask=rows.attention_mask(module.dtype),
+        # sdpa takes a boolean mask (a quarter of float32's memory); eager adds a float one.
+        attention_mask=rows.attention_mask(
+            torch.bool if module.config._attn_implementation == "sdpa" else module.dtype
+        ),
         position_ids=rows.position_ids,
         use_cache=False,
         **kwargs,

@@ -33,8 +33,10 @@ def test_share_prompts_packs_each_prompt_once_before_its_responses():
 
 
 def test_a_response_attends_to_its_prompt_and_itself_only():
-    mask = share_prompts(IDS, RESPONSE, GROUP).attention_mask(torch.float32)
+    rows = share_prompts(IDS, RESPONSE, GROUP)
+    mask = rows.attention_mask(torch.float32)
     assert mask.shape == (2, 1, 5, 5)
+    assert torch.equal(rows.attention_mask(), mask == 0)  # boolean: True where allowed
     allowed = (mask[1, 0] == 0).int().tolist()
     assert allowed == [
         [1, 0, 0, 0, 0],  # prompt token 6
