@@ -305,15 +305,10 @@ def train_on(cfg, state: TrainState, group, table: pa.Table, pad: int, logger) -
     steps = []
     for epoch in range(cfg.rounds.epochs_per_round):
         position = TrainState(epoch=state.round * cfg.rounds.epochs_per_round + epoch)
-        order = epoch_batches(
-            table,
-            batch_size,
-            cfg.schedule,
-            cfg.seed,
-            position,
-            shared_prompt=cfg.trainer.share_prompt,
-        )
-        for indices in order:
+        # Grouped by the longest prompt + response even when the trainer shares prompts: a
+        # round is a few steps, so padding barely counts, and grouping by the shared row's
+        # length moved the demo's policy much faster (KL 180 against 14 after 8 rounds).
+        for indices in epoch_batches(table, batch_size, cfg.schedule, cfg.seed, position):
             steps.append(submit_step(group, "round", indices))
     last: dict[str, float] = {}
     for refs in steps:
