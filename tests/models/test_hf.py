@@ -95,11 +95,13 @@ def test_the_lm_head_skips_the_shared_prompt_positions(tiny_llama_path: Path) ->
     assert model.lm_head.weight.grad is not None
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize(
+    ("attention", "checkpointing"), [("sdpa", False), ("eager", False), ("sdpa", True)]
+)
 def test_shared_prompt_rows_give_the_per_sequence_logps_and_gradients(
-    tiny_llama_path: Path, attention: str
+    tiny_llama_path: Path, attention: str, checkpointing: bool
 ) -> None:
-    model = load_causal_lm(tiny_llama_path)
+    model = load_causal_lm(tiny_llama_path, gradient_checkpointing=checkpointing)
     model.set_attn_implementation(attention)
     assert takes_4d_mask(model)
     batch = random_batch(5, num_responses=3, seed=8)
