@@ -31,7 +31,12 @@ from rlhf.data.batch import PreferenceBatch, shard_bounds
 from rlhf.data.loader import collate
 from rlhf.data.table import REF_LOGPS, num_responses
 from rlhf.models.deepspeed_config import TrainerConfig
-from rlhf.models.hf import batch_logps, load_causal_lm, shared_prompt_logps, takes_4d_mask
+from rlhf.models.hf import (
+    batch_logps,
+    load_causal_lm,
+    shared_prompt_blocker,
+    shared_prompt_logps,
+)
 from rlhf.models.weight_broadcast import Manifest
 
 log = logging.getLogger(__name__)
@@ -89,12 +94,13 @@ class PolicyTrainer:
         self.rank, self.world_size, self.config = rank, world_size, config
         self._tables: dict[str, tuple[pa.Table, int]] = {}
         self.engine, self.device = self.model.engine, self.model.device
-        self.share_prompt = config.share_prompt and takes_4d_mask(self.engine)
-        if config.share_prompt and not self.share_prompt:
+        blocker = shared_prompt_blocker(self.engine) if config.share_prompt else None
+        self.share_prompt = config.share_prompt and blocker is None
+        if blocker:
             log.warning(
-                "trainer.share_prompt: the model's attention (%s) takes no 4D mask; each "
-                "response runs as its own sequence",
-                self.engine.module.config._attn_implementation,
+                "trainer.share_prompt is off for this model: %s; each response runs as its "
+                "own sequence",
+                blocker,
             )
 
     # --- training ---------------------------------------------------------------------------

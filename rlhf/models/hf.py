@@ -164,7 +164,7 @@ def shared_prompt_logps(model: torch.nn.Module, rows: SharedPromptRows) -> Tenso
 
     The same values as ``batch_logps`` on the N ``prompt + response`` sequences, with the prompt
     run once per K responses instead of K times. The model must take a 4D attention mask
-    (``takes_4d_mask``). The LM head starts at the shortest prompt's last position.
+    (``shared_prompt_blocker`` says why not). The LM head starts at the shortest prompt's last position.
     """
     module = getattr(model, "module", model)
     skip = int(rows.token_predictor.min()) if _keeps_logits(model) and len(rows.token_row) else 0
@@ -187,11 +187,25 @@ def shared_prompt_logps(model: torch.nn.Module, rows: SharedPromptRows) -> Tenso
     return logps.index_add_(0, rows.token_sequence, values)
 
 
-def takes_4d_mask(model: torch.nn.Module) -> bool:
-    """Whether the model's attention takes a custom 4D mask (HF's eager and sdpa do; flash
-    attention kernels take padding masks only)."""
-    module = getattr(model, "module", model)
-    return getattr(module.config, "_attn_implementation", None) in ("eager", "sdpa")
+def shared_prompt_blocker(model: torch.nn.Module) -> str | None:
+    """Why the model cannot score ``SharedPromptRows``, or None when it can.
+
+    The rows need an attention that takes a custom 4D mask (Hugging Face's eager and sdpa do;
+    flash attention kernels take padding masks only). That mask replaces the model's own, so a
+    model with sliding-window or chunked attention layers would silently lose its window.
+    """
+    config = getattr(model, "module", model).config
+    attention = getattr(config, "_attn_implementation", None)
+    if attention not in ("eager", "sdpa"):
+        return f"attention {attention!r} takes no 4D mask (eager and sdpa do)"
+    local = [
+        kind for kind in getattr(config, "layer_types", None) or () if kind != "full_attention"
+    ]
+    if local:
+        return f"layer types {sorted(set(local))} would lose their window under a custom mask"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return f"sliding_window {config.sliding_window} would be lost under a custom mask"
+    return None
 
 
 def _shared_prompt_positions(loss_mask: Tensor) -> int:
@@ -269,10 +283,10 @@ def hf_response_logps(
     """Summed log-probs of each response given its prompt under a Hugging Face model.
 
     Consecutive responses to the same prompt share one forward row (``share_prompts``) when the
-    model takes a 4D mask and no prompt or response is empty; otherwise each response runs as
+    model can (``shared_prompt_blocker``) and no prompt or response is empty; otherwise each response runs as
     its own ``prompt + response`` sequence.
     """
-    if takes_4d_mask(model) and all(prompt_ids) and all(response_ids):
+    if shared_prompt_blocker(model) is None and all(prompt_ids) and all(response_ids):
         return _shared_response_logps(model, prompt_ids, response_ids, batch_size)
     sequences = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
     starts = [len(p) for p in prompt_ids]

@@ -17,8 +17,8 @@ from rlhf.models.hf import (
     hf_token_logprobs,
     load_causal_lm,
     load_reference_model,
+    shared_prompt_blocker,
     shared_prompt_logps,
-    takes_4d_mask,
 )
 from rlhf.models.vllm_engine import EngineSettings
 
@@ -103,7 +103,7 @@ def test_shared_prompt_rows_give_the_per_sequence_logps_and_gradients(
 ) -> None:
     model = load_causal_lm(tiny_llama_path, gradient_checkpointing=checkpointing)
     model.set_attn_implementation(attention)
-    assert takes_4d_mask(model)
+    assert shared_prompt_blocker(model) is None
     batch = random_batch(5, num_responses=3, seed=8)
 
     def grads() -> list[torch.Tensor]:
@@ -123,10 +123,19 @@ def test_shared_prompt_rows_give_the_per_sequence_logps_and_gradients(
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_flash_attention_takes_no_4d_mask(tiny_llama_path: Path) -> None:
+def test_shared_prompts_are_refused_where_a_custom_mask_would_be_wrong(tiny_llama_path: Path):
     model = load_causal_lm(tiny_llama_path)
-    model.config._attn_implementation = "flash_attention_2"  # not loadable on a CPU
-    assert not takes_4d_mask(model)
+    config = model.config
+    config._attn_implementation = "flash_attention_2"  # not loadable on a CPU
+    assert "'flash_attention_2' takes no 4D mask" in shared_prompt_blocker(model)
+    config._attn_implementation = "sdpa"
+    config.layer_types = ["full_attention", "sliding_attention"]  # e.g. Gemma's local layers
+    assert "['sliding_attention'] would lose their window" in shared_prompt_blocker(model)
+    config.layer_types = ["full_attention"] * 2
+    config.sliding_window = 4096  # e.g. Mistral 7B v0.1
+    assert "sliding_window 4096" in shared_prompt_blocker(model)
+    config.use_sliding_window = False  # e.g. Qwen2: the window is configured but off
+    assert shared_prompt_blocker(model) is None
 
 
 def test_padding_does_not_change_a_sequence_logp(tiny_llama_path: Path) -> None:
