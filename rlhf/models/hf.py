@@ -192,9 +192,13 @@ def shared_prompt_blocker(model: torch.nn.Module) -> str | None:
 
     The rows need an attention that takes a custom 4D mask (Hugging Face's eager and sdpa do;
     flash attention kernels take padding masks only). That mask replaces the model's own, so a
-    model with sliding-window or chunked attention layers would silently lose its window.
+    model with sliding-window or chunked attention layers would silently lose its window, and
+    remote code may treat a 4D mask its own way: both are refused.
     """
-    config = getattr(model, "module", model).config
+    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    if not type(module).__module__.startswith("transformers."):
+        return f"{type(module).__name__} is not a Transformers class (how it masks is unknown)"
+    config = module.config
     attention = getattr(config, "_attn_implementation", None)
     if attention not in ("eager", "sdpa"):
         return f"attention {attention!r} takes no 4D mask (eager and sdpa do)"

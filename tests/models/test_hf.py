@@ -136,6 +136,9 @@ def test_shared_prompts_are_refused_where_a_custom_mask_would_be_wrong(tiny_llam
     assert "sliding_window 4096" in shared_prompt_blocker(model)
     config.use_sliding_window = False  # e.g. Qwen2: the window is configured but off
     assert shared_prompt_blocker(model) is None
+    assert "_NoLogitsToKeep is not a Transformers class" in shared_prompt_blocker(
+        _NoLogitsToKeep(model)  # stands for remote code
+    )
 
 
 def test_padding_does_not_change_a_sequence_logp(tiny_llama_path: Path) -> None:
