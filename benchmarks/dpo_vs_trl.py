@@ -72,6 +72,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     ranks, cpus = job["ranks"], job["cpus_per_rank"]
     options = [f"trainer.zero_stage={job['zero_stage']}"] if "zero_stage" in job else []
     options += [f"reference.backend={job['reference']}"] if "reference" in job else []
+    options += ["trainer.share_prompt=false"] if job.get("separate") else []
     cfg = load_config(
         dpo.DPOConfig,
         REPO / "configs" / "dpo.yaml",
@@ -294,8 +295,9 @@ def report(pairs: int, epochs: int, batch: int, rows: list[dict[str, Any]]) -> N
 def parse_ours(text: str) -> dict[str, dict[str, Any]]:
     """``"2x1,1x2:z0:hf"`` -> jobs: 2 ranks of 1 CPU; 1 rank of 2 CPUs, ZeRO-0, HF reference.
 
-    ``RxC`` is ranks x CPUs per rank; ``:zN`` sets the ZeRO stage and ``:hf`` the reference
-    backend (default: those of ``configs/dpo.yaml``, ZeRO-2 and vLLM).
+    ``RxC`` is ranks x CPUs per rank; ``:zN`` sets the ZeRO stage, ``:hf`` the reference
+    backend (default: those of ``configs/dpo.yaml``, ZeRO-2 and vLLM) and ``:separate`` turns
+    ``trainer.share_prompt`` off (each response its own sequence: the layout before sharing).
     """
     jobs = {}
     for spec in text.split(","):
@@ -311,8 +313,11 @@ def parse_ours(text: str) -> dict[str, dict[str, Any]]:
             elif option == "hf":
                 job["reference"] = "hf"
                 name += ", HF ref"
+            elif option == "separate":
+                job["separate"] = True
+                name += ", prompt not shared"
             else:
-                raise SystemExit(f"--ours {spec}: unknown option {option!r} (zN or hf)")
+                raise SystemExit(f"--ours {spec}: unknown option {option!r} (zN, hf, separate)")
         jobs[name] = job
     return jobs
 
