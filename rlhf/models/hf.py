@@ -7,6 +7,7 @@ Dropout is switched off at load time in the config, so ``model.train()`` is harm
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Iterator
@@ -164,7 +165,8 @@ def shared_prompt_logps(model: torch.nn.Module, rows: SharedPromptRows) -> Tenso
 
     The same values as ``batch_logps`` on the N ``prompt + response`` sequences, with the prompt
     run once per K responses instead of K times. The model must take a 4D attention mask
-    (``shared_prompt_blocker`` says why not). The LM head starts at the shortest prompt's last position.
+    (``shared_prompt_blocker`` says why not). The LM head starts at the shortest prompt's last
+    position.
     """
     module = getattr(model, "module", model)
     skip = int(rows.token_predictor.min()) if _keeps_logits(model) and len(rows.token_row) else 0
@@ -287,8 +289,8 @@ def hf_response_logps(
     """Summed log-probs of each response given its prompt under a Hugging Face model.
 
     Consecutive responses to the same prompt share one forward row (``share_prompts``) when the
-    model can (``shared_prompt_blocker``) and no prompt or response is empty; otherwise each response runs as
-    its own ``prompt + response`` sequence.
+    model can (``shared_prompt_blocker``) and no prompt or response is empty; otherwise each
+    response runs as its own ``prompt + response`` sequence.
     """
     if shared_prompt_blocker(model) is None and all(prompt_ids) and all(response_ids):
         return _shared_response_logps(model, prompt_ids, response_ids, batch_size)
@@ -317,28 +319,23 @@ def _shared_response_logps(
             runs.append(range(i, i + 1))
     width = [len(prompt_ids[r.start]) + sum(len(response_ids[i]) for i in r) for r in runs]
     runs = [runs[j] for j in sorted(range(len(runs)), key=width.__getitem__)]
-    result = [0.0] * len(prompt_ids)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     batches: list[list[range]] = []
     for run in runs:
         if not batches or sum(map(len, batches[-1])) >= batch_size:
             batches.append([])
         batches[-1].append(run)
-    try:
+    result = [0.0] * len(prompt_ids)
+    with _scoring(model) as device:
         for batch in batches:
             rows = [i for r in batch for i in r]
-            input_ids, attention_mask = pad_right([prompt_ids[i] + response_ids[i] for i in rows])
-            starts = torch.tensor([len(prompt_ids[i]) for i in rows])
-            loss_mask = attention_mask * (torch.arange(input_ids.shape[1]) >= starts[:, None])
+            input_ids, _, loss_mask = _response_batch(
+                [prompt_ids[i] + response_ids[i] for i in rows], [len(prompt_ids[i]) for i in rows]
+            )
             group = torch.tensor([j for j, r in enumerate(batch) for _ in r])
             packed = share_prompts(input_ids, loss_mask, group).to(device)
             logps = shared_prompt_logps(model, packed).float().cpu()
             for i, value in zip(rows, logps.tolist(), strict=True):
                 result[i] = value
-    finally:
-        model.train(was_training)
     return result
 
 
@@ -350,23 +347,33 @@ def _scored_batches(
 
     The model runs in eval mode and gets its mode back afterwards.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    try:
+    with _scoring(model) as device:
         for first in range(0, len(order), batch_size):
             rows = order[first : first + batch_size]
-            input_ids, attention_mask = pad_right([sequences[i] for i in rows])
-            columns = torch.arange(input_ids.shape[1])
-            begin = torch.tensor([max(starts[i], 1) for i in rows])
-            loss_mask = attention_mask * (columns >= begin[:, None])
-            logps, token_logps = batch_logps(
-                model, input_ids.to(device), attention_mask.to(device), loss_mask.to(device)
-            )
+            batch = _response_batch([sequences[i] for i in rows], [starts[i] for i in rows])
+            logps, token_logps = batch_logps(model, *(t.to(device) for t in batch))
             yield rows, logps.float().cpu(), token_logps.float().cpu()
+
+
+@contextlib.contextmanager
+def _scoring(model: torch.nn.Module) -> Iterator[torch.device]:
+    """The model in eval mode for the block (its mode restored after); yields its device."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
     finally:
         model.train(was_training)
+
+
+def _response_batch(sequences: list[list[int]], starts: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded ``(input_ids, attention_mask, loss_mask)`` [N, T]; the loss mask covers each
+    sequence from ``starts[i]`` on (never position 0, which nothing predicts)."""
+    input_ids, attention_mask = pad_right(sequences)
+    begin = torch.tensor([max(start, 1) for start in starts])
+    loss_mask = attention_mask * (torch.arange(input_ids.shape[1]) >= begin[:, None])
+    return input_ids, attention_mask, loss_mask
 
 
 def load_reward_model(path: str, trust_remote_code: bool = False):
