@@ -9,8 +9,9 @@ The pairs are made once, the DPO paper's way (``rlhf make-data``: 4 SFT samples 
 labelled by the task reward, all differently-scored pairs), and every job trains one epoch on
 exactly those pairs (one epoch, or ``--epochs``) at the same global batch (prompts per optimizer
 step), beta and lr, in fp32 without evaluation. The reference log-probs are computed once per
-job by us and by TRL's precompute variants, once per epoch by TRL's defaults. Each job runs in a fresh process and is timed from its first call to the
-trained model on disk, reference log-probs included:
+job by us and by TRL's precompute variants, once per epoch by TRL's defaults. Each job runs in a
+fresh process and is timed from its first call to the trained model on disk, reference log-probs
+included:
 
 - ours: ``rlhf.driver.dpo.run`` with ``configs/dpo.yaml`` and a fresh table cache (so the vLLM
   reference pass is counted), N ranks x C CPUs each (``--ours 2x1``: two ranks of one CPU).
@@ -337,8 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ours",
         default="1x2:z0:hf,1x2:z0,2x1",
-        help="RxC[:zN][:hf],... (see parse_ours); default: one rank on both cores with the HF "
-        "or the vLLM reference, and configs/dpo.yaml's two ZeRO-2 ranks",
+        help="RxC[:zN][:hf][:separate],... (see parse_ours); default: one rank on both cores "
+        "with the HF or the vLLM reference, and configs/dpo.yaml's two ZeRO-2 ranks",
     )
     parser.add_argument("--trl", default=",".join(TRL_VARIANTS), help="TRL variants to run")
     parser.add_argument("--repeats", type=int, default=1, help="the fastest repeat is kept")
