@@ -1,7 +1,7 @@
 """The algorithm library: pure functions of tensors, and the registries that name them.
 
 Imports torch and the standard library only (no Ray, vLLM or DeepSpeed), so it can be tested and
-reused anywhere. The math follows ALGORITHMS.md; every function documents its tensor shapes.
+reused anywhere. The math follows docs/algorithms.md; every function documents its tensor shapes.
 
 - ``preference``: ``dpo_loss`` (sigmoid / cDPO, IPO, hinge), ``plackett_luce_loss``,
   ``preference_metrics``

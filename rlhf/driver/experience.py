@@ -84,7 +84,7 @@ def advantages_and_returns(
     """The batch with advantages and returns from the registered estimator; the token rewards.
 
     Per-token rewards are the score on the last response token minus ``kl_coef`` times the
-    per-token KL estimate (ALGORITHMS.md, PPO for RLHF).
+    per-token KL estimate (docs/algorithms.md, PPO for RLHF).
     """
     mask = batch.loss_mask
     rewards = kl_penalized_rewards(

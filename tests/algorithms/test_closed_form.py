@@ -1,4 +1,4 @@
-"""The check no implementation can fake (ALGORITHMS.md): on a tabular problem the optimum of
+"""The check no implementation can fake (docs/algorithms.md): on a tabular problem the optimum of
 the KL-constrained objective is known, pi*(y|x) = pi_ref(y|x) exp(r(x,y)/beta) / Z(x).
 
 DPO on Bradley-Terry pairs, Plackett-Luce DPO on rankings and PPO with a KL-penalised reward

@@ -32,7 +32,7 @@ def test_from_pair_puts_chosen_first():
 
 
 def test_imports_torch_only():
-    # The math must not pull in Ray, vLLM, DeepSpeed or transformers (STYLE.md, principle 3).
+    # The math must not pull in Ray, vLLM, DeepSpeed or transformers (README: algorithm library).
     code = (
         "import sys, rlhf.algorithms; "
         "heavy = {'ray', 'vllm', 'deepspeed', 'transformers', 'pyarrow'}; "
