@@ -44,17 +44,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Online DPO on the embedded task; a fresh run each time (``--resume`` continues one)."""
-    import shutil
+    """Online DPO on the embedded task; a fresh run each time (``--resume`` continues one).
 
+    The previous demo run in ``output_dir`` is replaced; a directory that holds no run of
+    this project is never deleted (``rlhf.run_dir.clear_for_fresh_run``).
+    """
     if not args.resume:
         config, overrides = _split_config(args)
         import yaml
 
         from rlhf.config import apply_overrides
+        from rlhf.run_dir import clear_for_fresh_run
 
         raw = apply_overrides(yaml.safe_load(Path(config).read_text()) or {}, overrides)
-        shutil.rmtree(raw.get("output_dir", "runs/demo"), ignore_errors=True)
+        clear_for_fresh_run(Path(raw.get("output_dir", "runs/demo")).expanduser())
     cmd_train(args)
 
 

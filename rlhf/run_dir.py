@@ -2,6 +2,7 @@
 
 Layout::
 
+    <run_dir>/.rlhf-run              marks a directory this project created for a run
     <run_dir>/config.yaml            the resolved config of the run
     <run_dir>/metrics.jsonl          one JSON object per logged step: {"step": n, "train/loss": ...}
     <run_dir>/tensorboard/           the same scalars as TensorBoard events
@@ -26,6 +27,47 @@ from rlhf.files import atomic_write_text
 
 LATEST = "latest"
 DRIVER_STATE = "driver_state.json"
+RUN_MARKER = ".rlhf-run"  # written into every run directory; only such a directory is replaced
+
+
+class RunDirectoryError(RuntimeError):
+    """An output directory that a run may not use (or replace) as it is."""
+
+
+def mark_run_dir(run_dir: Path) -> None:
+    """Creates ``run_dir`` if needed and marks it as a run directory of this project."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / RUN_MARKER
+    if not marker.exists():
+        marker.write_text("a run directory of rlhf; `rlhf demo` may replace it\n")
+
+
+def clear_for_fresh_run(run_dir: Path) -> None:
+    """Removes a previous run from ``run_dir`` so that a fresh one can start there.
+
+    Only what this project wrote is ever deleted: a directory that is missing or empty is left
+    as it is, a real directory holding :data:`RUN_MARKER` is removed, and anything else (a
+    file, a symbolic link, a directory without the marker, such as ``.`` or ``~``) raises
+    :class:`RunDirectoryError` naming it.
+    """
+    if run_dir.is_symlink():
+        raise RunDirectoryError(
+            f"{run_dir} is a symbolic link; a fresh run does not delete through links. "
+            "Remove the link yourself or set output_dir to a new directory"
+        )
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise RunDirectoryError(f"output_dir {run_dir} is a file, not a directory")
+    if not any(run_dir.iterdir()):
+        return
+    marker = run_dir / RUN_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        raise RunDirectoryError(
+            f"{run_dir} is not empty and holds no run of rlhf (no {RUN_MARKER} file), so it is "
+            "not deleted; set output_dir to a new or empty directory, or remove it yourself"
+        )
+    shutil.rmtree(run_dir)
 
 
 class MetricsLogger:

@@ -2,7 +2,17 @@
 
 import json
 
-from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
+import pytest
+
+from rlhf.run_dir import (
+    RUN_MARKER,
+    Checkpoints,
+    MetricsLogger,
+    RunDirectoryError,
+    clear_for_fresh_run,
+    mark_run_dir,
+    read_metrics,
+)
 
 
 def test_metrics_jsonl_and_tensorboard(tmp_path):
@@ -71,3 +81,93 @@ def test_kill_during_save_keeps_last_good_checkpoint(tmp_path):
     assert latest.name == "step_00000010"
     assert json.loads((latest / "driver_state.json").read_text())["step"] == 10
     assert (latest / "weights").read_text() == "10"
+
+
+# A fresh `rlhf demo` replaces only what this project wrote (never `.`, `~` or a link's target).
+
+
+def _user_files(directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "thesis.tex").write_text("years of work")
+    (directory / "data").mkdir(exist_ok=True)
+    (directory / "data" / "x.csv").write_text("1,2")
+    return directory
+
+
+def test_fresh_run_replaces_a_marked_run_directory(tmp_path):
+    run = tmp_path / "run"
+    mark_run_dir(run)
+    (run / "metrics.jsonl").write_text("{}\n")
+    clear_for_fresh_run(run)
+    assert not run.exists()
+
+
+def test_fresh_run_leaves_missing_and_empty_directories(tmp_path):
+    clear_for_fresh_run(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "empty").mkdir()
+    clear_for_fresh_run(tmp_path / "empty")
+    assert (tmp_path / "empty").is_dir()
+
+
+@pytest.mark.parametrize("kind", ["unmarked", "file", "link_to_unmarked", "link_to_run"])
+def test_fresh_run_refuses_anything_it_did_not_create(tmp_path, kind):
+    target = _user_files(tmp_path / "home")
+    if kind == "unmarked":
+        path = target
+    elif kind == "file":
+        path = target / "thesis.tex"
+    else:
+        if kind == "link_to_run":
+            mark_run_dir(target)
+        path = tmp_path / "link"
+        path.symlink_to(target, target_is_directory=True)
+    with pytest.raises(RunDirectoryError, match=str(path)):
+        clear_for_fresh_run(path)
+    assert (target / "thesis.tex").read_text() == "years of work"
+    assert (target / "data" / "x.csv").exists()
+    assert path.exists()
+
+
+def test_a_marker_that_is_a_link_does_not_count(tmp_path):
+    elsewhere = tmp_path / "marker"
+    elsewhere.write_text("")
+    target = _user_files(tmp_path / "home")
+    (target / RUN_MARKER).symlink_to(elsewhere)
+    with pytest.raises(RunDirectoryError):
+        clear_for_fresh_run(target)
+    assert (target / "thesis.tex").exists()
+
+
+@pytest.mark.parametrize("how", ["directory", "link"])
+def test_rlhf_demo_never_deletes_a_directory_it_did_not_create(tmp_path, monkeypatch, how):
+    """`rlhf demo output_dir=X`: the data-loss bug (it removed X, whatever X was)."""
+    from rlhf import cli
+
+    target = _user_files(tmp_path / "checkout")
+    path = target
+    if how == "link":
+        path = tmp_path / "link"
+        path.symlink_to(target, target_is_directory=True)
+    monkeypatch.setattr(cli, "cmd_train", lambda args: pytest.fail("the demo must not start"))
+    with pytest.raises((RunDirectoryError, SystemExit)) as raised:
+        cli.main(["demo", f"output_dir={path}"])
+    assert str(path) in str(raised.value)
+    assert (target / "thesis.tex").read_text() == "years of work"
+    assert (target / "data" / "x.csv").exists()
+
+
+def test_every_run_directory_is_marked(tmp_path):
+    from dataclasses import dataclass
+
+    from rlhf.driver.setup import open_run
+
+    @dataclass
+    class Job:
+        output_dir: str
+
+    run = open_run(Job(str(tmp_path / "run")), resume=False)
+    assert (run / RUN_MARKER).is_file()
+    (run / "metrics.jsonl").write_text("{}\n")
+    clear_for_fresh_run(run)  # so a later fresh demo may replace it
+    assert not run.exists()
