@@ -62,12 +62,33 @@ def clear_for_fresh_run(run_dir: Path) -> None:
     if not any(run_dir.iterdir()):
         return
     marker = run_dir / RUN_MARKER
-    if marker.is_symlink() or not marker.is_file():
+    marked = marker.is_file() and not marker.is_symlink()
+    if not marked and not _written_before_markers(run_dir):
         raise RunDirectoryError(
             f"{run_dir} is not empty and holds no run of rlhf (no {RUN_MARKER} file), so it is "
             "not deleted; set output_dir to a new or empty directory, or remove it yourself"
         )
     shutil.rmtree(run_dir)
+
+
+# What a run directory holds; a directory of only these (and a metrics.jsonl) is a run written
+# before runs were marked, which a fresh demo may still replace.
+_RUN_ENTRIES = {
+    "config.yaml",
+    "config.resumed.yaml",
+    "metrics.jsonl",
+    "tensorboard",
+    "checkpoints",
+    "model",
+    "rounds",
+    "rounds.png",
+    "logs",
+}
+
+
+def _written_before_markers(run_dir: Path) -> bool:
+    names = {entry.name for entry in run_dir.iterdir()}
+    return "metrics.jsonl" in names and names <= _RUN_ENTRIES
 
 
 class MetricsLogger:

@@ -129,6 +129,19 @@ def test_fresh_run_refuses_anything_it_did_not_create(tmp_path, kind):
     assert path.exists()
 
 
+def test_a_run_written_before_markers_is_replaced_but_not_one_with_other_files(tmp_path):
+    run = tmp_path / "old_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError):
+        clear_for_fresh_run(run)
+    (run / "notes.txt").unlink()
+    clear_for_fresh_run(run)
+    assert not run.exists()
+
+
 def test_a_marker_that_is_a_link_does_not_count(tmp_path):
     elsewhere = tmp_path / "marker"
     elsewhere.write_text("")
