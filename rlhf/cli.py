@@ -64,14 +64,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import importlib
 
-    import yaml
-
-    from rlhf.config import apply_overrides
+    from rlhf.config import apply_overrides, read_config_file
     from rlhf.driver.loops import BUILTIN_LOOPS, get_loop
 
     config, overrides = _split_config(args)
-    raw = yaml.safe_load(Path(config).read_text()) if config else {}
-    algorithm = apply_overrides(raw or {}, overrides).get("algorithm", "dpo")
+    raw = read_config_file(config) if config else {}
+    algorithm = apply_overrides(raw, overrides).get("algorithm", "dpo")
     for module in BUILTIN_LOOPS:
         importlib.import_module(module)
     from rlhf.algorithms import PluginLoadError, UnknownNameError
@@ -243,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop a submitted job")
     _add_job_args(p)
     p.set_defaults(func=cmd_stop)
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks with errors")
+    for p in sub.choices.values():  # also after the command; SUPPRESS keeps the top level's
+        p.add_argument(
+            "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
@@ -250,23 +253,35 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ConfigError as error:
-        sys.exit(f"rlhf {args.command}: config error: {error}")
-    except ImportError as error:
-        if not isinstance(error, _plugin_load_error()):
+    except Exception as error:
+        kind = _user_error_kind(error)
+        if kind is None and args.command in JOB_COMMANDS:  # the Jobs API's errors
+            kind = type(error).__name__
+        if kind is None or args.verbose:
             raise
-        sys.exit(f"rlhf {args.command}: plugin error: {error}")
-    except Exception as error:  # the Jobs API's errors: unreachable, unknown job, refused token
-        if args.command not in JOB_COMMANDS:
-            raise
-        sys.exit(f"rlhf {args.command}: {type(error).__name__}: {error}")
+        sys.exit(f"rlhf {args.command}: {kind}: {error}")
 
 
-def _plugin_load_error() -> type[Exception] | tuple[()]:
-    """``PluginLoadError`` (a plugin that failed to import or register), if the registries are
-    loaded; imported from ``sys.modules`` because importing the registries here pulls in torch."""
-    registry = sys.modules.get("rlhf.algorithms.registry")
-    return getattr(registry, "PluginLoadError", ())
+# Errors a user can fix, shown as one line (``--verbose``: with the traceback); found in
+# ``sys.modules``, because importing their modules here would pull in torch and ray. An error
+# of a module not imported cannot have been raised.
+USER_ERRORS = (
+    ("rlhf.config", "ConfigError", "config error"),
+    ("rlhf.algorithms.registry", "PluginLoadError", "plugin error"),
+    ("rlhf.data.errors", "DataError", "data error"),
+    ("rlhf.run_dir", "RunDirectoryError", "run directory error"),
+    ("rlhf.driver.setup", "RunDirectoryError", "run directory error"),
+    ("rlhf.driver.checks", "TrainingDivergedError", "training stopped"),
+)
+
+
+def _user_error_kind(error: Exception) -> str | None:
+    """What kind of user-fixable error ``error`` is (``config error``, ...), or None."""
+    for module, name, kind in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(error, cls):
+            return kind
+    return None
 
 
 if __name__ == "__main__":

@@ -145,7 +145,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.sub=value")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML ({_yaml_problem(error)}); "
+            "quote it to pass a string"
+        ) from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -173,6 +180,38 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (empty for an empty file); a :class:`ConfigError`
+    naming the file (and line) when it is missing, not YAML, or not a mapping."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give a YAML file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(error)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (key: value), "
+            f"not a {type(data).__name__}"
+        )
+    return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """The one-line gist of a YAML error (its ``problem``, else its first line)."""
+    problem = getattr(error, "problem", None)
+    context = getattr(error, "context", None)
+    if problem:
+        return f"{context}, {problem}" if context else problem
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
     """Loads ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides.
 
@@ -182,14 +221,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = read_config_file(path)
     try:
         return from_dict(cls, apply_overrides(data, list(overrides)))
     except ConfigError as error:

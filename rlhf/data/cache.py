@@ -2,8 +2,10 @@
 
 Reference log-probs cost a full forward pass over the data; the cache keeps the table that holds
 them, so a second run (or epoch) never recomputes them. The key hashes everything the table
-depends on: the model, the data file (path, size and mtime, or its content), the tokenization
-settings, and :data:`rlhf.data.table.FORMAT_VERSION`. Files are Arrow IPC, written atomically.
+depends on: the model's files (:func:`model_fingerprint`: weights, config and tokenizer, so a
+model retrained in place is a miss), the data file (path, size and mtime, or its content), the
+tokenization and scoring settings, and :data:`rlhf.data.table.FORMAT_VERSION`. Files are Arrow
+IPC, written atomically.
 """
 
 from __future__ import annotations
@@ -24,9 +26,51 @@ from rlhf.files import atomic_path
 _KEY = re.compile(r"[0-9a-f]{16,128}")
 _KEY_METADATA = b"rlhf.data.cache_key"
 
+HASHED_FILE_BYTES = 16 * 2**20  # model files up to this size count by content, larger by stat
+
+
+def model_fingerprint(model: str | Path) -> dict[str, Any]:
+    """What a model's log-probs and tokens depend on, cheaply: every file of its directory.
+
+    Each file counts by relative name and size, plus a SHA-256 of its bytes when it is at most
+    :data:`HASHED_FILE_BYTES` (config, tokenizer, small weights) or its mtime when larger (big
+    weight shards: rewriting one changes its mtime). So a model retrained or replaced in the same
+    directory gets another fingerprint. Hidden entries (``.cache``, ``.git``) do not count. A
+    hub name counts by the snapshot Hugging Face has cached for it (its path names the commit),
+    or by the name alone when nothing is cached.
+    """
+    directory = Path(model)
+    if not directory.is_dir():
+        directory = _hub_snapshot(str(model))
+        if directory is None:
+            return {"name": str(model)}
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        stat = path.stat()  # follows symlinks: the hub cache links snapshot files to blobs
+        entry: dict[str, Any] = {"size": stat.st_size}
+        if stat.st_size <= HASHED_FILE_BYTES:
+            entry["sha256"] = _file_digest(path)
+        else:
+            entry["mtime_ns"] = stat.st_mtime_ns
+        files[relative.as_posix()] = entry
+    return {"name": str(model), "files": files}
+
+
+def _hub_snapshot(name: str) -> Path | None:
+    """The locally cached snapshot of hub model ``name`` (never downloads), or None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not a hub name, not cached, or no huggingface_hub: the name alone
+        return None
+
 
 def cache_key(
-    model_id: str,
+    model_id: str | Mapping[str, Any],
     data_path: str | Path,
     settings: Mapping[str, Any],
     *,
@@ -35,7 +79,8 @@ def cache_key(
 ) -> str:
     """The cache key of a table: a hex digest of model, data file, settings and format version.
 
-    ``model_id`` names the reference model (and its tokenizer, if that can differ). The file
+    ``model_id`` identifies the reference model and its tokenizer: a driver passes
+    :func:`model_fingerprint` of the model path, so the key changes with the weights. The file
     counts by resolved path, size and mtime, or by a hash of its bytes (``content_hash=True``:
     slower, but survives copies and touches). ``settings`` must be JSON-serializable.
     """
@@ -46,7 +91,7 @@ def cache_key(
     else:
         file_id = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     identity = {
-        "model": model_id,
+        "model": model_id if isinstance(model_id, str) else dict(model_id),
         "data": file_id,
         "settings": dict(settings),
         "format_version": format_version,

@@ -39,6 +39,20 @@ Shape = Literal["pairs", "ranking"]
 SUFFIXES = (".parquet", ".jsonl")
 
 
+def check_data_file(path: str | Path) -> None:
+    """Raises :class:`DataError` unless ``path`` is an existing ``.parquet`` or ``.jsonl`` file."""
+    name = str(path)
+    if not name:
+        raise DataError("no data file given: set it to a .parquet or .jsonl preference file")
+    if not name.endswith(SUFFIXES):
+        raise DataError(f"{name}: unknown file type; expected one of {', '.join(SUFFIXES)}")
+    if Path(path).is_dir():
+        raise DataError(f"{name} is a directory; give the preference file in it")
+    if not Path(path).is_file():
+        relative = "" if Path(path).is_absolute() else f" (relative to {Path.cwd()})"
+        raise DataError(f"{name}: no such file{relative}")
+
+
 def read_preferences(
     path: str | Path, *, on_bad_row: OnBadRow = "error", ties: Ties = "drop_row"
 ) -> tuple[list[PreferenceRecord], DataReport]:
@@ -48,11 +62,8 @@ def read_preferences(
     (in file order) of each group of equal scores and drops the others. All rows of a dataset
     must have the same number of responses K; rows with another K are bad rows.
     """
+    check_data_file(path)
     name = str(path)
-    if not name.endswith(SUFFIXES):
-        raise DataError(f"{name}: unknown file type; expected one of {', '.join(SUFFIXES)}")
-    if not Path(path).is_file():
-        raise DataError(f"{name}: no such file")
     columns, rows = _read_jsonl(Path(path)) if name.endswith(".jsonl") else _read_parquet(name)
     shape = _shape(columns, name)
     report = DataReport(name, row_kind_of(name))

@@ -14,9 +14,15 @@ from rlhf.schema import EMBEDDED_MODEL, EngineConfig, ModelConfig, RayConfig
 
 
 def resolve_model_path(model: ModelConfig, progress: bool = True) -> str:
-    """The directory (or hub name) to load; builds the embedded tiny model on first use."""
+    """The directory (or hub name) to load; builds the embedded tiny model on first use.
+
+    A path that is no causal LM's directory or hub name is a :class:`ConfigError` naming
+    ``model.path`` (see ``rlhf.driver.checks.check_model_path``).
+    """
     if model.path != EMBEDDED_MODEL:
-        return model.path
+        from rlhf.driver.checks import check_model_path
+
+        return check_model_path(model.path)
     from rlhf.task import build_tiny_model
 
     return str(build_tiny_model(progress=progress))

@@ -13,7 +13,9 @@ import ray
 from tqdm import tqdm
 
 from rlhf.data.config import DataConfig
-from rlhf.driver.common import ray_session, resolve_model_path
+from rlhf.data.table import source_of
+from rlhf.driver.checks import check_finite_loss, check_local_device
+from rlhf.driver.common import cluster_address, ray_session, resolve_model_path
 from rlhf.driver.loops import register_loop
 from rlhf.driver.preference_training import (
     LossConfig,
@@ -28,7 +30,13 @@ from rlhf.driver.preference_training import (
     step_metrics,
     submit_step,
 )
-from rlhf.driver.setup import load_preference_tables, offline_stages, open_run, start_trainers
+from rlhf.driver.setup import (
+    add_reference_tables,
+    offline_stages,
+    open_run,
+    read_preference_tables,
+    start_trainers,
+)
 from rlhf.models.deepspeed_config import TrainerConfig
 from rlhf.run_dir import Checkpoints, MetricsLogger
 from rlhf.schema import ModelConfig, RayConfig
@@ -54,10 +62,12 @@ class DPOConfig:
 @register_loop("dpo", config=DPOConfig)
 def run(cfg: DPOConfig, resume: bool = False) -> Path:
     """Trains, evaluates and checkpoints; returns the run directory (final model in ``model/``)."""
-    run_dir = open_run(cfg, resume)
+    check_local_device(cfg.device, cluster_address(cfg.ray))
     model_path = resolve_model_path(cfg.model)
+    run_dir = open_run(cfg, resume)
+    prepared, tokenizer = read_preference_tables(cfg, model_path)  # data errors before Ray
     with ray_session(cfg.ray, *offline_stages(cfg)) as scope:
-        train, held_out, tokenizer = load_preference_tables(cfg, model_path, scope)
+        train, held_out = add_reference_tables(cfg, model_path, prepared, scope)
         pad = tokenizer.pad_token_id
         group = scope.own(start_trainers(cfg, model_path))
         hold_table(group, "train", train, pad)
@@ -93,6 +103,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
                     # The ranks go on with the next batch while the driver logs this one.
                     ahead = submit_step(group, "train", order[n + 1])
                 metrics = step_metrics(refs)
+                check_finite_loss(metrics, state.step + 1, source_of(train, indices[0]))
                 state.step += 1
                 state.batch_in_epoch += 1
                 state.tokens += int(metrics.get("tokens", 0))

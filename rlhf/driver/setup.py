@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import ray
@@ -11,10 +12,16 @@ import ray
 from rlhf.cluster.colocation import check_groups, group_name, group_strategy, merged_bundles
 from rlhf.cluster.resources import Role, actor_role, engine_roles, trainer_role
 from rlhf.config import ConfigError, dump_config
-from rlhf.data.cache import cache_key, load_cached, save_cached
+from rlhf.data.cache import cache_key, load_cached, model_fingerprint, save_cached
+from rlhf.data.errors import DataError
+from rlhf.data.io import check_data_file
 from rlhf.data.loader import split_by_prompt
 from rlhf.data.prepare import load_preferences
+from rlhf.data.table import report_of
 from rlhf.driver.preference_training import add_reference_logps
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class RunDirectoryError(RuntimeError):
@@ -24,6 +31,10 @@ class RunDirectoryError(RuntimeError):
 def open_run(cfg: Any, resume: bool) -> Path:
     """Creates (or, with ``resume``, reopens) the run directory and writes the resolved config."""
     run_dir = Path(cfg.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(
+            f"output_dir {run_dir} is a file, not a directory: set output_dir to a directory"
+        )
     if (run_dir / "metrics.jsonl").exists() and not resume:
         raise RunDirectoryError(
             f"{run_dir} already holds a run: pass --resume to continue it, "
@@ -41,50 +52,104 @@ def default_table_cache() -> Path:
     return Path(default_cache_dir()) / "tables"
 
 
-def load_preference_tables(
-    cfg: Any, model_path: str, scope: Any
-) -> tuple[pa.Table, pa.Table | None, Any]:
-    """Train and held-out tables, tokenized, with reference log-probs; plus the tokenizer.
+@dataclass
+class PreparedTable:
+    """A tokenized preference table and its cache key; from the cache, it has its
+    ``ref_logps`` already (``cached``), else :func:`add_reference_tables` adds them."""
 
-    Tables come from the cache when the same model, file and settings were seen before; the
-    reference server is started only when something must be computed.
+    key: str
+    table: pa.Table
+    cached: bool
+
+
+def read_preference_tables(
+    cfg: Any, model_path: str
+) -> tuple[list[PreparedTable | None], PreTrainedTokenizerBase]:
+    """Train and held-out tables (None where there is no file), tokenized, plus the tokenizer.
+
+    Runs before Ray starts, so a data error (:class:`DataError`: file, row, field) costs
+    seconds. A table comes from the cache when the same model files, data file and settings
+    were seen before (see :func:`table_settings` and ``rlhf.data.cache.model_fingerprint``);
+    each file's report is printed either way, before training.
     """
     from transformers import AutoTokenizer
 
-    from rlhf.algorithms import get_preference_loss
-
+    paths = [cfg.data.path, cfg.data.eval_path]
+    for key_name, path in zip(("path", "eval_path"), paths, strict=True):
+        if path is not None:
+            try:
+                check_data_file(path)
+            except DataError as error:
+                raise DataError(f"data.{key_name}: {error}") from None
     tokenizer = AutoTokenizer.from_pretrained(
         model_path, trust_remote_code=cfg.model.trust_remote_code
     )
-    needs_reference = get_preference_loss(cfg.loss.name).metadata.get("needs_reference", True)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_table_cache()
-    settings = {
+    model = model_fingerprint(model_path)
+    settings = table_settings(cfg)
+    prepared: list[PreparedTable | None] = []
+    for path in paths:
+        if path is None:
+            prepared.append(None)
+            continue
+        key = cache_key(model, path, settings)
+        table = load_cached(cache_dir, key)
+        cached = table is not None
+        if cached:
+            report = report_of(table)
+        else:
+            table, report = load_preferences(path, tokenizer, cfg.data)
+        if report is not None:
+            print(report.summary())
+        prepared.append(PreparedTable(key, table, cached))
+    return prepared, tokenizer
+
+
+def table_settings(cfg: Any) -> dict[str, Any]:
+    """Every setting a cached table's tokens and reference log-probs depend on (its cache key,
+    with the model's files and the data file)."""
+    from rlhf.algorithms import get_preference_loss
+
+    needs_reference = get_preference_loss(cfg.loss.name).metadata.get("needs_reference", True)
+    return {
         **cfg.data.table_settings(),
         "reference": needs_reference and cfg.reference.backend,
         "dtype": cfg.model.dtype,
+        "trust_remote_code": cfg.model.trust_remote_code,
     }
+
+
+def add_reference_tables(
+    cfg: Any, model_path: str, prepared: list[PreparedTable | None], scope: Any
+) -> tuple[pa.Table, pa.Table | None]:
+    """Train and held-out tables with reference log-probs (held-out split off the train table
+    by ``data.eval_fraction`` when there is no eval file).
+
+    The reference server starts only when a table missed the cache (owned by ``scope``, and
+    killed before returning to free its memory for the trainers); new tables are cached.
+    """
+    from rlhf.algorithms import get_preference_loss
+
+    needs_reference = get_preference_loss(cfg.loss.name).metadata.get("needs_reference", True)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_table_cache()
     server = None
     tables = []
-    for path in (cfg.data.path, cfg.data.eval_path):
-        if path is None:
-            tables.append(None)
+    for item in prepared:
+        if item is None or item.cached:
+            tables.append(item and item.table)
             continue
-        key = cache_key(model_path, path, settings)
-        table = load_cached(cache_dir, key)
-        if table is None:
-            table, report = load_preferences(path, tokenizer, cfg.data)
-            print(report.summary())
-            if needs_reference:
-                server = server or scope.own(start_reference(cfg, model_path))
-                table = add_reference_logps(server, table, cfg.reference.chunk_size)
-            save_cached(cache_dir, key, table)
+        table = item.table
+        if needs_reference:
+            server = server or scope.own(start_reference(cfg, model_path))
+            table = add_reference_logps(server, table, cfg.reference.chunk_size)
+        save_cached(cache_dir, item.key, table)
         tables.append(table)
     if server is not None:
         ray.kill(server)  # free its memory before the trainers start
     train, held_out = tables
     if held_out is None and cfg.data.eval_fraction > 0:
         train, held_out = split_by_prompt(train, cfg.data.eval_fraction)
-    return train, held_out, tokenizer
+    return train, held_out
 
 
 def online_roles(cfg: Any) -> list[Role]:

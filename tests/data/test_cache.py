@@ -130,3 +130,50 @@ def test_second_run_reads_the_cache_instead_of_recomputing(tokenizer, write_json
     assert batch.ref_logps.tolist() == [-1.0, -2.0, -3.0, -4.0]
     assert batch.input_ids[2].tolist() == [BOS, V["the"], V["cat"], V["sat"], EOS]
     assert batch.input_ids[0].tolist() == [BOS, V["hi"], V["yes"], EOS, tokenizer.pad_token_id]
+
+
+def test_model_fingerprint_changes_when_the_model_is_replaced_in_place(tmp_path, data_file):
+    from rlhf.data.cache import model_fingerprint
+    from tests.models.tiny_llama import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "sft", seed=0)
+    first = model_fingerprint(model)
+    assert "model.safetensors" in first["files"] and "tokenizer.json" in first["files"]
+    assert model_fingerprint(model) == first  # stable while nothing changes
+    (model / ".cache").mkdir()
+    (model / ".cache" / "note").write_text("hub download state")
+    assert model_fingerprint(model) == first  # hidden entries do not count
+    key = cache_key(first, data_file, {})
+    build_tiny_llama(model, seed=1)  # retrained in place: same names and sizes, other weights
+    second = model_fingerprint(model)
+    assert second["files"].keys() == first["files"].keys()
+    assert (
+        second["files"]["model.safetensors"]["size"] == first["files"]["model.safetensors"]["size"]
+    )
+    assert second["files"]["model.safetensors"] != first["files"]["model.safetensors"]
+    assert cache_key(second, data_file, {}) != key
+    config = model / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("}", ', "model_max_length": 7}', 1))
+    assert model_fingerprint(model) != second  # a tokenizer setting changed
+
+
+def test_model_fingerprint_counts_large_files_by_mtime(tmp_path, monkeypatch):
+    from rlhf.data import cache
+
+    monkeypatch.setattr(cache, "HASHED_FILE_BYTES", 4)
+    (tmp_path / "config.json").write_text("{}")  # 2 bytes: hashed
+    shard = tmp_path / "model-00001-of-00002.safetensors"
+    shard.write_bytes(b"0123456789")  # 10 bytes: counted by size and mtime
+    first = cache.model_fingerprint(tmp_path)
+    assert set(first["files"]["config.json"]) == {"size", "sha256"}
+    assert first["files"][shard.name] == {"size": 10, "mtime_ns": shard.stat().st_mtime_ns}
+    stat = shard.stat()
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert cache.model_fingerprint(tmp_path) != first
+
+
+def test_hub_name_without_a_local_snapshot_counts_by_name(monkeypatch):
+    from rlhf.data.cache import model_fingerprint
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert model_fingerprint("no-such-org/no-such-model") == {"name": "no-such-org/no-such-model"}

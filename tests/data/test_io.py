@@ -264,6 +264,10 @@ def test_bad_chat_message_is_named(write_jsonl):
 
 def test_file_level_errors(tmp_path, write_jsonl):
     assert _error(tmp_path / "none.jsonl") == f"{tmp_path / 'none.jsonl'}: no such file"
+    (tmp_path / "folder.jsonl").mkdir()
+    assert _error(tmp_path / "folder.jsonl") == (
+        f"{tmp_path / 'folder.jsonl'} is a directory; give the preference file in it"
+    )
     assert _error(tmp_path / "x.csv") == (
         f"{tmp_path / 'x.csv'}: unknown file type; expected one of .parquet, .jsonl"
     )
