@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from rlhf.rewards import RewardConfig, flat_scorer, judge_scores, judges, reward_functions
+from rlhf.rewards import (
+    RewardConfig,
+    RewardModel,
+    flat_scorer,
+    judge_scores,
+    judges,
+    reward_functions,
+)
 
 
 class RewardActor:
@@ -19,12 +26,8 @@ class RewardActor:
                 judge_scores(judge, p, g) for p, g in zip(prompts, groups, strict=True)
             ]
         else:
-            from rlhf.models.hf import load_reward_model, reward_model_scores
-
-            model, tokenizer = load_reward_model(cfg.model, cfg.trust_remote_code)
-            self._score_groups = flat_scorer(
-                lambda p, r: reward_model_scores(model, tokenizer, p, r, cfg.label, cfg.batch_size)
-            )
+            model = RewardModel(cfg.model, cfg.label, cfg.trust_remote_code, cfg.batch_size)
+            self._score_groups = flat_scorer(model)
 
     def score_groups(self, prompts: list[str], groups: list[list[str]]) -> list[list[float]]:
         """One score per response, grouped like ``groups`` (K responses of each prompt)."""

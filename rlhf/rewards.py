@@ -56,6 +56,11 @@ class RewardConfig:
 
     def validate(self) -> None:
         check_custom_resources(self.resources)
+        for key in ("num_cpus", "num_gpus"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.kind == "model" and not self.model:
             raise ConfigError("kind 'model' needs model: a sequence-classification model path")
         if self.kind == "judge" and not self.judge:
@@ -111,3 +116,98 @@ def flat_scorer(
         return out
 
     return score_groups
+
+
+class RewardModel:
+    """A Hugging Face sequence-classification reward model with its own tokenizer.
+
+    The reward model rarely shares the policy's tokenizer or chat template, so it is given text
+    and tokenizes it itself: a plain-text prompt is joined to its response as generated
+    (``prompt + response``, with the reward tokenizer's BOS where it adds one); a prompt of chat
+    messages becomes ``messages + [assistant: response]`` in the reward model's own chat
+    template. The score is logit ``label`` at each text's last token, found by position (a pad
+    token equal to EOS cannot hide it).
+    """
+
+    def __init__(
+        self, path: str, label: int = 0, trust_remote_code: bool = False, batch_size: int = 64
+    ) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        from rlhf.models.tokenizer import load_tokenizer
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        heads = [a for a in config.architectures or [] if a.endswith("ForSequenceClassification")]
+        if not heads:
+            raise ConfigError(
+                f"reward.model: {path} is a {', '.join(config.architectures or ['model'])}, not a "
+                "sequence-classification reward model (...ForSequenceClassification, its score "
+                "head trained); loading it as one would score with a random head. Give a reward "
+                "model's directory, or use reward.kind: function"
+            )
+        if not 0 <= label < config.num_labels:
+            raise ConfigError(
+                f"reward.label: {label} is not a logit of {path}, which has "
+                f"num_labels={config.num_labels}"
+            )
+        self.tokenizer = load_tokenizer(path, trust_remote_code, key="reward.model")
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=trust_remote_code, dtype=torch.float32
+        ).eval()
+        self.path, self.label, self.batch_size = path, label, batch_size
+
+    def token_ids(self, prompt: str | list[dict[str, str]], response: str) -> list[int]:
+        """The reward model's tokens of one prompt and response (see the class docstring)."""
+        if isinstance(prompt, str):
+            return list(self.tokenizer(prompt + response)["input_ids"])
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"reward.model: the prompts are chat messages, and the tokenizer of {self.path} "
+                "has no chat template to render them with; give it one (tokenizer_config.json "
+                "'chat_template') or give prompts as plain text"
+            )
+        text = self.tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": response}], tokenize=False
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def __call__(self, prompts: list, responses: list[str]) -> list[float]:
+        """One score per (prompt, response)."""
+        import torch
+
+        from rlhf.models.hf import pad_right
+
+        sequences = [self.token_ids(p, r) for p, r in zip(prompts, responses, strict=True)]
+        scores: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(sequences), self.batch_size):
+                batch = sequences[start : start + self.batch_size]
+                input_ids, attention_mask = pad_right(batch, self.tokenizer.pad_token_id)
+                scores += self._last_token_logits(input_ids, attention_mask).tolist()
+        return scores
+
+    def _last_token_logits(self, input_ids, attention_mask):
+        """Logit ``label`` at each row's last real token ([N] float32)."""
+        import torch
+
+        from rlhf.models.hf import positions
+
+        last = attention_mask.sum(dim=1) - 1
+        rows = torch.arange(len(input_ids))
+        head = getattr(self.model, "score", None)
+        if isinstance(head, torch.nn.Linear):  # every decoder reward class of Transformers
+            hidden = self.model.base_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions(attention_mask),
+                use_cache=False,
+            ).last_hidden_state
+            return head(hidden[rows, last]).float()[:, self.label]
+        # Another head: one unpadded sequence at a time, where the model's own pooling is exact.
+        return torch.stack(
+            [
+                self.model(input_ids=ids[: n + 1][None]).logits[0, self.label].float()
+                for ids, n in zip(input_ids, last, strict=True)
+            ]
+        )

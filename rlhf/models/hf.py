@@ -374,37 +374,3 @@ def _response_batch(sequences: list[list[int]], starts: list[int]) -> tuple[Tens
     begin = torch.tensor([max(start, 1) for start in starts])
     loss_mask = attention_mask * (torch.arange(input_ids.shape[1]) >= begin[:, None])
     return input_ids, attention_mask, loss_mask
-
-
-def load_reward_model(path: str, trust_remote_code: bool = False):
-    """A Hugging Face sequence-classification reward model (eval mode) and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, trust_remote_code=trust_remote_code
-    ).eval()
-    if model.config.pad_token_id is None:  # the model finds each sequence's last token by it
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
-
-
-@torch.no_grad()
-def reward_model_scores(
-    model, tokenizer, prompts: list[str], responses: list[str], label: int = 0, batch_size: int = 64
-) -> list[float]:
-    """The reward model's logit ``label`` for each prompt + response (joined as generated)."""
-    scores: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [
-            p + r
-            for p, r in zip(
-                prompts[start:][:batch_size], responses[start:][:batch_size], strict=True
-            )
-        ]
-        ids, mask = pad_right(
-            [tokenizer(t)["input_ids"] for t in texts], tokenizer.pad_token_id or 0
-        )
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        scores.extend(logits[:, label].float().tolist())
-    return scores
