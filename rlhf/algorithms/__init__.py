@@ -5,12 +5,15 @@ reused anywhere. The math follows docs/algorithms.md; every function documents i
 
 - ``preference``: ``dpo_loss`` (sigmoid / cDPO, IPO, hinge), ``plackett_luce_loss``,
   ``preference_metrics``
+- ``dpo_variants``: the other DPO losses with a reference (robust, EXO, NCA, BCO, SPPO, AOT,
+  APO, DiscoPOP, RPO); ``reference_free``: SimPO, CPO, ORPO and the SFT term
 - ``advantages``: ``gae``, ``grpo_advantages``, ``rloo_advantages``, ``reinforce_pp_advantages``
 - ``ppo``: ``ppo_policy_loss``, ``ppo_value_loss``
 - ``kl``: ``kl_estimate`` (k1, k2, k3), ``kl_penalized_rewards``, KL controllers
 - ``logprobs``: ``sequence_logps``, ``target_logps``, ``entropy_from_logits``
 - ``masked``: ``masked_mean``, ``masked_var``, ``masked_whiten``
-- ``registry``: ``get_preference_loss`` / ``register_preference_loss``, ``get_advantage`` /
+- ``registry``: ``get_preference_loss`` (a name, or a weighted sum of losses) /
+  ``register_preference_loss``, ``get_advantage`` /
   ``register_advantage``, and the generic ``Registry`` (entry-point group ``rlhf.algorithms``)
 - ``types``: ``RankedLogps`` and ``AdvantageInput``, the inputs of the two plug points
 """
@@ -21,6 +24,19 @@ from rlhf.algorithms.advantages import (
     grpo_advantages,
     reinforce_pp_advantages,
     rloo_advantages,
+)
+from rlhf.algorithms.dpo_variants import (
+    aot_loss,
+    aot_unpaired_loss,
+    apo_down_loss,
+    apo_zero_loss,
+    bco_pair_loss,
+    discopop_loss,
+    exo_pair_loss,
+    nca_pair_loss,
+    robust_loss,
+    rpo_loss,
+    sppo_hard_loss,
 )
 from rlhf.algorithms.kl import (
     AdaptiveKLController,
@@ -33,12 +49,20 @@ from rlhf.algorithms.logprobs import entropy_from_logits, sequence_logps, target
 from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.algorithms.ppo import ppo_policy_loss, ppo_value_loss
 from rlhf.algorithms.preference import dpo_loss, plackett_luce_loss, preference_metrics
+from rlhf.algorithms.reference_free import (
+    cpo_loss,
+    mean_logps,
+    orpo_loss,
+    sft_loss,
+    simpo_loss,
+)
 from rlhf.algorithms.registry import (
     ENTRY_POINT_GROUP,
     Entry,
     PluginLoadError,
     Registry,
     UnknownNameError,
+    WeightedLosses,
     advantage_estimators,
     get_advantage,
     get_preference_loss,
@@ -55,10 +79,10 @@ from rlhf.algorithms.types import (
 )
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
     "AdaptiveKLController",
     "AdvantageEstimator",
     "AdvantageInput",
+    "ENTRY_POINT_GROUP",
     "Entry",
     "FixedKLController",
     "KLController",
@@ -67,10 +91,19 @@ __all__ = [
     "RankedLogps",
     "Registry",
     "UnknownNameError",
+    "WeightedLosses",
     "advantage_estimators",
+    "aot_loss",
+    "aot_unpaired_loss",
+    "apo_down_loss",
+    "apo_zero_loss",
+    "bco_pair_loss",
+    "cpo_loss",
+    "discopop_loss",
     "discounted_returns",
     "dpo_loss",
     "entropy_from_logits",
+    "exo_pair_loss",
     "gae",
     "get_advantage",
     "get_preference_loss",
@@ -82,6 +115,9 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "mean_logps",
+    "nca_pair_loss",
+    "orpo_loss",
     "plackett_luce_loss",
     "ppo_policy_loss",
     "ppo_value_loss",
@@ -91,6 +127,11 @@ __all__ = [
     "register_preference_loss",
     "reinforce_pp_advantages",
     "rloo_advantages",
+    "robust_loss",
+    "rpo_loss",
     "sequence_logps",
+    "sft_loss",
+    "simpo_loss",
+    "sppo_hard_loss",
     "target_logps",
 ]

@@ -5,7 +5,8 @@ al. 2023, eq. 5), with log-probs summed over response tokens. For a pair, h = r_
 
 Registered (fixed signature ``fn(logps: RankedLogps, beta, **options) -> losses [B]``):
 ``sigmoid`` (option ``label_smoothing``), ``ipo``, ``hinge`` (pairs, K == 2) and
-``plackett_luce`` (any K >= 2, option ``top_m``).
+``plackett_luce`` (any K >= 2, option ``top_m``). The other DPO variants with a reference are in
+``dpo_variants.py``, the losses without one in ``reference_free.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ DPOLossType = Literal["sigmoid", "ipo", "hinge"]
 DPO_LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge")
 
 
-def _check_beta(beta: float) -> None:
+def check_beta(beta: float) -> None:
+    """Raises ValueError unless beta is a finite number > 0."""
     try:
         ok = math.isfinite(float(beta)) and float(beta) > 0
     except (TypeError, ValueError):
@@ -60,7 +62,7 @@ def dpo_loss(
         losses [B], chosen_rewards [B], rejected_rewards [B]; the rewards are
         beta * (log pi - log pi_ref), detached.
     """
-    _check_beta(beta)
+    check_beta(beta)
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {', '.join(DPO_LOSS_TYPES)}, got {loss_type!r}")
     if not 0.0 <= label_smoothing < 0.5:
@@ -115,7 +117,7 @@ def plackett_luce_loss(
 
     Shapes: policy_logps, ref_logps [B, K] (summed response log-probs) -> losses [B].
     """
-    _check_beta(beta)
+    check_beta(beta)
     if policy_logps.dim() != 2 or policy_logps.shape[1] < 2:
         raise ValueError(
             f"policy_logps must be [B, K] with K >= 2 ranked responses, got "
@@ -149,7 +151,7 @@ def preference_metrics(logps: RankedLogps, beta: float) -> dict[str, float]:
     ordered correctly (r_hat_k > r_hat_{k+1}), which for K == 2 is the fraction with h > 0;
     ``logps/chosen``, ``logps/rejected``: mean policy log-probs.
     """
-    _check_beta(beta)
+    check_beta(beta)
     policy = logps.policy.float()
     rewards = policy if logps.reference is None else policy - logps.reference.float()
     rewards = beta * rewards
@@ -168,18 +170,21 @@ def preference_metrics(logps: RankedLogps, beta: float) -> dict[str, float]:
 # --- registrations: the fixed signature fn(logps: RankedLogps, beta, **options) -----------------
 
 
-def _pair(logps: RankedLogps, loss_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def pair_logps(logps: RankedLogps, loss_name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(policy chosen, policy rejected, reference chosen, reference rejected), each [B], of a
+    K == 2 input; ValueError naming ``loss_name`` for rankings or a missing reference."""
     if logps.num_ranked != 2:
         raise ValueError(
             f"preference loss {loss_name!r} takes pairs (K == 2) but got K={logps.num_ranked} "
             "ranked responses; use 'plackett_luce' for rankings, or a pair strategy to turn the "
             "rankings into pairs"
         )
-    reference = _reference(logps, loss_name)
+    reference = reference_logps(logps, loss_name)
     return logps.policy[:, 0], logps.policy[:, 1], reference[:, 0], reference[:, 1]
 
 
-def _reference(logps: RankedLogps, loss_name: str) -> Tensor:
+def reference_logps(logps: RankedLogps, loss_name: str) -> Tensor:
+    """``logps.reference`` [B, K]; ValueError naming ``loss_name`` if it is None."""
     if logps.reference is None:
         raise ValueError(f"preference loss {loss_name!r} needs reference log-probs (got None)")
     return logps.reference
@@ -188,25 +193,25 @@ def _reference(logps: RankedLogps, loss_name: str) -> Tensor:
 @register_preference_loss("sigmoid", needs_reference=True)
 def _sigmoid(logps: RankedLogps, beta: float, label_smoothing: float = 0.0) -> Tensor:
     """DPO (label_smoothing > 0: conservative DPO); see ``dpo_loss``."""
-    losses, _, _ = dpo_loss(*_pair(logps, "sigmoid"), beta, "sigmoid", label_smoothing)
+    losses, _, _ = dpo_loss(*pair_logps(logps, "sigmoid"), beta, "sigmoid", label_smoothing)
     return losses
 
 
 @register_preference_loss("ipo", needs_reference=True)
 def _ipo(logps: RankedLogps, beta: float) -> Tensor:
     """IPO; see ``dpo_loss``."""
-    losses, _, _ = dpo_loss(*_pair(logps, "ipo"), beta, "ipo")
+    losses, _, _ = dpo_loss(*pair_logps(logps, "ipo"), beta, "ipo")
     return losses
 
 
 @register_preference_loss("hinge", needs_reference=True)
 def _hinge(logps: RankedLogps, beta: float) -> Tensor:
     """SLiC-style hinge; see ``dpo_loss``."""
-    losses, _, _ = dpo_loss(*_pair(logps, "hinge"), beta, "hinge")
+    losses, _, _ = dpo_loss(*pair_logps(logps, "hinge"), beta, "hinge")
     return losses
 
 
-@register_preference_loss("plackett_luce", needs_reference=True)
+@register_preference_loss("plackett_luce", needs_reference=True, ranking=True)
 def _plackett_luce(logps: RankedLogps, beta: float, top_m: int | None = None) -> Tensor:
     """Plackett-Luce DPO on full (or top-M) rankings; see ``plackett_luce_loss``."""
-    return plackett_luce_loss(logps.policy, _reference(logps, "plackett_luce"), beta, top_m)
+    return plackett_luce_loss(logps.policy, reference_logps(logps, "plackett_luce"), beta, top_m)

@@ -292,3 +292,22 @@ def test_register_preference_loss_is_the_global_registry(monkeypatch):
         return logps.policy[:, 0]
 
     assert get_preference_loss("toy_global").fn is toy
+
+
+def test_rlhf_plugins_lists_every_builtin_loss_with_its_origin(capsys):
+    from rlhf.cli import main
+
+    main(["plugins"])
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index(next(x for x in lines if x.startswith("preference_loss")))
+    end = lines.index(next(x for x in lines if x.startswith("advantage_estimator")))
+    listed = {line.split()[0]: line.split()[1] for line in lines[start + 1 : end]}
+    expected = {
+        "preference": ["sigmoid", "ipo", "hinge", "plackett_luce"],
+        "dpo_variants": ["robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot"]
+        + ["aot_unpaired", "apo_zero", "apo_down", "discopop", "rpo"],
+        "reference_free": ["sft", "simpo", "cpo", "orpo"],
+    }
+    for module, names in expected.items():
+        for name in names:
+            assert listed.get(name, "").startswith(f"rlhf.algorithms.{module}:"), (name, listed)

@@ -18,13 +18,13 @@ from rlhf.task import make_sft_corpus, sentiment_reward, sentiment_score
 from tests.examples.conftest import pip_install, run_rlhf, write_package
 
 DISTRIBUTION = "rlhf-example-plugin"
-BETA, GAMMA = 2.0, 0.5  # SimPO's beta and target margin, as the jobs below set them
+BETA, SFT_WEIGHT = 2.0, 0.5  # RRHF's hinge scale and SFT weight, as the jobs below set them
 
 
-def simpo(policy, lengths, beta=BETA, gamma=GAMMA):
-    """SimPO on pairs, written out independently of the plugin: [B, 2] -> [B]."""
-    rewards = policy / lengths
-    return -F.logsigmoid(beta * (rewards[:, 0] - rewards[:, 1]) - gamma)
+def rrhf(policy, lengths, beta=BETA, sft_weight=SFT_WEIGHT):
+    """RRHF on pairs, written out independently of the plugin: [B, 2] -> [B]."""
+    p = policy / lengths
+    return beta * F.relu(p[:, 1] - p[:, 0]) - sft_weight * p[:, 0]
 
 
 def brief_sentiment(prompts, responses):
@@ -37,13 +37,13 @@ def test_rlhf_plugins_lists_both_entries_with_their_distribution(example_plugin)
     done = run_rlhf("plugins", plugins=example_plugin)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    simpo_line = next(line for line in lines if line.split()[:1] == ["simpo"])
+    rrhf_line = next(line for line in lines if line.split()[:1] == ["rrhf"])
     reward_line = next(line for line in lines if line.split()[:1] == ["brief_sentiment"])
-    assert f"rlhf_example_plugin.simpo:simpo_loss (distribution '{DISTRIBUTION}')" in simpo_line
+    assert f"rlhf_example_plugin.rrhf:rrhf_loss (distribution '{DISTRIBUTION}')" in rrhf_line
     assert "rlhf_example_plugin.rewards:brief_sentiment" in reward_line
     assert DISTRIBUTION in reward_line
     # each under its registry's heading
-    assert lines.index(simpo_line) < next(i for i, x in enumerate(lines) if x.startswith("adv"))
+    assert lines.index(rrhf_line) < next(i for i, x in enumerate(lines) if x.startswith("adv"))
     assert lines.index(reward_line) > next(i for i, x in enumerate(lines) if x.startswith("rew"))
 
 
@@ -156,9 +156,9 @@ def test_offline_dpo_trains_with_the_plugin_loss_and_no_reference(
         f"data.eval_path={held_out}",
         "data.eval_fraction=0",
         f"data.cache_dir={tmp_path / 'tables'}",
-        "loss.name=simpo",
+        "loss.name=rrhf",
         f"loss.beta={BETA}",
-        f"loss.options.gamma={GAMMA}",
+        f"loss.options.sft_weight={SFT_WEIGHT}",
         "schedule.epochs=1",
         "trainer.warmup_steps=0",
         plugins=example_plugin,
@@ -171,7 +171,7 @@ def test_offline_dpo_trains_with_the_plugin_loss_and_no_reference(
         assert r["train/rewards/chosen"] == pytest.approx(BETA * r["train/logps/chosen"])
         assert r["train/rewards/rejected"] == pytest.approx(BETA * r["train/logps/rejected"])
 
-    # The last held-out loss is SimPO's on the saved model, computed here from scratch.
+    # The last held-out loss is RRHF's on the saved model, computed here from scratch.
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path)
     data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
     table, _ = load_preferences(held_out, tokenizer, from_dict(DataConfig, data))
@@ -179,7 +179,7 @@ def test_offline_dpo_trains_with_the_plugin_loss_and_no_reference(
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=torch.float32).eval()
     with torch.no_grad():
         logps, _ = batch_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
-    expected = simpo(logps.view(-1, 2), batch.response_lengths.view(-1, 2).float()).mean()
+    expected = rrhf(logps.view(-1, 2), batch.response_lengths.view(-1, 2).float()).mean()
     final = [r for r in records if "eval/loss" in r][-1]
     assert final["eval/prompts"] == table.num_rows == 16
     assert final["eval/loss"] == pytest.approx(expected.item(), abs=1e-4)
@@ -195,9 +195,9 @@ def test_online_dpo_uses_the_plugin_loss_and_reward(example_plugin, tmp_path, em
         "configs/online_dpo.yaml",
         f"output_dir={run_dir}",
         "reward.function=brief_sentiment",
-        "loss.name=simpo",
+        "loss.name=rrhf",
         f"loss.beta={BETA}",
-        f"loss.options.gamma={GAMMA}",
+        f"loss.options.sft_weight={SFT_WEIGHT}",
         "rounds.rounds=2",
         "rounds.prompts_per_round=16",
         "rounds.eval_prompts=8",
@@ -218,11 +218,11 @@ def test_online_dpo_uses_the_plugin_loss_and_reward(example_plugin, tmp_path, em
         assert scores == pytest.approx(brief_sentiment(prompts, responses), abs=1e-9)
         assert scores != pytest.approx(sentiment_reward(prompts, responses), abs=1e-3)
 
-    # The first step (policy == reference) takes SimPO's loss over all of round 0's pairs: one
+    # The first step (policy == reference) takes RRHF's loss over all of round 0's pairs: one
     # step holds them all (16 prompts at most). Sigmoid DPO would give exactly ln 2.
     prefs = pq.read_table(run_dir / "rounds" / "round_0000" / "preferences.parquet")
     batch = collate(prefs, pad_token_id=0)
-    expected = simpo(
+    expected = rrhf(
         batch.ref_logps.view(-1, 2).double(), batch.response_lengths.view(-1, 2).double()
     ).mean()
     first = next(r for r in read_metrics(run_dir) if "train/loss" in r)
