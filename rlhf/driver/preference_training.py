@@ -26,9 +26,10 @@ from rlhf.schema import EngineConfig
 
 @dataclass
 class LossConfig:
-    """Which preference loss (a registry name or ``package.module:function``) and its options."""
+    """Which preference loss (a registry name or ``package.module:function``, or a weighted sum
+    of them as a mapping, e.g. ``{sigmoid: 1.0, sft: 0.2}``) and its options."""
 
-    name: str = "sigmoid"  # sigmoid | ipo | hinge | plackett_luce | a plugin
+    name: str | dict[str, float] = "sigmoid"  # sigmoid | ipo | simpo | ... (`rlhf plugins`)
     beta: float = 0.1
     options: dict[str, Any] = field(default_factory=dict)  # e.g. {label_smoothing: 0.1}
 
