@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlhf.config import ConfigError
+from rlhf.data.formats import Format
 from rlhf.data.io import SUFFIXES
 
 
@@ -13,7 +14,10 @@ from rlhf.data.io import SUFFIXES
 class DataConfig:
     """Preference data settings; ``validate()`` rejects combinations that cannot work."""
 
-    path: str = ""  # a .parquet or .jsonl file of pairs or rankings
+    path: str = ""  # a .parquet or .jsonl file of preferences (pairs, rankings, ...)
+    # the shape of its rows: auto (detected) | pairs | ranking | conversations | hh | ultrafeedback
+    format: Format = "auto"
+    rating_key: str = "overall_score"  # ultrafeedback: the field that rates a completion
     eval_path: str | None = None  # a separate eval file; or hold out eval_fraction of prompts
     eval_fraction: float = 0.0
     max_prompt_length: int = 256  # tokens, BOS included
@@ -62,4 +66,6 @@ class DataConfig:
             "prompt_truncation": self.prompt_truncation,
             "on_bad_row": self.on_bad_row,
             "ties": self.ties,
+            "format": self.format,
+            "rating_key": self.rating_key,
         }

@@ -1,10 +1,12 @@
 """Reading and writing preference files (Parquet, JSONL) through pyarrow, with row checks.
 
-Two shapes of file:
+The shapes of file (:mod:`rlhf.data.formats`, detected per file or named by ``format``):
 
 - pairs: ``{prompt, chosen, rejected}``;
 - rankings: ``{prompt, responses}`` (best first) or ``{prompt, responses, scores}`` (sorted by
-  score, highest first; equal scores are ties and never become a preference).
+  score, highest first; equal scores are ties and never become a preference);
+- the ecosystem's usual ones: TRL's conversations with an implicit prompt, Anthropic-HH
+  transcripts, UltraFeedback's rated completions (a ranking).
 
 Prompts and responses are plain strings or chat messages (lists of ``{role, content}``). Each
 row is checked (:mod:`rlhf.data.records`); a bad row is an error naming file, row and field, or
@@ -13,28 +15,20 @@ row is checked (:mod:`rlhf.data.records`); a bad row is an error naming file, ro
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from rlhf.data.errors import BadRow, DataError, DataReport, OnBadRow, row_kind_of
-from rlhf.data.records import (
-    UNDECODABLE,
-    PreferenceRecord,
-    Tied,
-    Ties,
-    check_pair,
-    check_ranking,
-    keep_one_k,
-)
+from rlhf.data.formats import SHAPES, Format, RowRules, file_shape
+from rlhf.data.records import UNDECODABLE, PreferenceRecord, Tied, Ties, keep_one_k
 from rlhf.files import atomic_path
-
-Shape = Literal["pairs", "ranking"]
 
 SUFFIXES = (".parquet", ".jsonl")
 
@@ -54,18 +48,27 @@ def check_data_file(path: str | Path) -> None:
 
 
 def read_preferences(
-    path: str | Path, *, on_bad_row: OnBadRow = "error", ties: Ties = "drop_row"
+    path: str | Path,
+    *,
+    on_bad_row: OnBadRow = "error",
+    ties: Ties = "drop_row",
+    format: Format = "auto",
+    rating_key: str = "overall_score",
 ) -> tuple[list[PreferenceRecord], DataReport]:
     """Reads and checks a preference file; returns its good rows and a report of the rest.
 
     ``ties="drop_row"`` drops a scored ranking with any tie; ``"drop_response"`` keeps the first
     (in file order) of each group of equal scores and drops the others. All rows of a dataset
-    must have the same number of responses K; rows with another K are bad rows.
+    must have the same number of responses K; rows with another K are bad rows. ``format``
+    names the shape of the rows (``"auto"``: detected from the columns and the first row);
+    ``rating_key`` is the field that rates an UltraFeedback completion.
     """
     check_data_file(path)
     name = str(path)
-    columns, rows = _read_jsonl(Path(path)) if name.endswith(".jsonl") else _read_parquet(name)
-    shape = _shape(columns, name)
+    columns, rows = read_rows(name)
+    first, rows = _peek(rows)
+    check = SHAPES[file_shape(columns, first, name, format)].check
+    rules = RowRules(scored="scores" in columns, ties=ties, rating_key=rating_key)
     report = DataReport(name, row_kind_of(name))
     records = []
     for source_row, raw in rows:
@@ -73,11 +76,8 @@ def read_preferences(
         try:
             if isinstance(raw, BadRow):
                 raise raw
-            if shape == "pairs":
-                record = check_pair(raw, source_row)
-            else:
-                record, tied = check_ranking(raw, source_row, "scores" in columns, ties)
-                report.tied_responses_dropped += tied
+            record, tied = check(raw, source_row, rules)
+            report.tied_responses_dropped += tied
         except BadRow as error:
             report.bad_row(source_row, error, on_bad_row)
             continue
@@ -93,6 +93,23 @@ def read_preferences(
 # ---- reading files -------------------------------------------------------------------------
 
 Rows = Iterator[tuple[int, "dict[str, Any] | BadRow"]]
+
+
+def read_rows(path: str) -> tuple[list[str], Rows]:
+    """The column names of a ``.jsonl`` or ``.parquet`` file and its rows, numbered as
+    :func:`~rlhf.data.errors.row_kind_of` says; a line that is not a JSON object is a
+    :class:`BadRow` in place of its row."""
+    return _read_jsonl(Path(path)) if str(path).endswith(".jsonl") else _read_parquet(str(path))
+
+
+def _peek(rows: Rows) -> tuple[dict[str, Any] | None, Rows]:
+    """The first row that is not a BadRow (None if none), and all rows as before."""
+    seen = []
+    for item in rows:
+        seen.append(item)
+        if not isinstance(item[1], BadRow):
+            return item[1], itertools.chain(seen, rows)
+    return None, iter(seen)
 
 
 def _read_parquet(path: str) -> tuple[list[str], Rows]:
@@ -172,31 +189,6 @@ def _decode_row(batch: pa.RecordBatch, index: int) -> dict[str, Any]:
     return row
 
 
-def _shape(columns: Sequence[str], path: str) -> Shape:
-    found = ", ".join(columns) or "none"
-    if "prompt" not in columns:
-        raise DataError(f"{path}: no 'prompt' column (columns: {found})")
-    if "responses" in columns:
-        if "chosen" in columns or "rejected" in columns:
-            raise DataError(
-                f"{path}: has both 'responses' and 'chosen'/'rejected' columns; a file holds "
-                "either pairs {prompt, chosen, rejected} or rankings {prompt, responses[, scores]}"
-            )
-        return "ranking"
-    if "chosen" in columns or "rejected" in columns:
-        missing = [c for c in ("chosen", "rejected") if c not in columns]
-        if missing:
-            raise DataError(
-                f"{path}: pairs need columns prompt, chosen, rejected; no {missing[0]!r} column "
-                f"(columns: {found})"
-            )
-        return "pairs"
-    raise DataError(
-        f"{path}: neither pairs {{prompt, chosen, rejected}} nor rankings "
-        f"{{prompt, responses[, scores]}} (columns: {found})"
-    )
-
-
 # ---- writing -------------------------------------------------------------------------------
 
 
@@ -207,7 +199,7 @@ def write_preferences(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Pa
     if not rows:
         raise ValueError(f"{path}: no rows to write")
     keys = list(rows[0])
-    _shape(keys, f"{path} (rows[0])")
+    file_shape(keys, rows[0], f"{path} (rows[0])")
     for index, row in enumerate(rows):
         if set(row) != set(keys):
             raise ValueError(

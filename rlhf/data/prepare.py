@@ -20,7 +20,13 @@ def load_preferences(
     path: str | Path, tokenizer: PreTrainedTokenizerBase, cfg: DataConfig
 ) -> tuple[pa.Table, DataReport]:
     """The tokenized preference table of ``path`` and its report; an error if no row is usable."""
-    records, report = read_preferences(path, on_bad_row=cfg.on_bad_row, ties=cfg.ties)
+    records, report = read_preferences(
+        path,
+        on_bad_row=cfg.on_bad_row,
+        ties=cfg.ties,
+        format=cfg.format,
+        rating_key=cfg.rating_key,
+    )
     table = tokenize_preferences(
         records,
         tokenizer,

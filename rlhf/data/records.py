@@ -1,15 +1,16 @@
 """Checks of one preference row, turning it into a :class:`PreferenceRecord`.
 
-A check raises :class:`~rlhf.data.errors.BadRow` naming the field and what is wrong with it;
-the reader turns that into an error or a counted skip. Scored rankings are sorted by score,
-highest first; equal scores are ties, never a preference (:class:`Tied` drops the row).
+One check per shape of row (:mod:`rlhf.data.formats` says which shapes there are and picks one
+per file). A check raises :class:`~rlhf.data.errors.BadRow` naming the field and what is wrong
+with it; the reader turns that into an error or a counted skip. Scored rankings are sorted by
+score, highest first; equal scores are ties, never a preference (:class:`Tied` drops the row).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,10 +49,10 @@ UNDECODABLE = Undecodable()
 
 def check_pair(raw: Mapping[str, Any], row: int) -> PreferenceRecord:
     """The record of a ``{prompt, chosen, rejected}`` row; :class:`BadRow` when it is bad."""
-    prompt = _text(raw.get("prompt"), "prompt", chat=None)
+    prompt = check_text(raw.get("prompt"), "prompt", chat=None)
     chat = isinstance(prompt, list)
-    chosen = _text(raw.get("chosen"), "chosen", chat=chat)
-    rejected = _text(raw.get("rejected"), "rejected", chat=chat)
+    chosen = check_text(raw.get("chosen"), "chosen", chat=chat)
+    rejected = check_text(raw.get("rejected"), "rejected", chat=chat)
     if chosen == rejected:
         raise BadRow("identical responses", "rejected", "same as 'chosen'")
     return PreferenceRecord(row, prompt, [chosen, rejected], ("chosen", "rejected"))
@@ -64,7 +65,7 @@ def check_ranking(
 
     Raises :class:`BadRow` for a bad row and :class:`Tied` when ties leave no preference.
     """
-    prompt = _text(raw.get("prompt"), "prompt", chat=None)
+    prompt = check_text(raw.get("prompt"), "prompt", chat=None)
     chat = isinstance(prompt, list)
     value = raw.get("responses")
     if value is None:
@@ -73,30 +74,185 @@ def check_ranking(
         raise BadRow(
             "not text", "responses", f"expected a list of responses, got {_describe(value)}"
         )
-    responses = [_text(v, f"responses[{i}]", chat=chat) for i, v in enumerate(value)]
+    responses = [check_text(v, f"responses[{i}]", chat=chat) for i, v in enumerate(value)]
+    _check_distinct(responses, "responses")
+    fields = [f"responses[{i}]" for i in range(len(responses))]
+    scores = None
+    if scored:
+        scores = _scores(raw.get("scores"), len(responses))
+    return _ranked(row, prompt, responses, fields, "responses", scores, ties)
+
+
+def check_rated(
+    raw: Mapping[str, Any], row: int, rating_key: str, ties: Ties
+) -> tuple[PreferenceRecord, int]:
+    """The ranking of an UltraFeedback-style row and how many tied responses went.
+
+    The row is ``{prompt (or instruction), completions: [{response, <rating_key>: number}]}``;
+    the completions are ranked by their rating, highest first, ties as in scored rankings.
+    Raises :class:`BadRow` for a bad row and :class:`Tied` when ties leave no preference.
+    """
+    key = "prompt" if raw.get("prompt") is not None else "instruction"
+    prompt = check_text(raw.get(key), key, chat=None)
+    chat = isinstance(prompt, list)
+    value = raw.get("completions")
+    if value is None:
+        raise BadRow("missing field", "completions", "missing or null")
+    if not isinstance(value, list):
+        raise BadRow(
+            "not text",
+            "completions",
+            f"expected a list of {{response, {rating_key}}} mappings, got {_describe(value)}",
+        )
+    responses, ratings = [], []
+    for i, completion in enumerate(value):
+        if not isinstance(completion, dict):
+            raise BadRow(
+                "not text",
+                f"completions[{i}]",
+                f"expected a {{response, {rating_key}}} mapping, got {_describe(completion)}",
+            )
+        responses.append(check_text(completion.get("response"), f"completions[{i}].response", chat))
+        rating = completion.get(rating_key)
+        if rating is None:
+            raise BadRow(
+                "bad scores",
+                f"completions[{i}].{rating_key}",
+                f"missing or null (set data.rating_key to the field that rates a completion; "
+                f"its fields: {', '.join(k for k, v in completion.items() if v is not None)})",
+            )
+        ratings.append(rating)
+    _check_distinct(responses, "completions")
+    fields = [f"completions[{i}].response" for i in range(len(responses))]
+    scores = _scores(ratings, len(responses), lambda i: f"completions[{i}].{rating_key}")
+    return _ranked(row, prompt, responses, fields, "completions", scores, ties)
+
+
+def check_conversations(raw: Mapping[str, Any], row: int) -> PreferenceRecord:
+    """The pair of a ``{chosen, rejected}`` row of whole chat conversations (TRL's implicit prompt).
+
+    The prompt is the leading messages both conversations share; each response is the rest of
+    its conversation, which must start with an assistant message.
+    """
+    chosen = _conversation(raw.get("chosen"), "chosen")
+    rejected = _conversation(raw.get("rejected"), "rejected")
+    if chosen == rejected:
+        raise BadRow("identical responses", "rejected", "same as 'chosen'")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise BadRow(
+            "no shared prompt",
+            "rejected",
+            "'chosen' and 'rejected' differ from their first message, so they share no prompt "
+            "(the prompt is the leading messages both hold; or give a 'prompt' field)",
+        )
+    responses = []
+    for field, messages in (("chosen", chosen), ("rejected", rejected)):
+        rest = messages[shared:]
+        if not any(m["content"].strip() for m in rest):
+            raise BadRow("empty response", field, "nothing after the messages both share")
+        if rest[0]["role"] != "assistant":
+            raise BadRow(
+                "no shared prompt",
+                field,
+                f"message {shared} (the first after the messages both share) is a "
+                f"{rest[0]['role']!r} message; a response starts with an 'assistant' message",
+            )
+        responses.append(rest)
+    return PreferenceRecord(row, chosen[:shared], responses, ("chosen", "rejected"))
+
+
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+def check_transcripts(raw: Mapping[str, Any], row: int) -> PreferenceRecord:
+    """The pair of an Anthropic-HH row: ``chosen`` and ``rejected`` are whole transcripts.
+
+    A transcript is ``"\\n\\nHuman: ... \\n\\nAssistant: ..."``; the prompt is everything up
+    to and including the last ``"\\n\\nAssistant:"`` both share, each response the rest.
+    """
+    transcripts = []
+    for field in ("chosen", "rejected"):
+        value = raw.get(field)
+        if isinstance(value, list):
+            raise BadRow(
+                "not text",
+                field,
+                "expected an Anthropic-HH transcript string, got a list (whole conversations "
+                "as chat messages are the 'conversations' format)",
+            )
+        transcripts.append(check_text(value, field, chat=False))
+    chosen, rejected = transcripts
+    if chosen == rejected:
+        raise BadRow("identical responses", "rejected", "same as 'chosen'")
+    common = 0
+    while common < min(len(chosen), len(rejected)) and chosen[common] == rejected[common]:
+        common += 1
+    end = chosen.rfind(HH_ASSISTANT, 0, common)
+    if end < 0:
+        raise BadRow(
+            "no shared prompt",
+            "rejected",
+            f"'chosen' and 'rejected' share no {HH_ASSISTANT!r} turn; the prompt of a transcript "
+            f"is everything up to the last {HH_ASSISTANT!r} both share",
+        )
+    cut = end + len(HH_ASSISTANT)
+    responses = [chosen[cut:], rejected[cut:]]
+    for field, response in zip(("chosen", "rejected"), responses, strict=True):
+        if not response.strip():
+            raise BadRow("empty response", field, "empty response after the shared prompt")
+    return PreferenceRecord(row, chosen[:cut], responses, ("chosen", "rejected"))
+
+
+def _conversation(value: Any, field: str) -> list[Message]:
+    messages = check_text(value, field, chat=None)
+    if not isinstance(messages, list):
+        raise BadRow(
+            "not text",
+            field,
+            "expected a whole conversation as chat messages (a list of {role, content}), "
+            f"got {_describe(value)}",
+        )
+    return messages
+
+
+def _ranked(
+    row: int,
+    prompt: Text,
+    responses: list[Text],
+    fields: list[str],
+    field: str,
+    scores: list[float] | None,
+    ties: Ties,
+) -> tuple[PreferenceRecord, int]:
+    """The record of checked responses (``field`` names their list), ordered by ``scores``."""
+    order, tied = list(range(len(responses))), 0
+    if scores is not None:
+        order, tied = _order_by_scores(scores, ties)
+    record = PreferenceRecord(
+        row, prompt, [responses[i] for i in order], tuple(fields[i] for i in order)
+    )
+    return record, tied
+
+
+def _check_distinct(responses: list[Text], field: str) -> None:
+    """At least two responses, no two the same (``field`` names their list)."""
     if len(responses) < 2:
         raise BadRow(
             "too few responses",
-            "responses",
+            field,
             f"{len(responses)} response(s); a ranking needs at least 2",
         )
     for j in range(len(responses)):
         for i in range(j):
             if responses[i] == responses[j]:
-                raise BadRow(
-                    "identical responses", "responses", f"responses {i} and {j} are identical"
-                )
-    order, tied = list(range(len(responses))), 0
-    if scored:
-        order, tied = _order_by_scores(raw.get("scores"), len(responses), ties)
-    record = PreferenceRecord(
-        row, prompt, [responses[i] for i in order], tuple(f"responses[{i}]" for i in order)
-    )
-    return record, tied
+                raise BadRow("identical responses", field, f"{field} {i} and {j} are identical")
 
 
-def _order_by_scores(value: Any, k: int, ties: Ties) -> tuple[list[int], int]:
-    """Response indices by descending score, ties resolved per ``ties``; and how many dropped."""
+def _scores(value: Any, k: int, name: Callable[[int], str] = "scores[{}]".format) -> list[float]:
+    """``value`` checked as K finite numbers; ``name(i)`` is the field of the i-th."""
     if value is None:
         raise BadRow("missing field", "scores", "missing or null")
     if not isinstance(value, list):
@@ -109,11 +265,17 @@ def _order_by_scores(value: Any, k: int, ties: Ties) -> tuple[list[int], int]:
             or not isinstance(score, (int, float))
             or not math.isfinite(score)
         ):
-            raise BadRow("bad scores", f"scores[{i}]", f"not a finite number: {score!r}")
-    order = sorted(range(k), key=lambda i: -value[i])  # stable: file order among equal scores
+            raise BadRow("bad scores", name(i), f"not a finite number: {score!r}")
+    return value
+
+
+def _order_by_scores(scores: list[float], ties: Ties) -> tuple[list[int], int]:
+    """Response indices by descending score, ties resolved per ``ties``; and how many dropped."""
+    k = len(scores)
+    order = sorted(range(k), key=lambda i: -scores[i])  # stable: file order among equal scores
     kept = order[:1]
     for i in order[1:]:
-        if value[i] != value[kept[-1]]:
+        if scores[i] != scores[kept[-1]]:
             kept.append(i)
     tied = k - len(kept)
     if tied and (ties == "drop_row" or len(kept) < 2):
@@ -121,8 +283,12 @@ def _order_by_scores(value: Any, k: int, ties: Ties) -> tuple[list[int], int]:
     return kept, tied
 
 
-def _text(value: Any, field: str, chat: bool | None) -> Text:
-    """A prompt (``chat=None``: either form) or a response (the form the prompt has)."""
+def check_text(value: Any, field: str, chat: bool | None) -> Text:
+    """A prompt (``chat=None``: either form) or a response (the form the prompt has).
+
+    Raises :class:`BadRow` naming ``field`` when ``value`` is missing, empty, not text or not
+    chat messages (a list of ``{role, content}``), or not valid UTF-8.
+    """
     what = "prompt" if chat is None else "response"
     if value is None:
         raise BadRow("missing field", field, "missing or null")

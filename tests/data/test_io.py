@@ -277,7 +277,9 @@ def test_file_level_errors(tmp_path, write_jsonl):
         "(columns: prompt, chosen)"
     )
     path = write_jsonl([{"question": "hi", "answer": "yes"}])
-    assert _error(path) == f"{path}: no 'prompt' column (columns: question, answer)"
+    assert _error(path).startswith(
+        f"{path}: fits no preference shape (columns: question, answer); tried pairs "
+    )
     path = write_jsonl(["", "  "])
     assert _error(path) == f"{path}: the file is empty"
     path = write_jsonl(["", "[1, 2]", "{"])
