@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +19,15 @@ GroupScorer = Callable[[list[str], list[list[str]]], list[list[float]]]
 class ScoredGroup:
     """One prompt's K completions and their rewards."""
 
-    prompt: str
+    prompt: str  # the text the sampler was given (chat messages rendered by the template)
     completions: list[Completion]
     scores: list[float]
+    given: Any = None  # the prompt as the user gave it (text or chat messages); None: ``prompt``
+
+    @property
+    def prompt_as_given(self) -> Any:
+        """The prompt as the reward received it: the user's text or chat messages."""
+        return self.prompt if self.given is None else self.given
 
 
 def sample(
@@ -58,13 +64,21 @@ def sample(
     return groups
 
 
-def score(groups: list[list[Completion]], score_groups: GroupScorer) -> list[ScoredGroup]:
+def score(
+    groups: list[list[Completion]],
+    score_groups: GroupScorer,
+    given: Sequence[Any] | None = None,
+) -> list[ScoredGroup]:
     """Rewards for every completion; a reward source that misbehaves is named clearly.
 
     ``score_groups(prompts, groups_of_texts)`` returns one list of scores per prompt, e.g. a
-    reward actor's ``score_groups`` behind ``ray.get``.
+    reward actor's ``score_groups`` behind ``ray.get``. ``given``: the prompts as the user gave
+    them (``Prompt.given``: text or chat messages), one per group; the reward receives these
+    instead of the rendered text the sampler was given.
     """
-    prompts = [group[0].prompt for group in groups]
+    if given is not None and len(given) != len(groups):
+        raise ValueError(f"{len(given)} prompts as given for {len(groups)} groups")
+    prompts = list(given) if given is not None else [group[0].prompt for group in groups]
     texts = [[c.text for c in group] for group in groups]
     try:
         scores = score_groups(prompts, texts)
@@ -89,8 +103,10 @@ def score(groups: list[list[Completion]], score_groups: GroupScorer) -> list[Sco
             f"first {flat[bad[0]]!r} for response {responses[bad[0]]!r}"
         )
     return [
-        ScoredGroup(group[0].prompt, group, [float(s) for s in group_scores])
-        for group, group_scores in zip(groups, scores, strict=True)
+        ScoredGroup(
+            group[0].prompt, group, [float(s) for s in group_scores], None if given is None else p
+        )
+        for group, group_scores, p in zip(groups, scores, prompts, strict=True)
     ]
 
 

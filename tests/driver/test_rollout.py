@@ -19,6 +19,23 @@ def test_scores_are_grouped_by_prompt():
     assert [g.scores for g in scored] == [[7.0, 6.0], [7.0, 7.0]]
 
 
+def test_the_reward_receives_the_prompt_as_given():
+    messages = [{"role": "user", "content": "hi"}]
+    seen = []
+
+    def reward(prompts, responses):
+        seen.extend(prompts)
+        return [0.0] * len(responses)
+
+    scored = score(_groups(), flat_scorer(reward), given=[messages, "q"])
+    assert seen == [messages, messages, "q", "q"]  # one per response, as the user gave them
+    assert [g.prompt_as_given for g in scored] == [messages, "q"]
+    assert [g.prompt for g in scored] == ["p", "p"]  # the text the sampler was given
+    assert score(_groups(), flat_scorer(reward))[0].prompt_as_given == "p"
+    with pytest.raises(ValueError, match="1 prompts as given for 2 groups"):
+        score(_groups(), flat_scorer(reward), given=["q"])
+
+
 @pytest.mark.parametrize(
     "fn, error, message",
     [
