@@ -81,8 +81,10 @@ class Prompt:
     """One prompt: as the user gave it, and as the model is given it."""
 
     given: Text  # as in the data: a string, or chat messages (what a reward function receives)
-    text: str  # what the sampler is given: the string, or the chat template's rendering
-    ids: list[int] | None = None  # the tokens of ``text`` the model sees (None: not tokenized)
+    # what the sampler is given: the string, or the chat template's rendering (less a BOS the
+    # template wrote, where the tokenizer adds it: a sampler tokenizes ``text`` into ``ids``)
+    text: str
+    ids: list[int] | None = None  # the tokens the model sees (None: not tokenized)
     source_row: int | None = None  # JSONL: 1-based line; otherwise 0-based row; None: embedded
 
 
@@ -142,6 +144,28 @@ def open_prompts(
     elif cfg.eval_size:
         train, held = hold_out(train, cfg.eval_size, cfg.path)
     return FilePrompts(train, held, seed, reports)
+
+
+def job_prompts(
+    cfg: PromptsConfig,
+    seed: int,
+    model_path: str,
+    trust_remote_code: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> PromptSource:
+    """A job's prompt source, before any actor starts: bad data fails in seconds.
+
+    Loads the tokenizer of the model at ``model_path`` for a prompt file (unless ``tokenizer``
+    is given) and prints what loading skipped.
+    """
+    if tokenizer is None and cfg.path != EMBEDDED:
+        from rlhf.models.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(model_path, trust_remote_code)
+    source = open_prompts(cfg, seed, tokenizer)
+    if source.summary():
+        print(source.summary())
+    return source
 
 
 class EmbeddedPrompts:
@@ -336,6 +360,8 @@ def _render(
             raise BadRow("chat template", field, f"the chat template failed: {error}") from None
         special = False  # the template wrote the special tokens it wants
     ids = list(tokenizer(text, add_special_tokens=special)["input_ids"])
+    if not special:
+        text = _sampler_text(tokenizer, text, ids)
     if len(ids) > max_length:
         raise BadRow(
             "prompt too long",
@@ -344,6 +370,18 @@ def _render(
             "(raise it, or skip such rows with prompts.on_bad_row=skip)",
         )
     return Prompt(given, text, ids, row)
+
+
+def _sampler_text(tokenizer: PreTrainedTokenizerBase, rendered: str, ids: list[int]) -> str:
+    """The text that a sampler adding the tokenizer's special tokens (as vLLM does with a
+    string prompt) turns into ``ids``: a chat template that writes the BOS itself would
+    otherwise get a second one. ``rendered`` itself where dropping its BOS does not give that."""
+    bos = tokenizer.bos_token
+    if bos and rendered.startswith(bos):
+        rest = rendered[len(bos) :]
+        if list(tokenizer(rest)["input_ids"]) == ids:
+            return rest
+    return rendered
 
 
 Rows = Iterator[tuple[int, "dict[str, Any] | BadRow"]]

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from rlhf.algorithms.registry import UnknownNameError
 from rlhf.config import ConfigError
+from rlhf.data.prompts import PromptsConfig, job_prompts
 from rlhf.data.strategies import get_pair_strategy, uniform_preferences
 from rlhf.driver.common import (
     ray_session,
@@ -29,8 +30,9 @@ class MakeDataConfig:
     """Settings of ``rlhf make-data``."""
 
     output: str = "data/prefs.parquet"
-    num_prompts: int = 512
-    split: Literal["train", "eval"] = "train"
+    num_prompts: int = 512  # at most: a prompt file with fewer gives each of its prompts once
+    split: Literal["train", "eval"] = "train"  # eval: the held-out prompts
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
     strategy: str = "all_pairs"  # a pair strategy: best_vs_worst | all_pairs | ranking | plugin
     tie_tolerance: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -50,7 +52,11 @@ class MakeDataConfig:
 
 
 def preference_table(groups: list[ScoredGroup], strategy: str, tie_tolerance: float) -> pa.Table:
-    """Pairs as ``{prompt, chosen, rejected}``; rankings as ``{prompt, responses, scores}``."""
+    """Pairs as ``{prompt, chosen, rejected}``; rankings as ``{prompt, responses, scores}``.
+
+    The prompt is as the user gave it: chat messages stay messages (offline DPO renders them
+    with the chat template again), so the file reads like any conversational preference file.
+    """
     build = get_pair_strategy(strategy)
     rows = []
     for group in groups:
@@ -59,7 +65,7 @@ def preference_table(groups: list[ScoredGroup], strategy: str, tie_tolerance: fl
             if build.metadata.get("ranking", False):
                 rows.append(
                     {
-                        "prompt": group.prompt,
+                        "prompt": group.prompt_as_given,
                         "responses": [texts[i] for i in ranking],
                         "scores": [group.scores[i] for i in ranking],
                     }
@@ -68,7 +74,7 @@ def preference_table(groups: list[ScoredGroup], strategy: str, tie_tolerance: fl
                 best, worst = ranking
                 rows.append(
                     {
-                        "prompt": group.prompt,
+                        "prompt": group.prompt_as_given,
                         "chosen": texts[best],
                         "rejected": texts[worst],
                         "score_chosen": group.scores[best],
@@ -80,16 +86,21 @@ def preference_table(groups: list[ScoredGroup], strategy: str, tie_tolerance: fl
 
 def run(cfg: MakeDataConfig) -> Path:
     """Samples, labels and writes the Parquet file; returns its path."""
-    from rlhf.task import make_prompts
-
     model_path = resolve_model_path(cfg.model)
-    prompts = make_prompts(cfg.num_prompts, seed=cfg.seed, split=cfg.split)
+    source = job_prompts(cfg.prompts, cfg.seed, model_path, cfg.model.trust_remote_code)
+    if cfg.split == "eval":
+        prompts = source.held_out(cfg.num_prompts)
+    else:
+        prompts = source.first(cfg.num_prompts)
     with ray_session(cfg.ray) as scope:
         samplers = scope.own(
             start_samplers(1, cfg.engine, cfg.model, model_path, cfg.seed, cfg.ray)
         )
         reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray)))
-        groups = score(sample(samplers, prompts, cfg.sampling, cfg.seed), reward)
+        texts = [p.text for p in prompts]
+        groups = score(
+            sample(samplers, texts, cfg.sampling, cfg.seed), reward, [p.given for p in prompts]
+        )
     table = preference_table(groups, cfg.strategy, cfg.tie_tolerance)
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from rlhf.data.prompts import PromptsConfig, job_prompts
 from rlhf.driver.common import (
     ray_session,
     resolve_model_path,
@@ -29,24 +30,40 @@ class SampleJobConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    num_prompts: int = 8
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    num_prompts: int = 8  # held-out prompts where there are some, else the first of prompts.path
     seed: int = 0
 
 
 def run(cfg: SampleJobConfig) -> list[dict]:
-    """Samples, scores and prints; returns one record per completion."""
-    from rlhf.task import make_prompts
+    """Samples, scores and prints; returns one record per completion.
 
+    A record's ``prompt`` is as the user gave it (text or chat messages), ``prompt_text`` what
+    the model was given.
+    """
     model_path = resolve_model_path(cfg.model)
-    prompts = make_prompts(cfg.num_prompts, seed=cfg.seed, split="eval")
+    source = job_prompts(cfg.prompts, cfg.seed, model_path, cfg.model.trust_remote_code)
+    if source.has_held_out:
+        prompts = source.held_out(cfg.num_prompts)
+    else:
+        prompts = source.first(cfg.num_prompts)
     with ray_session(cfg.ray) as scope:
         samplers = scope.own(
             start_samplers(1, cfg.engine, cfg.model, model_path, cfg.seed, cfg.ray)
         )
         reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray)))
-        scored = score(sample(samplers, prompts, cfg.sampling, cfg.seed), reward)
+        texts = [p.text for p in prompts]
+        scored = score(
+            sample(samplers, texts, cfg.sampling, cfg.seed), reward, [p.given for p in prompts]
+        )
     records = [
-        {"prompt": g.prompt, "response": c.text, "reward": s, "finished": c.finished}
+        {
+            "prompt": g.prompt_as_given,
+            "prompt_text": g.prompt,
+            "response": c.text,
+            "reward": s,
+            "finished": c.finished,
+        }
         for g in scored
         for c, s in zip(g.completions, g.scores, strict=True)
     ]
@@ -57,9 +74,9 @@ def run(cfg: SampleJobConfig) -> list[dict]:
 def _print_table(records: list[dict]) -> None:
     last_prompt = None
     for r in records:
-        if r["prompt"] != last_prompt:
-            print(f"\n>>> {r['prompt']}")
-            last_prompt = r["prompt"]
+        if r["prompt_text"] != last_prompt:
+            print(f"\n>>> {r['prompt_text']}")
+            last_prompt = r["prompt_text"]
         print(f"   {r['reward']:.3f}  {r['response'].strip()}{'' if r['finished'] else ' [cut]'}")
     rewards = [r["reward"] for r in records]
     print(

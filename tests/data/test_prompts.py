@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tokenizers.processors import TemplateProcessing
 
 from rlhf.config import ConfigError, from_dict
 from rlhf.data import DataError
@@ -53,9 +54,16 @@ def test_chat_prompts_render_with_the_generation_prompt(write_jsonl, chat_tokeni
     path = write_jsonl([{"messages": USER_HI}], "p.jsonl")
     (prompt,) = open_prompts(_config(path, field="messages"), 0, chat_tokenizer).first(1)
     assert prompt.given == USER_HI  # what the reward function receives
-    assert prompt.text == "<bos> user : hi assistant :"
     # the template wrote the BOS: none added on top
     assert prompt.ids == [BOS, V["user"], V[":"], V["hi"], V["assistant"], V[":"]]
+    # the rendering "<bos> user : hi assistant :" less the BOS a sampler adds to a string prompt
+    assert prompt.text == " user : hi assistant :"
+    assert chat_tokenizer(prompt.text)["input_ids"] == prompt.ids
+    # a tokenizer that adds no BOS: the sampler is given the rendering as it is
+    chat_tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="$A")
+    (prompt,) = open_prompts(_config(path, field="messages"), 0, chat_tokenizer).first(1)
+    assert prompt.text == "<bos> user : hi assistant :"
+    assert chat_tokenizer(prompt.text)["input_ids"] == prompt.ids
 
 
 def test_dataset_directories(tmp_path, tokenizer):
