@@ -19,13 +19,12 @@ from rlhf.data.loader import split_by_prompt
 from rlhf.data.prepare import load_preferences
 from rlhf.data.table import report_of
 from rlhf.driver.preference_training import add_reference_logps
+from rlhf.run_dir import RunDirectoryError, mark_run_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-
-class RunDirectoryError(RuntimeError):
-    """The output directory holds another run (and --resume was not given)."""
+__all__ = ["RunDirectoryError", "open_run"]  # RunDirectoryError: raised by open_run
 
 
 def open_run(cfg: Any, resume: bool) -> Path:
@@ -40,7 +39,7 @@ def open_run(cfg: Any, resume: bool) -> Path:
             f"{run_dir} already holds a run: pass --resume to continue it, "
             f"or set output_dir to a new directory"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(run_dir)  # only a marked directory may be replaced by a fresh run
     dump_config(cfg, run_dir / ("config.resumed.yaml" if resume else "config.yaml"))
     return run_dir
 
