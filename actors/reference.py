@@ -2,14 +2,17 @@
 
 The vLLM backend (default) uses ``prompt_logprobs`` on prompt + response token ids, which is
 exact (it matches a Hugging Face forward pass to float precision); the ``hf`` backend runs the
-Hugging Face model itself, for models or platforms vLLM does not serve.
+Hugging Face model itself, for models or platforms vLLM does not serve. A server asked for
+vLLM on a model that vLLM cannot serve here (``unservable_reason``) falls back to ``hf`` and
+says why.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
-from rlhf.models.vllm_engine import EngineSettings
+from rlhf.models.vllm_engine import EngineSettings, unservable_reason
 from rlhf.models.weight_broadcast import Manifest, WeightReceiver
 
 
@@ -17,6 +20,14 @@ class ReferenceServer:
     """Owns one engine (vLLM or Hugging Face) holding the reference weights."""
 
     def __init__(self, settings: EngineSettings, backend: Literal["vllm", "hf"] = "vllm") -> None:
+        if backend == "vllm" and (reason := unservable_reason(settings)) is not None:
+            warnings.warn(
+                f"reference: {reason}, so {settings.model} is served by the Hugging Face backend "
+                "(set reference.backend: hf to choose it and silence this message)",
+                stacklevel=2,
+            )
+            backend = "hf"
+        self.backend = backend
         if backend == "vllm":
             from rlhf.models.vllm_engine import start_engine, token_logprobs
             from rlhf.models.vllm_sync import (
@@ -50,6 +61,10 @@ class ReferenceServer:
         else:
             raise ValueError(f"reference backend {backend!r} is not one of 'vllm', 'hf'")
         self.weight_group_id: str | None = None
+
+    def backend_name(self) -> str:
+        """The backend serving the reference: ``vllm``, or ``hf`` (chosen, or fallen back to)."""
+        return self.backend
 
     def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Per-token log-probs of tokens 1..L-1 of each sequence."""

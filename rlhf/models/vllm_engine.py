@@ -74,6 +74,41 @@ def start_engine(settings: EngineSettings) -> LLM:
     return LLM(**kwargs)
 
 
+def unservable_reason(settings: EngineSettings) -> str | None:
+    """Why vLLM cannot serve ``settings.model`` on this platform, or None when it can.
+
+    Checked without starting an engine: the config's architectures must be in vLLM's model
+    registry, and on a CPU the attention head size must be one vLLM's CPU attention supports
+    (it rejects e.g. 16 when the engine starts).
+    """
+    from transformers import AutoConfig
+    from vllm.model_executor.models.registry import ModelRegistry
+    from vllm.platforms import current_platform
+
+    config = AutoConfig.from_pretrained(
+        settings.model, trust_remote_code=settings.trust_remote_code
+    )
+    supported = ModelRegistry.get_supported_archs()
+    missing = [a for a in config.architectures or [] if a not in supported]
+    if missing:
+        return f"vLLM {_vllm_version()} has no implementation of {', '.join(missing)}"
+    if current_platform.is_cpu():
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        text = config.get_text_config()
+        head_dim = getattr(text, "head_dim", None) or (text.hidden_size // text.num_attention_heads)
+        sizes = CPUAttentionBackend.get_supported_head_sizes()
+        if head_dim not in sizes:
+            return f"vLLM's CPU attention takes head sizes {sizes}, and this model's is {head_dim}"
+    return None
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
+
+
 def generate(
     llm: LLM,
     prompts: list[str],
