@@ -7,6 +7,7 @@ reused anywhere. The math follows docs/algorithms.md; every function documents i
   ``preference_metrics``
 - ``dpo_variants``: the other DPO losses with a reference (robust, EXO, NCA, BCO, SPPO, AOT,
   APO, DiscoPOP, RPO); ``reference_free``: SimPO, CPO, ORPO and the SFT term
+- ``kto``: ``kto_loss`` on unpaired feedback (desirable / undesirable single responses)
 - ``advantages``: ``gae``, ``grpo_advantages``, ``rloo_advantages``, ``reinforce_pp_advantages``
 - ``ppo``: ``ppo_policy_loss``, ``ppo_value_loss``
 - ``kl``: ``kl_estimate`` (k1, k2, k3), ``kl_penalized_rewards``, KL controllers
@@ -45,6 +46,7 @@ from rlhf.algorithms.kl import (
     kl_estimate,
     kl_penalized_rewards,
 )
+from rlhf.algorithms.kto import kto_loss, mismatched_indices
 from rlhf.algorithms.logprobs import entropy_from_logits, sequence_logps, target_logps
 from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.algorithms.ppo import ppo_policy_loss, ppo_value_loss
@@ -110,11 +112,13 @@ __all__ = [
     "grpo_advantages",
     "kl_estimate",
     "kl_penalized_rewards",
+    "kto_loss",
     "load_plugins",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "mismatched_indices",
     "mean_logps",
     "nca_pair_loss",
     "orpo_loss",

@@ -1,0 +1,83 @@
+"""KTO: preference optimization from unpaired feedback (single responses labelled good or bad).
+
+Not a registered preference loss: its input is not a ranking of K >= 2 responses per prompt
+but B single responses, each desirable or undesirable, plus a reference point estimated from
+mismatched (prompt, response) pairs of the same batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from rlhf.algorithms.preference import check_beta
+
+
+def mismatched_indices(batch_size: int) -> Tensor:
+    """For row i of a batch, the row whose response is paired with prompt i to estimate KTO's
+    reference point: i - 1 (row 0 takes the last row's), so that no prompt keeps its own
+    response when batch_size > 1. The same pairing as TRL's ``KTOTrainer``.
+
+    Shapes: -> [batch_size] long.
+    """
+    if batch_size < 2:
+        raise ValueError(
+            f"KTO's reference point needs mismatched pairs: a batch of at least 2 responses, "
+            f"got {batch_size}"
+        )
+    return torch.roll(torch.arange(batch_size), 1)
+
+
+def kto_loss(
+    policy_logps: Tensor,
+    reference_logps: Tensor,
+    desirable: Tensor,
+    mismatched_policy_logps: Tensor,
+    mismatched_reference_logps: Tensor,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> Tensor:
+    """Per-response KTO losses (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect
+    Theoretic Optimization", eqs. 7-8).
+
+    With r = log pi(y|x) - log pi_ref(y|x) and the reference point
+    z0 = max(0, mean_j [log pi(y'_j|x_j) - log pi_ref(y'_j|x_j)]) over mismatched pairs
+    (x_j, y'_j), an estimate of KL(pi || pi_ref) that takes no gradient:
+
+        desirable y:    loss = lambda_D * (1 - sigmoid(beta * (r - z0)))
+        undesirable y:  loss = lambda_U * (1 - sigmoid(beta * (z0 - r)))
+
+    lambda_D = ``desirable_weight``, lambda_U = ``undesirable_weight`` (the paper keeps
+    lambda_D n_D / (lambda_U n_U) in [1, 4/3] when the two kinds are imbalanced).
+
+    Shapes: policy_logps, reference_logps [B] summed response log-probs; desirable [B] bool;
+    mismatched_policy_logps, mismatched_reference_logps [M] the same for M mismatched pairs
+    (``mismatched_indices``) -> losses [B]. Their mean is TRL's ``KTOTrainer`` loss.
+    """
+    check_beta(beta)
+    for name, weight in (
+        ("desirable_weight", desirable_weight),
+        ("undesirable_weight", undesirable_weight),
+    ):
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"kto: {name} must be a finite number >= 0, got {weight!r}")
+    if policy_logps.dim() != 1 or reference_logps.shape != policy_logps.shape:
+        raise ValueError(
+            f"kto: policy_logps {tuple(policy_logps.shape)} and reference_logps "
+            f"{tuple(reference_logps.shape)} must both be [B]"
+        )
+    if desirable.shape != policy_logps.shape or desirable.dtype != torch.bool:
+        raise ValueError(
+            f"kto: desirable must be a bool tensor [B] = {tuple(policy_logps.shape)}, got "
+            f"{desirable.dtype} {tuple(desirable.shape)}"
+        )
+    if mismatched_policy_logps.shape != mismatched_reference_logps.shape:
+        raise ValueError("kto: the mismatched policy and reference log-probs must have one shape")
+    z0 = (mismatched_policy_logps - mismatched_reference_logps).detach().mean().clamp(min=0)
+    r = policy_logps - reference_logps
+    good = desirable_weight * (1.0 - torch.sigmoid(beta * (r - z0)))
+    bad = undesirable_weight * (1.0 - torch.sigmoid(beta * (z0 - r)))
+    return torch.where(desirable, good, bad)
