@@ -41,7 +41,7 @@ def kto_loss(
     undesirable_weight: float = 1.0,
 ) -> Tensor:
     """Per-response KTO losses (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect
-    Theoretic Optimization", eqs. 7-8).
+    Theoretic Optimization", eq. 7).
 
     With r = log pi(y|x) - log pi_ref(y|x) and the reference point
     z0 = max(0, mean_j [log pi(y'_j|x_j) - log pi_ref(y'_j|x_j)]) over mismatched pairs

@@ -363,11 +363,11 @@ def get_preference_loss(name: str | Mapping[str, float]) -> Entry:
             )
         terms.append((preference_losses.get(term), float(weight)))
     combined = WeightedLosses(tuple(terms))
-    metadata = {
-        key: any(entry.metadata.get(key, True) for entry, _ in terms)
+    metadata = {  # every entry has these keys (the registry's metadata_defaults)
+        key: any(entry.metadata[key] for entry, _ in terms)
         for key in ("needs_reference", "uses_lengths", "uses_nll")
     }
-    metadata["ranking"] = all(entry.metadata.get("ranking", False) for entry, _ in terms)
+    metadata["ranking"] = all(entry.metadata["ranking"] for entry, _ in terms)
     return Entry(combined.label, combined, metadata, __name__, "WeightedLosses")
 
 
