@@ -8,7 +8,7 @@ EXTRA  ?= cpu
 
 SOURCES = $(wildcard rlhf actors tests benchmarks examples)
 
-.PHONY: demo test lint format setup build clean
+.PHONY: demo test test-fast lint format setup build clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Day-to-day: the tests that start no Ray, vLLM or DeepSpeed (under two minutes).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not integration"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

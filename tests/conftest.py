@@ -14,6 +14,26 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Fixtures that start Ray, vLLM or DeepSpeed, or build the embedded model (minutes on a fresh
+# machine). A test that uses one must be marked ``integration``, so that the fast tier
+# (``make test-fast``: ``-m "not integration"``) starts none of them.
+HEAVY_FIXTURES = frozenset({"ray_cluster", "reference_server", "embedded_model_path", "task_pairs"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuses to run a test that uses a heavy fixture without the ``integration`` marker."""
+    unmarked = [
+        f"{item.nodeid} (uses {', '.join(sorted(HEAVY_FIXTURES & set(item.fixturenames)))})"
+        for item in items
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start Ray, vLLM or DeepSpeed (or build the embedded model) but are not "
+            "marked integration; add @pytest.mark.integration:\n  " + "\n  ".join(unmarked)
+        )
+
 
 @pytest.fixture(scope="session")
 def embedded_model_path() -> str:
