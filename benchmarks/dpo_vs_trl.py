@@ -89,7 +89,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
             f"trainer.num_cpus_per_rank={cpus}",
             # The reference pass runs before the ranks start: it gets the job's CPUs.
             f"reference.engine.num_cpus={ranks * cpus}",
-            f"trainer.micro_batch_size={job['batch'] // ranks}",
+            f"trainer.micro_batch_prompts={job['batch'] // ranks}",
             "trainer.gradient_accumulation_steps=1",
             f"schedule.epochs={job['epochs']}",
             "schedule.eval_every=0",

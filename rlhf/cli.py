@@ -18,6 +18,14 @@ def _add_config_args(parser: argparse.ArgumentParser, default: str | None) -> No
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampling.n=8")
 
 
+def _add_dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check config, model, data and resources, print the plan, and exit without a run",
+    )
+
+
 def _split_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     """Lets the config file be omitted: ``rlhf demo sampling.n=2`` uses the default file."""
     config, overrides = args.config, list(args.overrides)
@@ -40,7 +48,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from rlhf.driver import sample
 
     config, overrides = _split_config(args)
-    sample.run(load_config(sample.SampleJobConfig, config, overrides))
+    cfg = load_config(sample.SampleJobConfig, config, overrides)
+    if args.dry_run:
+        _dry_run_sampling(cfg, f"rlhf sample {config}")
+        return
+    sample.run(cfg)
+
+
+def _dry_run_sampling(cfg, title: str) -> None:
+    """``--dry-run`` of ``rlhf sample`` and ``rlhf make-data`` (``rlhf.driver.plan``)."""
+    from rlhf.driver import plan
+
+    plan.dry_run(cfg, plan.sampling_job_stages, plan.sampling_job_schedule, title)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -49,7 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     The previous demo run in ``output_dir`` is replaced; a directory that holds no run of
     this project is never deleted (``rlhf.run_dir.clear_for_fresh_run``).
     """
-    if not args.resume:
+    if not args.resume and not args.dry_run:
         config, overrides = _split_config(args)
         import yaml
 
@@ -80,7 +99,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise
     except (UnknownNameError, ImportError, TypeError) as error:  # unknown name, bad import path
         raise ConfigError(f"{config or 'command line'}: algorithm: {error}") from None
-    loop(load_config(loop.metadata["config"], config, overrides), resume=args.resume)
+    cfg = load_config(loop.metadata["config"], config, overrides)
+    if args.dry_run:
+        from rlhf.driver.plan import dry_run
+
+        title = f"rlhf {args.command} {config or ''} (algorithm {algorithm})"
+        dry_run(cfg, loop.metadata.get("stages"), loop.metadata.get("schedule"), title)
+        return
+    loop(cfg, resume=args.resume)
 
 
 def cmd_plugins(args: argparse.Namespace) -> None:
@@ -97,7 +123,11 @@ def cmd_make_data(args: argparse.Namespace) -> None:
     from rlhf.driver import make_data
 
     config, overrides = _split_config(args)
-    make_data.run(load_config(make_data.MakeDataConfig, config, overrides))
+    cfg = load_config(make_data.MakeDataConfig, config, overrides)
+    if args.dry_run:
+        _dry_run_sampling(cfg, f"rlhf make-data {config}")
+        return
+    make_data.run(cfg)
 
 
 JOB_COMMANDS = ("submit", "status", "logs", "stop")
@@ -191,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the README's main job: online DPO on the embedded task")
     _add_config_args(p, str(CONFIGS / "demo.yaml"))
+    _add_dry_run(p)
     p.add_argument("--resume", action="store_true", help="continue the last demo run")
     p.set_defaults(func=cmd_demo, default_config=str(CONFIGS / "demo.yaml"))
 
@@ -199,10 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample the model on held-out prompts, with rewards")
     _add_config_args(p, str(CONFIGS / "sample.yaml"))
+    _add_dry_run(p)
     p.set_defaults(func=cmd_sample, default_config=str(CONFIGS / "sample.yaml"))
 
     p = sub.add_parser("train", help="train with the algorithm the config names (dpo, ...)")
     _add_config_args(p, None)
+    _add_dry_run(p)
     p.add_argument(
         "--resume", action="store_true", help="continue the run in output_dir from its checkpoint"
     )
@@ -212,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "make-data", help="sample K completions per prompt, label with the reward, write Parquet"
     )
     _add_config_args(p, str(CONFIGS / "make_data.yaml"))
+    _add_dry_run(p)
     p.set_defaults(func=cmd_make_data, default_config=str(CONFIGS / "make_data.yaml"))
 
     p = sub.add_parser("submit", help="run `rlhf train CONFIG ...` on a Ray cluster (Jobs API)")

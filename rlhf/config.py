@@ -8,6 +8,7 @@ the rest. A wrong key or a wrong type is an error that names its dotted path (an
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -26,10 +27,23 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _check_no_nan(value: Any, where: str) -> None:
+    """NaN is no setting anywhere, not even in a free-form mapping such as ``loss.options``."""
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{where}: NaN is not a setting; give a number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_no_nan(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_no_nan(item, f"{where}[{i}]")
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Checks ``value`` against the annotation ``tp`` and converts what is safe to convert."""
     origin = get_origin(tp)
     if tp is Any:
+        _check_no_nan(value, where)
         return value
     if origin in (typing.Union, types.UnionType):
         options = get_args(tp)
@@ -80,7 +94,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        return _finite(float(value), where)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
@@ -98,33 +112,71 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _finite(value: float, where: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
+    return value
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Builds the dataclass ``cls`` from a mapping, checking every key and type.
 
-    Unknown keys are errors that list the valid ones; each section's ``validate()`` (if any)
-    runs after construction, so cross-field rules live beside the fields they concern.
+    Unknown keys are errors that list the valid ones; a key the class lists in its
+    ``REMOVED_KEYS`` (``{old key: what to set instead}``) is an error that says what replaced
+    it. Every float must be finite. Each section's ``validate()`` (if any) runs after
+    construction, so cross-field rules live beside the fields they concern; sections the data
+    leaves at their defaults are validated too.
     """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    removed = getattr(cls, "REMOVED_KEYS", {})
+    for key in unknown:
+        if key in removed:
+            raise ConfigError(f"{_join(where, key)} is no longer a key: {removed[key]}")
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!s}; valid keys of {where or 'the config'}: "
+            f"unknown key {_join(where, str(unknown[0]))}; valid keys of {where or 'the config'}: "
             + ", ".join(sorted(fields))
         )
     kwargs = {
-        name: _convert(value, hints[name], f"{where}.{name}" if where else name)
-        for name, value in data.items()
+        name: _convert(value, hints[name], _join(where, name)) for name, value in data.items()
     }
     obj = cls(**kwargs)
+    for name in fields.keys() - data.keys():
+        check_defaults(getattr(obj, name), _join(where, name))
+    _validate(obj, where)
+    return obj
+
+
+def check_defaults(value: Any, where: str) -> None:
+    """The checks ``from_dict`` runs on what it reads, for a value left at its default: floats
+    finite, and a section's ``validate()`` (with those of its own sections)."""
+    if isinstance(value, float):
+        _finite(value, where)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_defaults(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_defaults(item, f"{where}.{key}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            check_defaults(getattr(value, f.name), _join(where, f.name))
+        _validate(value, where)
+
+
+def _validate(obj: Any, where: str) -> None:
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:
             validate()
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}" if where else str(error)) from None
-    return obj
 
 
 def to_dict(obj: Any) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from rlhf.cluster.resources import check_custom_resources
 from rlhf.config import ConfigError
+from rlhf.models.deepspeed_config import ModelLoad, TrainerConfig, check_device
 from rlhf.models.vllm_engine import EngineSettings
 
 EMBEDDED_MODEL = "embedded"
@@ -21,12 +22,20 @@ class ModelConfig:
     """Which model to train and sample: a Hugging Face directory / hub name, or ``embedded``."""
 
     path: str = EMBEDDED_MODEL  # "embedded": the project's own tiny model, built on first use
+    # Engines (samplers, reference) run in this dtype; trainers train in bf16 (fp32 master
+    # weights kept by DeepSpeed) for bfloat16, and in fp32 otherwise.
     dtype: str = "float32"
-    trust_remote_code: bool = False  # off unless the user turns it on: remote code runs locally
+    # Off unless the user turns it on: remote code runs locally. Covers tokenizer, engines and
+    # trainers (the reward model has its own: reward.trust_remote_code).
+    trust_remote_code: bool = False
 
     def validate(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype {self.dtype!r} is not one of float32, bfloat16, float16")
+
+    def for_trainers(self, seed: int) -> ModelLoad:
+        """How every trainer rank loads this model (the job's ``seed`` seeds its init)."""
+        return ModelLoad(dtype=self.dtype, trust_remote_code=self.trust_remote_code, seed=seed)
 
 
 @dataclass
@@ -60,6 +69,18 @@ class EngineConfig:
         check_custom_resources(self.resources)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError("gpu_memory_utilization must be in (0, 1]")
+        for key in ("num_cpus", "num_gpus"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
+            raise ConfigError(
+                f"kv_cache_memory_bytes must be > 0 (or null for gpu_memory_utilization), got "
+                f"{self.kv_cache_memory_bytes}"
+            )
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(
+                f"max_model_len must be at least 1 (or null), got {self.max_model_len}"
+            )
 
     def settings(self, model: ModelConfig, model_path: str, seed: int) -> EngineSettings:
         """The plain settings one engine starts with."""
@@ -89,6 +110,8 @@ class SamplingConfig:
     def validate(self) -> None:
         if self.n < 1:
             raise ConfigError("n must be at least 1")
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.temperature < 0:
             raise ConfigError("temperature must be >= 0")
         if not 0.0 < self.top_p <= 1.0:
@@ -121,3 +144,15 @@ class RayConfig:
         for key in ("max_restarts", "phase_retries"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(
+                f"num_cpus must be at least 1 (or null: all cores), got {self.num_cpus}"
+            )
+
+
+def check_job(cfg: object) -> None:
+    """The checks every training job's config runs once its sections are read: each trainer
+    section's GPUs against the job's ``device`` (``trainer``; PPO's ``critic`` too)."""
+    for name, value in vars(cfg).items():
+        if isinstance(value, TrainerConfig):
+            check_device(value, cfg.device, name)

@@ -85,13 +85,13 @@ def test_remote_code_only_when_a_setting_turns_it_on():
 
 
 def test_remote_code_settings_default_off_and_presets_leave_them_off():
-    from rlhf.models.deepspeed_config import TrainerConfig
+    from rlhf.models.deepspeed_config import ModelLoad
     from rlhf.models.vllm_engine import EngineSettings
     from rlhf.rewards import RewardConfig
     from rlhf.schema import ModelConfig
 
     assert ModelConfig().trust_remote_code is False
-    assert TrainerConfig().trust_remote_code is False
+    assert ModelLoad().trust_remote_code is False  # the trainers' (from model.trust_remote_code)
     assert RewardConfig().trust_remote_code is False
     assert EngineSettings(model="m").trust_remote_code is False
 

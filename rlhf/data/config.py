@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from rlhf.config import ConfigError
 from rlhf.data.formats import Format
@@ -13,6 +13,12 @@ from rlhf.data.io import SUFFIXES
 @dataclass
 class DataConfig:
     """Preference data settings; ``validate()`` rejects combinations that cannot work."""
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "shuffle": "training batches are always shuffled; remove it",
+        "length_grouping": "set schedule.length_grouping (true by default) instead",
+        "length_window": "schedule.length_grouping groups by length; remove it",
+    }
 
     path: str = ""  # a .parquet or .jsonl file of preferences (pairs, rankings, ...)
     # the shape of its rows: auto (detected) | pairs | ranking | conversations | hh | ultrafeedback
@@ -28,9 +34,6 @@ class DataConfig:
     on_bad_row: Literal["error", "skip"] = "error"  # skip: count bad rows and report them
     ties: Literal["drop_row", "drop_response"] = "drop_row"  # equal scores in a ranking
     cache_dir: str | None = None  # where tables with reference log-probs are kept
-    shuffle: bool = True
-    length_grouping: bool = False  # sort by length within windows of length_window batches
-    length_window: int = 50
 
     def validate(self) -> None:
         """Raises :class:`ConfigError` naming the key(s) at fault."""
@@ -50,12 +53,6 @@ class DataConfig:
             raise ConfigError(
                 f"max_length ({self.max_length}) must exceed max_prompt_length "
                 f"({self.max_prompt_length}) to leave room for a response"
-            )
-        if self.length_window < 1:
-            raise ConfigError(f"length_window must be at least 1, got {self.length_window}")
-        if self.length_grouping and not self.shuffle:
-            raise ConfigError(
-                "length_grouping needs shuffle: true (it sorts windows of a shuffled order)"
             )
 
     def table_settings(self) -> dict[str, Any]:

@@ -37,9 +37,9 @@ from rlhf.driver.setup import (
     read_preference_tables,
     start_trainers,
 )
-from rlhf.models.deepspeed_config import TrainerConfig
+from rlhf.models.deepspeed_config import PreferenceTrainerConfig
 from rlhf.run_dir import Checkpoints, MetricsLogger
-from rlhf.schema import ModelConfig, RayConfig
+from rlhf.schema import ModelConfig, RayConfig, check_job
 
 
 @dataclass
@@ -54,12 +54,39 @@ class DPOConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: PreferenceTrainerConfig = field(default_factory=PreferenceTrainerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
+    def validate(self) -> None:
+        check_job(self)
 
-@register_loop("dpo", config=DPOConfig)
+
+def total_steps(cfg: DPOConfig, train_rows: int) -> int:
+    """Optimizer steps of the run: every epoch's batches, at most ``schedule.max_steps``."""
+    steps = -(-train_rows // cfg.trainer.prompts_per_step) * cfg.schedule.epochs
+    return steps if cfg.schedule.max_steps is None else min(steps, cfg.schedule.max_steps)
+
+
+def plan_schedule(cfg: DPOConfig, model_path: str) -> list[str]:
+    """For ``--dry-run``: reads and checks the data files (no reference pass) and counts the
+    steps they make."""
+    from rlhf.data.loader import split_by_prompt
+
+    (train, held_out), _ = read_preference_tables(cfg, model_path)
+    table, eval_rows = train.table, 0 if held_out is None else held_out.table.num_rows
+    if held_out is None and cfg.data.eval_fraction > 0:
+        table, held = split_by_prompt(table, cfg.data.eval_fraction)
+        eval_rows = held.num_rows
+    step = cfg.trainer.prompts_per_step
+    return [
+        f"data: {table.num_rows} training rows, {eval_rows} held out",
+        f"schedule: {total_steps(cfg, table.num_rows)} optimizer steps of {step} prompts "
+        f"({cfg.schedule.epochs} epochs, max_steps {cfg.schedule.max_steps})",
+    ]
+
+
+@register_loop("dpo", config=DPOConfig, stages=offline_stages, schedule=plan_schedule)
 def run(cfg: DPOConfig, resume: bool = False) -> Path:
     """Trains, evaluates and checkpoints; returns the run directory (final model in ``model/``)."""
     check_local_device(cfg.device, cluster_address(cfg.ray))
@@ -77,10 +104,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
         logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)
         batch_size = cfg.trainer.prompts_per_step
-        steps_per_epoch = -(-train.num_rows // batch_size)
-        total = steps_per_epoch * cfg.schedule.epochs
-        if cfg.schedule.max_steps is not None:
-            total = min(total, cfg.schedule.max_steps)
+        total = total_steps(cfg, train.num_rows)
         bar = tqdm(total=total, initial=state.step, desc="dpo", unit="step")
         saved_at = evaluated_at = None
         last_eval: dict[str, float] = {}

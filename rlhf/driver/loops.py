@@ -2,8 +2,13 @@
 
 A loop is a function ``run(cfg, resume=False)`` registered with its config class::
 
-    @register_loop("my_algo", config=MyConfig)
+    @register_loop("my_algo", config=MyConfig, stages=my_stages, schedule=my_schedule)
     def run(cfg: MyConfig, resume: bool = False) -> Path: ...
+
+``rlhf train CONFIG --dry-run`` (``rlhf.driver.plan``) reads two optional entries:
+``stages(cfg)``, the Ray roles the job holds at the same time, one list per stage (as given to
+``ray_session``); and ``schedule(cfg, model_path)``, which reads and checks the job's data or
+prompts and returns lines that say how long it runs (steps, rounds).
 
 Plugins register theirs through the ``rlhf.algorithms`` entry points like any other kind.
 """

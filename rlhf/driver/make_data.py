@@ -49,6 +49,10 @@ class MakeDataConfig:
             raise ConfigError(f"strategy: {error}") from None
         if self.sampling.n < 2:
             raise ConfigError("sampling.n must be at least 2 to build preferences")
+        if self.tie_tolerance < 0:
+            raise ConfigError(f"tie_tolerance must be >= 0, got {self.tie_tolerance}")
+        if self.num_prompts < 1:
+            raise ConfigError(f"num_prompts must be at least 1, got {self.num_prompts}")
 
 
 def preference_table(groups: list[ScoredGroup], strategy: str, tie_tolerance: float) -> pa.Table:

@@ -37,9 +37,46 @@ class LossConfig:
         if self.beta <= 0:
             raise ConfigError(f"beta must be positive, got {self.beta}")
         try:
-            get_preference_loss(self.name)
+            loss = get_preference_loss(self.name)
         except (UnknownNameError, ImportError, TypeError, ValueError) as error:
             raise ConfigError(f"name: {error}") from None
+        check_loss_options(loss, self.beta, self.options)
+
+
+def check_loss_options(loss, beta: float, options: dict[str, Any]) -> None:
+    """Raises ConfigError unless the registered ``loss`` takes ``options`` and runs with them.
+
+    The options are bound to the loss's signature (an unknown name is an error that lists the
+    ones it has), then the loss runs once on a dummy batch of one pair, so a value it refuses
+    (``label_smoothing: 0.7``) fails at config load, not in the trainer.
+    """
+    import inspect
+
+    import torch
+
+    from rlhf.algorithms import RankedLogps
+
+    fixed = ("logps", "beta")
+    try:
+        signature = inspect.signature(loss.fn)
+    except (TypeError, ValueError):  # no signature to read: the dummy run still checks
+        signature = None
+    if signature is not None:
+        params = signature.parameters.values()
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+        known = [p.name for p in params if p.name not in fixed and p.kind is not p.VAR_KEYWORD]
+        unknown = sorted(set(options) - set(known))
+        if unknown and not takes_any:
+            raise ConfigError(
+                f"options: loss {loss.name!r} takes no option {unknown[0]!r}; its options: "
+                + (", ".join(known) or "none")
+            )
+    zeros = torch.zeros(1, 2)
+    dummy = RankedLogps(policy=zeros, reference=zeros, lengths=torch.ones(1, 2))
+    try:
+        loss(dummy, beta, **options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"options {options} do not fit loss {loss.name!r}: {error}") from None
 
 
 @dataclass
@@ -50,12 +87,16 @@ class ReferenceConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     chunk_size: int = 512  # sequences per request
 
+    def validate(self) -> None:
+        if self.chunk_size < 1:
+            raise ConfigError(f"chunk_size must be at least 1, got {self.chunk_size}")
+
 
 @dataclass
 class ScheduleConfig:
     """How long to train and how often to evaluate and save (in optimizer steps)."""
 
-    epochs: int = 1  # (prompts per step: trainer.micro_batch_size x accumulation x ranks)
+    epochs: int = 1  # (prompts per step: trainer.micro_batch_prompts x accumulation x ranks)
     max_steps: int | None = None
     eval_every: int = 0  # 0: at the end of each epoch only
     eval_batch_size: int = 64
@@ -67,6 +108,14 @@ class ScheduleConfig:
         for key in ("epochs", "eval_batch_size", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(
+                f"max_steps {self.max_steps} would train nothing: set at least 1, or null for "
+                "all epochs"
+            )
+        for key in ("eval_every", "save_every"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0 (0: at the end of each epoch only)")
 
 
 @dataclass

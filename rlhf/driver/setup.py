@@ -266,3 +266,4 @@ def start_trainers(cfg: Any, model_path: str, shared: Any = None):
         device=cfg.device,
         shared=shared,
     )
+        load=cfg.model.for_trainers(cfg.seed),

@@ -1,4 +1,10 @@
-"""Trainer settings as a typed dataclass, and the DeepSpeed config dict built from them.
+"""Trainer settings as typed dataclasses, and the DeepSpeed config dict built from them.
+
+``TrainerConfig`` holds what every DeepSpeed group shares (optimizer, schedule, ZeRO, resources);
+each job's trainer section adds the batch unit it trains on: ``PreferenceTrainerConfig``
+(offline and online DPO: prompts, each with its K responses) and ``PPOTrainerConfig`` (PPO's
+policy and critic: sequences). What a whole job decides once (its seed, the model's dtype and
+remote code) reaches the ranks as a ``ModelLoad``, not as trainer keys.
 
 DeepSpeed owns the optimizer (AdamW; DeepSpeedCPUAdam when the optimizer state is offloaded),
 the learning-rate schedule (WarmupLR / WarmupDecayLR / WarmupCosineLR), gradient clipping, ZeRO
@@ -9,15 +15,53 @@ here imports DeepSpeed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from rlhf.cluster.resources import check_custom_resources
 from rlhf.config import ConfigError
 
+# Keys that moved to the job's top level: one key per decision.
+_JOB_LEVEL_KEYS = {
+    "seed": "the job's top-level seed seeds the trainers too; set seed",
+    "trust_remote_code": "model.trust_remote_code covers the trainers too; set it there",
+    "bf16": (
+        "set model.dtype: bfloat16 (engines run in bf16, trainers train in bf16 with fp32 "
+        "master weights)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """How every rank of a trainer group loads its model; set once per job, from the job's
+    ``model.dtype``, ``model.trust_remote_code`` and ``seed`` (``ModelConfig.for_trainers``).
+
+    float16 trains in fp32: DeepSpeed's fp16 mode needs loss scaling, which we do not set up.
+    """
+
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    seed: int = 0
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the ranks train in bf16 (fp32 master weights kept by DeepSpeed)."""
+        return self.dtype == "bfloat16"
+
+    @property
+    def train_dtype(self) -> str:
+        """The dtype the ranks load the model's weights in."""
+        return "bfloat16" if self.bf16 else "float32"
+
+
+DEFAULT_LOAD = ModelLoad()  # float32, no remote code, seed 0: what a test or script starts with
+
 
 @dataclass
 class TrainerConfig:
-    """How the policy trainer ranks train (one section of a job's config)."""
+    """How a group of DeepSpeed ranks trains: what every trainer section shares."""
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = _JOB_LEVEL_KEYS
 
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False  # optimizer state and step on the CPU (DeepSpeedCPUAdam)
@@ -31,15 +75,7 @@ class TrainerConfig:
     total_steps: int | None = None  # optimizer steps in the run; needed by cosine and linear
     min_lr_ratio: float = 0.0  # cosine: the final lr as a fraction of lr
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    micro_batch_size: int = 1  # prompts per rank per forward/backward pass
-    gradient_accumulation_steps: int = 1  # micro batches per rank per optimizer step
-    bf16: bool = False  # bf16 weights and compute (fp32 master weights kept by DeepSpeed)
     gradient_checkpointing: bool = False
-    # One row per prompt with its K responses after it: the prompt runs once, not K times.
-    # Needs an attention that takes a 4D mask (eager, sdpa); others fall back to K sequences.
-    share_prompt: bool = True
-    trust_remote_code: bool = False
-    seed: int = 0
     num_ranks: int = 1  # data-parallel trainer actors
     num_cpus_per_rank: float = 1.0
     num_gpus_per_rank: float = 0.0
@@ -65,9 +101,13 @@ class TrainerConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"betas must lie in [0, 1), got {list(self.betas)}")
-        for key in ("micro_batch_size", "gradient_accumulation_steps", "num_ranks"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.eps <= 0:
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for key, value in (*self._batch_keys(), ("num_ranks", self.num_ranks)):
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
         if self.warmup_steps < 0 or self.warmup_steps == 1:
             raise ConfigError(
                 f"warmup_steps must be 0 or at least {DS_MIN_WARMUP} (DeepSpeed's schedulers warm "
@@ -89,6 +129,9 @@ class TrainerConfig:
                 )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        for key in ("num_cpus_per_rank", "num_gpus_per_rank"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.num_cpus_per_rank <= 0 and self.num_gpus_per_rank <= 0:
             raise ConfigError("each rank needs some resources: num_cpus_per_rank > 0")
         check_custom_resources(self.resources_per_rank, "resources_per_rank")
@@ -98,21 +141,88 @@ class TrainerConfig:
                 "device; use more ranks instead"
             )
 
+    def _batch_keys(self) -> tuple[tuple[str, int], ...]:
+        """The section's batch-size keys and values (each must be >= 1)."""
+        return ()
+
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        """(micro batch per rank, micro batches per optimizer step) in the section's own unit;
+        DeepSpeed's batch sizes."""
+        return 1, 1
+
+
+@dataclass
+class PreferenceTrainerConfig(TrainerConfig):
+    """The trainer of offline and online DPO: batches count prompts, each with its K responses."""
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        **_JOB_LEVEL_KEYS,
+        "micro_batch_size": "renamed trainer.micro_batch_prompts (prompts per rank per pass)",
+    }
+
+    micro_batch_prompts: int = 1  # prompts (each with its K responses) per rank per pass
+    gradient_accumulation_steps: int = 1  # micro batches per rank per optimizer step
+    # One row per prompt with its K responses after it: the prompt runs once, not K times.
+    # Needs an attention that takes a 4D mask (eager, sdpa); others fall back to K sequences.
+    share_prompt: bool = True
+
+    def _batch_keys(self) -> tuple[tuple[str, int], ...]:
+        return (
+            ("micro_batch_prompts", self.micro_batch_prompts),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+        )
+
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        return self.micro_batch_prompts, self.gradient_accumulation_steps
+
     @property
     def prompts_per_step(self) -> int:
         """Prompts in one optimizer step, all ranks together (the global batch)."""
-        return self.micro_batch_size * self.gradient_accumulation_steps * self.num_ranks
+        return self.micro_batch_prompts * self.gradient_accumulation_steps * self.num_ranks
 
 
-def check_device(config: TrainerConfig, device: str) -> None:
-    """Raises ConfigError when the device and the per-rank GPU count disagree."""
+@dataclass
+class PPOTrainerConfig(TrainerConfig):
+    """PPO's policy and critic trainers: batches count sequences (one sampled response each).
+
+    The optimizer step is ``ppo.minibatch_size`` sequences, split over the ranks into micro
+    batches of ``micro_batch_sequences``.
+    """
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        **_JOB_LEVEL_KEYS,
+        "micro_batch_size": "renamed micro_batch_sequences (sequences per rank per pass)",
+        "gradient_accumulation_steps": (
+            "has no effect in PPO: an optimizer step is ppo.minibatch_size sequences, in micro "
+            "batches of micro_batch_sequences; remove it"
+        ),
+        "share_prompt": "has no effect in PPO: each sampled sequence is its own row; remove it",
+    }
+
+    micro_batch_sequences: int = 8  # sequences per rank per forward/backward pass
+
+    def _batch_keys(self) -> tuple[tuple[str, int], ...]:
+        return (("micro_batch_sequences", self.micro_batch_sequences),)
+
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        return self.micro_batch_sequences, 1
+
+
+def check_device(config: TrainerConfig, device: str, section: str = "trainer") -> None:
+    """Raises ConfigError when the device and the per-rank GPU count of the trainer section
+    ``section`` disagree."""
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and config.num_gpus_per_rank <= 0:
-        raise ConfigError("device 'cuda' needs num_gpus_per_rank > 0 (e.g. 1)")
-    if device == "cpu" and config.num_gpus_per_rank > 0:
+    gpus = config.num_gpus_per_rank
+    if device == "cuda" and gpus <= 0:
+        raise ConfigError(f"device: cuda needs {section}.num_gpus_per_rank > 0 (e.g. 1)")
+    if device == "cpu" and gpus > 0:
         raise ConfigError(
-            f"device 'cpu' with num_gpus_per_rank {config.num_gpus_per_rank}: set it to 0"
+            f"device: cpu with {section}.num_gpus_per_rank {gpus}: set it to 0, or use device: "
+            "cuda on a machine with GPUs"
         )
 
 
@@ -160,18 +270,20 @@ def _zero(config: TrainerConfig) -> dict[str, Any]:
     return zero
 
 
-def deepspeed_config(config: TrainerConfig) -> dict[str, Any]:
-    """The DeepSpeed config dict for ``deepspeed.initialize(config=...)``.
+def deepspeed_config(config: TrainerConfig, load: ModelLoad = DEFAULT_LOAD) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``deepspeed.initialize(config=...)``; ``load.dtype``
+    decides bf16.
 
     Gradient accumulation is ours: a train step runs all its micro batches' backward passes and
     then one ``engine.step()``, so DeepSpeed runs with ``managed_gradient_accumulation: false``
     (each ``step()`` is a boundary); ``gradient_accumulation_steps`` here only sizes the batch.
     """
     config.validate()
+    micro, accumulation = config.batch_shape
     ds: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": config.micro_batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "train_batch_size": config.prompts_per_step,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro * accumulation * config.num_ranks,
         "managed_gradient_accumulation": False,
         "gradient_clipping": config.grad_clip,
         "optimizer": {
@@ -184,7 +296,7 @@ def deepspeed_config(config: TrainerConfig) -> dict[str, Any]:
             },
         },
         "zero_optimization": _zero(config),
-        "bf16": {"enabled": config.bf16},
+        "bf16": {"enabled": load.bf16},
         "fp16": {"enabled": False},
         "steps_per_print": 2**31 - 1,  # the driver logs; keep DeepSpeed quiet
         "wall_clock_breakdown": False,

@@ -29,11 +29,14 @@ def test_valid_config():
         ),
         ({"path": "a.jsonl", "on_bad_row": "ignore"}, "'ignore' is not one of 'error', 'skip'"),
         (
-            {"path": "a.jsonl", "length_grouping": True, "shuffle": False},
-            "length_grouping needs shuffle: true",
+            {"path": "a.jsonl", "length_grouping": True},
+            r"data\.length_grouping is no longer a key: set schedule\.length_grouping",
         ),
+        ({"path": "a.jsonl", "shuffle": False}, r"data\.shuffle is no longer a key"),
+        ({"path": "a.jsonl", "length_window": 8}, r"data\.length_window is no longer a key"),
+        ({"path": "a.jsonl", "eval_fraction": float("nan")}, r"data\.eval_fraction: must be"),
     ],
 )
 def test_bad_combinations(data, message):
     with pytest.raises(ConfigError, match=message):
-        from_dict(DataConfig, data)
+        from_dict(DataConfig, data, "data")

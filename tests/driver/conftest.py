@@ -51,7 +51,7 @@ def dpo_config(data_path, out_dir, model_path, table_cache, **sections):
         "trainer": {
             "num_ranks": 2,
             "zero_stage": 2,
-            "micro_batch_size": 8,
+            "micro_batch_prompts": 8,
             "lr": 1e-3,
             "warmup_steps": 5,
         },

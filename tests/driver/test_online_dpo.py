@@ -28,7 +28,7 @@ def online_config(out_dir, model_path, **sections):
             "eval_prompts": 48,
             "strategy": "best_vs_worst",
         },
-        "trainer": {"num_ranks": 2, "zero_stage": 2, "micro_batch_size": 8, "lr": 5e-4},
+        "trainer": {"num_ranks": 2, "zero_stage": 2, "micro_batch_prompts": 8, "lr": 5e-4},
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value) if isinstance(value, dict) else data.update(
@@ -122,11 +122,11 @@ def test_weight_sync_makes_sampler_logprobs_equal_trainer(
     from actors.trainer import start_policy_trainers
     from rlhf.driver.common import start_samplers
     from rlhf.driver.online import sync_weights
-    from rlhf.models.deepspeed_config import TrainerConfig
+    from rlhf.models.deepspeed_config import PreferenceTrainerConfig
     from rlhf.schema import EngineConfig, ModelConfig, RayConfig
 
     trainers = start_policy_trainers(
-        embedded_model_path, TrainerConfig(num_ranks=2, lr=1e-2), "sigmoid", 0.1
+        embedded_model_path, PreferenceTrainerConfig(num_ranks=2, lr=1e-2), "sigmoid", 0.1
     )
     (sampler,) = start_samplers(
         1,

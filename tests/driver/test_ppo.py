@@ -29,8 +29,8 @@ def ppo_config(out_dir, model_path, advantage, **ppo):
                 "kl_coef": 0.05,
                 **ppo,
             },
-            "trainer": {"num_ranks": 1, "micro_batch_size": 32, "lr": 1e-3},
-            "critic": {"num_ranks": 1, "micro_batch_size": 32, "lr": 1e-3},
+            "trainer": {"num_ranks": 1, "micro_batch_sequences": 32, "lr": 1e-3},
+            "critic": {"num_ranks": 1, "micro_batch_sequences": 32, "lr": 1e-3},
         },
     )
 

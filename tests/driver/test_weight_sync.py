@@ -19,12 +19,12 @@ def test_broadcast_sync_lands_twice(ray_cluster, embedded_model_path):
     from rlhf.driver.common import start_samplers
     from rlhf.driver.online import sync_weights
     from rlhf.driver.weight_sync import BroadcastSync, open_broadcast
-    from rlhf.models.deepspeed_config import TrainerConfig
+    from rlhf.models.deepspeed_config import PreferenceTrainerConfig
     from rlhf.models.vllm_sync import StaleWeightsError
     from rlhf.schema import EngineConfig, ModelConfig, RayConfig
 
     trainers = start_policy_trainers(
-        embedded_model_path, TrainerConfig(num_ranks=2, lr=1e-2), "sigmoid", 0.1
+        embedded_model_path, PreferenceTrainerConfig(num_ranks=2, lr=1e-2), "sigmoid", 0.1
     )
     (sampler,) = start_samplers(
         1,

@@ -1,4 +1,5 @@
-"""The DeepSpeed config built from TrainerConfig, its validation, and the lr it schedules."""
+"""The DeepSpeed config built from the trainer sections, their validation, and the lr it
+schedules."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ import pytest
 import torch
 
 from rlhf.config import ConfigError, from_dict
-from rlhf.models.deepspeed_config import TrainerConfig, deepspeed_config, scheduler_start
+from rlhf.models.deepspeed_config import (
+    ModelLoad,
+    PPOTrainerConfig,
+    PreferenceTrainerConfig,
+    TrainerConfig,
+    deepspeed_config,
+    scheduler_start,
+)
 
 
 def test_stage_0_plain_adamw_and_constant_lr() -> None:
-    ds = deepspeed_config(TrainerConfig(zero_stage=0, lr=1e-5, micro_batch_size=4, num_ranks=2))
+    cfg = PreferenceTrainerConfig(zero_stage=0, lr=1e-5, micro_batch_prompts=4, num_ranks=2)
+    ds = deepspeed_config(cfg)
     assert ds["zero_optimization"] == {"stage": 0, "overlap_comm": False}
     assert ds["optimizer"] == {
         "type": "AdamW",
@@ -28,7 +37,9 @@ def test_stage_0_plain_adamw_and_constant_lr() -> None:
 
 
 def test_stage_2_with_offloaded_optimizer() -> None:
-    cfg = TrainerConfig(zero_stage=2, offload_optimizer=True, gradient_accumulation_steps=4)
+    cfg = PreferenceTrainerConfig(
+        zero_stage=2, offload_optimizer=True, gradient_accumulation_steps=4
+    )
     ds = deepspeed_config(cfg)
     assert ds["zero_optimization"] == {
         "stage": 2,
@@ -38,17 +49,23 @@ def test_stage_2_with_offloaded_optimizer() -> None:
     assert ds["train_batch_size"] == 4
 
 
+def test_ppo_batches_count_sequences_without_accumulation() -> None:
+    ds = deepspeed_config(PPOTrainerConfig(micro_batch_sequences=16, num_ranks=2))
+    assert ds["train_micro_batch_size_per_gpu"] == 16
+    assert ds["gradient_accumulation_steps"] == 1
+    assert ds["train_batch_size"] == 32  # 16 sequences x 2 ranks
+
+
 def test_stage_3_with_offloaded_params_and_cosine() -> None:
     cfg = TrainerConfig(
         zero_stage=3,
         offload_params=True,
-        bf16=True,
         lr_scheduler="cosine",
         warmup_steps=10,
         total_steps=100,
         min_lr_ratio=0.1,
     )
-    ds = deepspeed_config(cfg)
+    ds = deepspeed_config(cfg, ModelLoad(dtype="bfloat16"))  # model.dtype decides bf16
     zero = ds["zero_optimization"]
     assert zero["stage"] == 3
     assert zero["offload_param"] == {"device": "cpu", "pin_memory": False}
@@ -73,7 +90,12 @@ def test_stage_3_with_offloaded_params_and_cosine() -> None:
         ({"zero_stage": 0, "offload_optimizer": True}, "offload_optimizer needs zero_stage"),
         ({"lr_scheduler": "cosine"}, "set total_steps"),
         ({"lr_scheduler": "linear", "total_steps": 5, "warmup_steps": 5}, "larger than warmup"),
-        ({"micro_batch_size": 0}, "micro_batch_size must be >= 1"),
+        ({"micro_batch_prompts": 0}, "micro_batch_prompts must be >= 1"),
+        ({"lr": float("nan")}, r"trainer\.lr: must be a finite number, got nan"),
+        ({"betas": [0.9, float("inf")]}, r"trainer\.betas\[1\]: must be a finite number"),
+        ({"eps": 0.0}, "eps must be > 0"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"num_gpus_per_rank": -1}, "num_gpus_per_rank must be >= 0"),
         ({"warmup_steps": 1}, "warmup_steps must be 0 or at least 2"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"betas": [0.9, 1.0]}, "betas must lie in"),
@@ -82,7 +104,24 @@ def test_stage_3_with_offloaded_params_and_cosine() -> None:
 )
 def test_impossible_settings_are_config_errors(settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        from_dict(TrainerConfig, settings, "trainer")
+        from_dict(PreferenceTrainerConfig, settings, "trainer")
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "message"),
+    [
+        (PreferenceTrainerConfig, "seed", "top-level seed"),
+        (PreferenceTrainerConfig, "trust_remote_code", "model.trust_remote_code"),
+        (PreferenceTrainerConfig, "bf16", "model.dtype: bfloat16"),
+        (PreferenceTrainerConfig, "micro_batch_size", "renamed trainer.micro_batch_prompts"),
+        (PPOTrainerConfig, "micro_batch_size", "renamed micro_batch_sequences"),
+        (PPOTrainerConfig, "share_prompt", "has no effect in PPO"),
+        (PPOTrainerConfig, "gradient_accumulation_steps", "has no effect in PPO"),
+    ],
+)
+def test_removed_keys_say_what_replaced_them(cls, key: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"trainer\.{key} is no longer a key: .*{message}"):
+        from_dict(cls, {key: 1}, "trainer")
 
 
 def _lrs(cfg: TrainerConfig, steps: int) -> list[float]:
