@@ -111,6 +111,7 @@ def _trl_kto_trainer(model_path: str, out, beta: float, desirable: float, undesi
     )
 
 
+@pytest.mark.integration  # TRL's trainer is built on the embedded model
 @pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")
 @pytest.mark.parametrize(
     ("beta", "desirable", "undesirable", "shift"),

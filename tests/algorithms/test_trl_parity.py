@@ -35,7 +35,11 @@ import pytest
 import torch
 
 pytest.importorskip("trl")
-pytestmark = pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")
+# TRL's trainers are built on the embedded model (a heavy fixture): the integration tier.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning"),
+]
 
 from rlhf.algorithms import RankedLogps, dpo_loss, get_preference_loss  # noqa: E402
 
