@@ -168,6 +168,17 @@ def job_prompts(
     return source
 
 
+def draw_prompts(
+    source: PromptSource, count: int, split: Literal["train", "eval"] | None = None
+) -> list[Prompt]:
+    """Up to ``count`` prompts for a one-off job (make-data, sample): ``"train"`` the first of
+    the training prompts, ``"eval"`` the held-out ones, None the held-out ones where there are
+    some and else the training ones."""
+    if split == "eval" or (split is None and source.has_held_out):
+        return source.held_out(count)
+    return source.first(count)
+
+
 class EmbeddedPrompts:
     """The embedded task's prompts (``rlhf.task.make_prompts``), in the order jobs always drew
     them: round r takes prompts ``r * count`` to ``(r + 1) * count - 1`` of one long list."""

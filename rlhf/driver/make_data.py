@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from rlhf.algorithms.registry import UnknownNameError
 from rlhf.config import ConfigError
-from rlhf.data.prompts import PromptsConfig, job_prompts
+from rlhf.data.prompts import PromptsConfig, draw_prompts, job_prompts
 from rlhf.data.strategies import get_pair_strategy, uniform_preferences
 from rlhf.driver.common import (
     ray_session,
@@ -92,10 +92,7 @@ def run(cfg: MakeDataConfig) -> Path:
     """Samples, labels and writes the Parquet file; returns its path."""
     model_path = resolve_model_path(cfg.model)
     source = job_prompts(cfg.prompts, cfg.seed, model_path, cfg.model.trust_remote_code)
-    if cfg.split == "eval":
-        prompts = source.held_out(cfg.num_prompts)
-    else:
-        prompts = source.first(cfg.num_prompts)
+    prompts = draw_prompts(source, cfg.num_prompts, cfg.split)
     with ray_session(cfg.ray) as scope:
         samplers = scope.own(
             start_samplers(1, cfg.engine, cfg.model, model_path, cfg.seed, cfg.ray)

@@ -147,9 +147,10 @@ def sampling_job_stages(cfg: Any) -> list[list[Role]]:
 def sampling_job_schedule(cfg: Any, model_path: str) -> list[str]:
     """The prompts ``rlhf sample`` or ``rlhf make-data`` draws (drawn here too), and the file
     ``make-data`` would write."""
-    from rlhf.task import make_prompts
+    from rlhf.data.prompts import draw_prompts, job_prompts
 
-    prompts = make_prompts(cfg.num_prompts, seed=cfg.seed, split=getattr(cfg, "split", "eval"))
+    source = job_prompts(cfg.prompts, cfg.seed, model_path, cfg.model.trust_remote_code)
+    prompts = draw_prompts(source, cfg.num_prompts, getattr(cfg, "split", None))
     lines = [f"prompts: {len(prompts)}, {cfg.sampling.n} samples each"]
     if hasattr(cfg, "output"):
         lines.append(f"output: {cfg.output} (not written by a dry run)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from rlhf.data.prompts import PromptsConfig, job_prompts
+from rlhf.data.prompts import PromptsConfig, draw_prompts, job_prompts
 from rlhf.driver.common import (
     ray_session,
     resolve_model_path,
@@ -43,10 +43,7 @@ def run(cfg: SampleJobConfig) -> list[dict]:
     """
     model_path = resolve_model_path(cfg.model)
     source = job_prompts(cfg.prompts, cfg.seed, model_path, cfg.model.trust_remote_code)
-    if source.has_held_out:
-        prompts = source.held_out(cfg.num_prompts)
-    else:
-        prompts = source.first(cfg.num_prompts)
+    prompts = draw_prompts(source, cfg.num_prompts)
     with ray_session(cfg.ray) as scope:
         samplers = scope.own(
             start_samplers(1, cfg.engine, cfg.model, model_path, cfg.seed, cfg.ray)

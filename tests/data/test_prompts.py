@@ -15,6 +15,7 @@ from rlhf.data.prompts import (
     Prompt,
     PromptsConfig,
     _epoch_order,
+    draw_prompts,
     load_prompts,
     open_prompts,
 )
@@ -185,6 +186,21 @@ def test_held_out_rows_do_not_depend_on_the_seed(write_jsonl, tokenizer):
     )
     with pytest.raises(DataError, match="set prompts.eval_path"):
         open_prompts(_config(path), 0, tokenizer).held_out(4)
+
+
+def test_one_off_jobs_draw_a_split():
+    train = [Prompt(f"t{i}", f"t{i}") for i in range(3)]
+    with_held = FilePrompts(train, [Prompt("h", "h")], seed=0)
+    assert [p.given for p in draw_prompts(with_held, 5, "eval")] == ["h"]
+    assert [p.given for p in draw_prompts(with_held, 5)] == ["h"]  # sample: held out first
+    assert sorted(p.given for p in draw_prompts(with_held, 5, "train")) == ["t0", "t1", "t2"]
+    without = FilePrompts(train, [], seed=0)
+    assert len(draw_prompts(without, 2)) == 2  # no held-out prompts: the training ones
+    with pytest.raises(DataError, match="set prompts.eval_path"):
+        draw_prompts(without, 2, "eval")
+    embedded = EmbeddedPrompts(seed=1)
+    assert [p.given for p in draw_prompts(embedded, 3)] == make_prompts(3, seed=1, split="eval")
+    assert [p.given for p in draw_prompts(embedded, 3, "train")] == make_prompts(3, seed=1)
 
 
 def test_embedded_prompts_are_the_task_prompts_in_their_old_order():
