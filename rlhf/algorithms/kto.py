@@ -1,8 +1,9 @@
 """KTO: preference optimization from unpaired feedback (single responses labelled good or bad).
 
-Not a registered preference loss: its input is not a ranking of K >= 2 responses per prompt
-but B single responses, each desirable or undesirable, plus a reference point estimated from
-mismatched (prompt, response) pairs of the same batch.
+Its input is B single responses, each desirable or undesirable, plus a reference point
+estimated from mismatched (prompt, response) pairs of the same batch. ``kto_loss`` takes them as
+[B] tensors; the registered ``kto`` reads them from a ``RankedLogps`` of unpaired feedback
+(column 0 the response, column 1 its mismatched pair, ``labels``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import math
 import torch
 from torch import Tensor
 
-from rlhf.algorithms.preference import check_beta
+from rlhf.algorithms.preference import check_beta, reference_logps
+from rlhf.algorithms.registry import register_preference_loss
+from rlhf.algorithms.types import RankedLogps
 
 
 def mismatched_indices(batch_size: int) -> Tensor:
@@ -81,3 +84,37 @@ def kto_loss(
     good = desirable_weight * (1.0 - torch.sigmoid(beta * (r - z0)))
     bad = undesirable_weight * (1.0 - torch.sigmoid(beta * (z0 - r)))
     return torch.where(desirable, good, bad)
+
+
+@register_preference_loss("kto", needs_reference=True, unpaired=True)
+def kto(
+    logps: RankedLogps,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> Tensor:
+    """KTO (see ``kto_loss``) on unpaired feedback: column 0 of ``logps`` holds the B labelled
+    responses, column 1 the B mismatched pairs (prompt i with another row's response) whose
+    mean log-ratio is the reference point z0 of this (micro) batch; ``logps.labels`` [B] says
+    which responses are desirable. TRL: ``KTOTrainer`` (loss_type ``kto``), whose z0 is the mean
+    over its per-device batch.
+
+    Shapes: logps.policy, logps.reference [B, 2], logps.labels [B] -> losses [B].
+    """
+    if logps.labels is None or logps.num_ranked != 2:
+        raise ValueError(
+            "preference loss 'kto' takes unpaired feedback ({prompt, completion, label} rows): "
+            "each labelled response with a mismatched pair (K == 2) and RankedLogps.labels; got "
+            f"K={logps.num_ranked} and labels={'None' if logps.labels is None else 'given'}"
+        )
+    reference = reference_logps(logps, "kto")
+    return kto_loss(
+        logps.policy[:, 0],
+        reference[:, 0],
+        logps.labels,
+        logps.policy[:, 1],
+        reference[:, 1],
+        beta,
+        desirable_weight,
+        undesirable_weight,
+    )

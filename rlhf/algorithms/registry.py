@@ -323,7 +323,8 @@ def load_plugins() -> None:
 # need the reference and to take pairs only): needs_reference (reference log-probs; without it
 # no reference model runs), uses_lengths (response token counts), uses_nll (the chosen response's
 # length-normalised NLL, -policy / lengths: nothing beyond the policy pass), ranking (takes
-# K > 2 ranked responses; False: pairs only).
+# K > 2 ranked responses; False: pairs only), unpaired (reads unpaired feedback, KTO: single
+# labelled responses with mismatched pairs, see RankedLogps).
 preference_losses = Registry(
     "preference_loss",
     ("logps", "beta"),
@@ -332,6 +333,7 @@ preference_losses = Registry(
         "uses_lengths": False,
         "uses_nll": False,
         "ranking": False,
+        "unpaired": False,
     },
     returns="Tensor [B] of per-example losses",
 )
@@ -345,7 +347,7 @@ def get_preference_loss(name: str | Mapping[str, float]) -> Entry:
     A weighted sum calls each loss on the same input with the same beta and returns
     sum_i w_i * loss_i [B]; each option goes to every term that takes it (an option no term
     takes is a TypeError). Its metadata: needs_reference, uses_lengths, uses_nll if any term's
-    is set; ranking only if every term's is.
+    is set; ranking only if every term's is; unpaired if all terms' are (a mix is an error).
     """
     if isinstance(name, str):
         return preference_losses.get(name)
@@ -368,6 +370,14 @@ def get_preference_loss(name: str | Mapping[str, float]) -> Entry:
         for key in ("needs_reference", "uses_lengths", "uses_nll")
     }
     metadata["ranking"] = all(entry.metadata["ranking"] for entry, _ in terms)
+    unpaired = {entry.metadata["unpaired"] for entry, _ in terms}
+    if len(unpaired) > 1:
+        kinds = ", ".join(f"{e.name} ({'unpaired' if e.unpaired else 'ranked'})" for e, _ in terms)
+        raise ValueError(
+            f"a weighted sum cannot mix losses on unpaired feedback with losses on pairs or "
+            f"rankings (their data differ): {kinds}"
+        )
+    metadata["unpaired"] = unpaired.pop()
     return Entry(combined.label, combined, metadata, __name__, "WeightedLosses")
 
 

@@ -26,11 +26,15 @@ class RankedLogps:
     """Summed response log-probs of K ranked responses per prompt.
 
     Column 0 is the most preferred response, column K-1 the least. A preference pair is K == 2.
+    Unpaired feedback (KTO, losses registered ``unpaired=True``) has K == 2 too: column 0 is the
+    labelled response, column 1 the same prompt with another row's response (a mismatched pair,
+    ``kto.mismatched_indices``), and ``labels`` says which responses are desirable.
     """
 
     policy: Tensor  # [B, K] summed response log-probs under the policy (differentiable)
     reference: Tensor | None  # [B, K] same under the reference; None for reference-free losses
     lengths: Tensor  # [B, K] number of response tokens, for length-normalised losses
+    labels: Tensor | None = None  # [B] bool, unpaired feedback only: column 0 is desirable
 
     def __post_init__(self) -> None:
         if self.policy.dim() != 2 or self.policy.shape[1] < 2:
@@ -41,6 +45,13 @@ class RankedLogps:
         if self.reference is not None:
             _check_same_shape("RankedLogps.reference", self.reference, "policy", self.policy)
         _check_same_shape("RankedLogps.lengths", self.lengths, "policy", self.policy)
+        if self.labels is not None and (
+            self.labels.dtype != torch.bool or self.labels.shape != self.policy.shape[:1]
+        ):
+            raise ValueError(
+                f"RankedLogps.labels must be a bool tensor [B] = {tuple(self.policy.shape[:1])}, "
+                f"got {self.labels.dtype} {tuple(self.labels.shape)}"
+            )
 
     @property
     def num_ranked(self) -> int:

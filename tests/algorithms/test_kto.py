@@ -167,3 +167,35 @@ def test_same_loss_and_gradient_as_trl(
 
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-6, abs=1e-9)
     torch.testing.assert_close(our_grad, their_grad, rtol=1e-6, atol=1e-9)
+
+
+# --- the registered loss: unpaired feedback in a RankedLogps -----------------------------------
+
+
+def test_registered_kto_reads_the_response_and_its_mismatched_pair():
+    from rlhf.algorithms import RankedLogps, get_preference_loss
+
+    entry = get_preference_loss("kto")
+    assert entry.unpaired is True and entry.needs_reference is True
+    # column 0: the responses of POLICY / REFERENCE; column 1: mismatched pairs (z0 = 0.6 as in
+    # test_kto_by_hand, over three of them: log-ratios 1.0, 0.2, 0.6)
+    policy = torch.stack([POLICY, t(-9.0, -5.0, -4.0)], dim=1)
+    reference = torch.stack([REFERENCE, t(-10.0, -5.2, -4.6)], dim=1)
+    logps = RankedLogps(policy, reference, torch.ones(3, 2), labels=DESIRABLE)
+    expected = [1 - sig(0.5 * (2 - 0.6)), 1 - sig(0.5 * (0.6 + 1)), 1 - sig(0.5 * (0.5 - 0.6))]
+    assert entry(logps, 0.5).tolist() == pytest.approx(expected)
+    assert entry(logps, 0.5, undesirable_weight=2.0).tolist() == pytest.approx(
+        [expected[0], 2 * expected[1], expected[2]]
+    )
+    with pytest.raises(ValueError, match=r"'kto' takes unpaired feedback.*labels=None"):
+        entry(RankedLogps(policy, reference, torch.ones(3, 2)), 0.5)
+    with pytest.raises(ValueError, match="RankedLogps.labels must be a bool tensor"):
+        RankedLogps(policy, reference, torch.ones(3, 2), labels=torch.ones(3))
+
+
+def test_a_weighted_sum_does_not_mix_unpaired_and_paired_losses():
+    from rlhf.algorithms import get_preference_loss
+
+    with pytest.raises(ValueError, match=r"cannot mix.*kto \(unpaired\), sft \(ranked\)"):
+        get_preference_loss({"kto": 1.0, "sft": 0.1})
+    assert get_preference_loss({"kto": 1.0}).unpaired is True

@@ -278,6 +278,7 @@ def test_weighted_sum_by_hand():
         "uses_lengths": True,
         "uses_nll": True,
         "ranking": False,
+        "unpaired": False,
     }
     assert get_preference_loss({"simpo": 1.0, "sft": 1.0}).needs_reference is False
     assert get_preference_loss({"simpo": 1.0, "sft": 1.0}).ranking is True

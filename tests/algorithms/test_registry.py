@@ -307,6 +307,7 @@ def test_rlhf_plugins_lists_every_builtin_loss_with_its_origin(capsys):
         "dpo_variants": ["robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot"]
         + ["aot_unpaired", "apo_zero", "apo_down", "discopop", "rpo"],
         "reference_free": ["sft", "simpo", "cpo", "orpo"],
+        "kto": ["kto"],
     }
     for module, names in expected.items():
         for name in names:
