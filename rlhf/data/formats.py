@@ -2,7 +2,8 @@
 
 - ``pairs``: ``{prompt, chosen, rejected}``, text or chat messages (also TRL's conversational
   format with an explicit prompt: ``prompt`` as messages, ``chosen``/``rejected`` as assistant
-  messages);
+  messages; a text prompt beside whole conversations is read as TRL reads it, the prompt being
+  the messages the conversations share);
 - ``ranking``: ``{prompt, responses[, scores]}``;
 - ``conversations``: ``{chosen, rejected}`` as whole chat conversations sharing their leading
   messages, which are the prompt (TRL's implicit-prompt form);
@@ -64,7 +65,7 @@ SHAPES: dict[str, ShapeSpec] = {
     "pairs": ShapeSpec(
         "{prompt, chosen, rejected}, text or chat messages",
         ("prompt", "chosen", "rejected"),
-        lambda raw, row, rules: (check_pair(raw, row), 0),
+        lambda raw, row, rules: (_check_pair(raw, row), 0),
     ),
     "ranking": ShapeSpec(
         "{prompt, responses[, scores]}",
@@ -87,6 +88,16 @@ SHAPES: dict[str, ShapeSpec] = {
         lambda raw, row, rules: check_rated(raw, row, rules.rating_key, rules.ties),
     ),
 }
+
+
+def _check_pair(raw: Mapping[str, Any], row: int) -> PreferenceRecord:
+    """A pair; a text prompt beside whole conversations (as HuggingFaceH4/ultrafeedback_binarized
+    has) is read as TRL reads it: the prompt is the messages the conversations share."""
+    if isinstance(raw.get("prompt"), str) and all(
+        isinstance(raw.get(key), list) for key in ("chosen", "rejected")
+    ):
+        return check_conversations(raw, row)
+    return check_pair(raw, row)
 
 
 def file_shape(

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlhf.config import from_dict
+from rlhf.config import ConfigError, from_dict
 from rlhf.data import DataConfig, DataError, load_preferences, read_preferences
 
 from .helpers import BOS, EOS, V
@@ -36,6 +36,18 @@ def _read(path, **settings):
 def test_trl_conversational_with_explicit_prompt_is_pairs(write_jsonl):
     path = write_jsonl([{"prompt": [USER], "chosen": [YES], "rejected": [NO]}])
     assert _read(path)[0] == [([USER], [[YES], [NO]], ("chosen", "rejected"))]
+
+
+def test_a_text_prompt_beside_whole_conversations_is_their_shared_part(write_jsonl):
+    # HuggingFaceH4/ultrafeedback_binarized's shape: TRL reads the prompt from the conversations
+    path = write_jsonl([{"prompt": "hi", "chosen": [USER, YES], "rejected": [USER, NO]}])
+    assert _read(path)[0] == [([USER], [[YES], [NO]], ("chosen", "rejected"))]
+
+
+def test_the_data_format_key_takes_the_shapes():
+    assert from_dict(DataConfig, {"path": "a.jsonl", "format": "hh"}).format == "hh"
+    with pytest.raises(ConfigError, match="'csv' is not one of 'auto', 'pairs', 'ranking'"):
+        from_dict(DataConfig, {"path": "a.jsonl", "format": "csv"})
 
 
 def test_conversations_share_their_leading_messages(write_jsonl):
