@@ -3,7 +3,10 @@
 Read a file (:func:`read_preferences`), tokenize it once (:func:`tokenize_preferences`, or both
 with :func:`load_preferences`), add reference log-probs (:func:`with_ref_logps`), cache the
 table (:func:`cache_key`, :func:`load_cached`, :func:`save_cached`), split it
-(:func:`split_by_prompt`) and batch it (:func:`batches`, :func:`collate`).
+(:func:`split_by_prompt`) and batch it (:func:`batches`, :func:`collate`). Files may hold the
+ecosystem's usual shapes (:mod:`rlhf.data.formats`).
+
+The sampling jobs' prompts: :class:`PromptsConfig`, :func:`open_prompts` (:mod:`rlhf.data.prompts`).
 """
 
 from rlhf.data.batch import PreferenceBatch
@@ -13,6 +16,7 @@ from rlhf.data.errors import DataError, DataReport
 from rlhf.data.io import read_preferences, write_preferences
 from rlhf.data.loader import batch_order, batches, collate, sequence_lengths, split_by_prompt
 from rlhf.data.prepare import load_preferences
+from rlhf.data.prompts import Prompt, PromptsConfig, open_prompts
 from rlhf.data.records import PreferenceRecord
 from rlhf.data.table import FORMAT_VERSION, num_responses, report_of, source_of, with_ref_logps
 from rlhf.data.tokenize import tokenize_preferences
@@ -24,6 +28,8 @@ __all__ = [
     "DataReport",
     "PreferenceBatch",
     "PreferenceRecord",
+    "Prompt",
+    "PromptsConfig",
     "batch_order",
     "batches",
     "cache_key",
@@ -31,6 +37,7 @@ __all__ = [
     "load_cached",
     "load_preferences",
     "num_responses",
+    "open_prompts",
     "read_preferences",
     "report_of",
     "save_cached",
