@@ -138,6 +138,13 @@ def test_file_level_errors(tmp_path, write_jsonl, tokenizer):
     assert _error(path, tokenizer, on_bad_row="skip").startswith(
         f"{path}: no usable prompts (prompts.path)\n{path}: kept 0 of 2 rows\n"
     )
+    path = write_jsonl([], "nothing.jsonl")
+    assert _error(path, tokenizer) == f"{path}: the file is empty"
+    path = tmp_path / "no_rows.parquet"
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), path)
+    assert _error(path, tokenizer) == (
+        f"{path}: no usable prompts (prompts.path)\n{path}: kept 0 of 0 rows"
+    )
     path = write_jsonl([{"prompt": USER_HI}], "chat.jsonl")
     assert _error(path, tokenizer) == (
         f"{path} line 1, field 'prompt': chat messages need a tokenizer with a chat template, "
