@@ -1,34 +1,31 @@
-"""One data-parallel rank's DeepSpeed engine, and everything about its weights.
+"""One data-parallel rank's DeepSpeed engine, and how training ranks are started.
 
-Every training role (the policy for DPO or PPO, the PPO critic) owns one ``DeepSpeedModel``:
-it joins the ranks' process group, wraps a Hugging Face model in a DeepSpeed engine from the
-trainer settings, and gathers, saves and checkpoints the weights (ZeRO-3 included). The roles
-differ only in the model they load and the step they take; they compose this, never inherit it.
+Every training rank (``actors.rank.TrainerRank``: the policy for DPO or PPO, the PPO critic)
+owns one ``DeepSpeedModel``: it joins the ranks' process group, wraps a Hugging Face model in a
+DeepSpeed engine from the trainer settings, and gathers the full weights (ZeRO-3 included). It
+needs no Ray: a test or a script builds one directly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import ray
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from actors.group import ActorGroup, SharedPlacement
-from rlhf.files import replace_dir
 from rlhf.models.deepspeed_config import (
+    DEFAULT_LOAD,
+    ModelLoad,
     TrainerConfig,
     check_device,
     deepspeed_config,
     scheduler_start,
 )
-from rlhf.models.weight_broadcast import Manifest, WeightSender, manifest_of
 
 Device = Literal["cpu", "cuda"]
 
@@ -89,6 +86,7 @@ class DeepSpeedModel:
             the config's settings after the process group exists and, under ZeRO-3, while
             DeepSpeed partitions loading.
         device: ``"cpu"`` (gloo) or ``"cuda"`` (nccl; the actor sees its one GPU as cuda:0).
+        load: the job's seed, model dtype and remote-code setting (``ModelConfig.for_trainers``).
     """
 
     def __init__(
@@ -101,6 +99,7 @@ class DeepSpeedModel:
         config: TrainerConfig,
         load_model: Callable[..., torch.nn.Module],
         device: Device = "cpu",
+        load: ModelLoad = DEFAULT_LOAD,
     ) -> None:
         config.validate()
         check_device(config, device)
@@ -112,6 +111,7 @@ class DeepSpeedModel:
         self.rank, self.world_size = rank, world_size
         self.model_path = str(model_path)
         self.config = config
+        self.load = load
         # Each actor sees only its own device (Ray sets CUDA_VISIBLE_DEVICES), so LOCAL_RANK 0.
         os.environ.update(
             RANK=str(rank),
@@ -125,7 +125,7 @@ class DeepSpeedModel:
         import deepspeed
 
         self._deepspeed = deepspeed
-        torch.manual_seed(config.seed)
+        torch.manual_seed(load.seed)
         deepspeed.init_distributed(
             dist_backend="gloo" if device == "cpu" else "nccl",
             auto_mpi_discovery=False,
@@ -136,7 +136,7 @@ class DeepSpeedModel:
         )
         if device == "cuda":
             torch.cuda.set_device(0)
-        ds_config = deepspeed_config(config)
+        ds_config = deepspeed_config(config, load)
         self.zero3 = config.zero_stage == 3
         if self.zero3:
             # Must be alive while the model loads: from_pretrained then partitions as it loads.
@@ -145,8 +145,8 @@ class DeepSpeedModel:
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
         model = load_model(
             self.model_path,
-            dtype="bfloat16" if config.bf16 else "float32",
-            trust_remote_code=config.trust_remote_code,
+            dtype=load.train_dtype,
+            trust_remote_code=load.trust_remote_code,
             gradient_checkpointing=config.gradient_checkpointing,
         )
         self.engine, *_ = deepspeed.initialize(
@@ -178,54 +178,6 @@ class DeepSpeedModel:
                     state[name] = buffer.detach().to("cpu", copy=True)
         return state if self.rank == 0 else None
 
-    def open_weight_broadcast(self, backend: str) -> tuple[tuple[str, int], Manifest] | None:
-        """Rank 0 starts the weight group's rendezvous; returns its address and the manifest of
-        the weights (None on other ranks). Every rank must be called (ZeRO-3 gathers)."""
-        state = self.full_state_dict()
-        if self.rank != 0:
-            return None
-        self._sender = WeightSender(backend)
-        self._manifest = manifest_of(state.items())
-        return (ray.util.get_node_ip_address(), self._sender.port), self._manifest
-
-    def join_weight_group(self, group_id: str, world: int) -> None:
-        """Rank 0 forms the weight group ``group_id`` as its source (blocks until all joined)."""
-        self._sender.join(group_id, world, self._manifest)
-
-    def broadcast_weights(self) -> int:
-        """Rank 0 broadcasts the full weights to the group; returns the bytes (0 on others).
-        Every rank must be called (ZeRO-3 gathers)."""
-        state = self.full_state_dict()
-        return self._sender.send(state) if self.rank == 0 else 0
-
-    def save_pretrained(self, path: str) -> None:
-        """Writes a Hugging Face model directory (safetensors, config, tokenizer) at ``path``.
-
-        Rank 0 writes into a temporary sibling directory and renames it into place, so a
-        reader never sees half a model; every rank must be called (ZeRO-3 gathers).
-        """
-        state = self.full_state_dict()
-        if self.rank == 0:
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-            self.engine.module.save_pretrained(tmp, state_dict=state)
-            self._save_tokenizer(tmp)
-            replace_dir(tmp, target)
-        dist.barrier()
-
-    def _save_tokenizer(self, directory: Path) -> None:
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.model_path, trust_remote_code=self.config.trust_remote_code
-            )
-        except (OSError, ValueError) as error:
-            print(f"[trainer] no tokenizer copied from {self.model_path}: {error}")
-            return
-        tokenizer.save_pretrained(directory)
-
     def weights_digest(self) -> str:
         """SHA-256 of this rank's view of the full weights (equal on all ranks when in sync)."""
         digest = hashlib.sha256()
@@ -235,21 +187,6 @@ class DeepSpeedModel:
                 digest.update(name.encode())
                 digest.update(data.view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
-
-    # --- checkpoints ------------------------------------------------------------------------
-
-    def save_checkpoint(self, directory: str, tag: str, client_state: dict[str, Any]) -> None:
-        """Saves weights, optimizer and lr-scheduler state (DeepSpeed format); all ranks."""
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
-
-    def load_checkpoint(self, directory: str, tag: str) -> dict[str, Any]:
-        """Restores a ``save_checkpoint``; returns its ``client_state``. All ranks."""
-        path, client_state = self.engine.load_checkpoint(
-            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
-        if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {tag!r} in {directory}")
-        return client_state
 
     # --- step bookkeeping -------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ Everything here runs in the driver on CPU tensors; the groups only see ``Rollout
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import ray
 import torch
@@ -21,6 +22,7 @@ from rlhf.algorithms import (
     masked_whiten,
 )
 from rlhf.data.batch import RolloutBatch
+from rlhf.driver.metrics import merge_rank_metrics
 from rlhf.driver.rollout import ScoredGroup
 
 
@@ -104,19 +106,10 @@ def minibatches(num_rows: int, size: int, seed: int) -> list[Tensor]:
     return list(torch.randperm(num_rows, generator=generator).split(size))
 
 
-def combine(results: list[dict[str, float]], prefix: str) -> dict[str, float]:
-    """Per-rank token-weighted sums -> token means; grad norm and lr from rank 0."""
-    tokens = sum(r["tokens"] for r in results)
-    skip = {"tokens", "grad_norm", "lr", "seconds"}
-    out = {
-        f"{prefix}/{key}": sum(r[key] for r in results) / max(tokens, 1)
-        for key in results[0]
-        if key not in skip
-    }
-    out[f"{prefix}/grad_norm"] = results[0]["grad_norm"]
-    out[f"{prefix}/lr"] = results[0]["lr"]
-    out[f"{prefix}/tokens"] = tokens
-    return out
+def combine(results: list[dict[str, Any]], prefix: str) -> dict[str, float]:
+    """The ranks' token sums as token means over all ranks, named ``prefix/key``."""
+    merged = merge_rank_metrics(results, per="tokens")
+    return {f"{prefix}/{key}": value for key, value in merged.items()}
 
 
 def train_minibatch(policy, critic, batch: RolloutBatch, micro_batch_sizes: tuple[int, int]):

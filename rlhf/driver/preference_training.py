@@ -14,11 +14,11 @@ from typing import Any, Literal
 import pyarrow as pa
 import ray
 
-from actors.trainer import merge_rank_metrics
 from rlhf.algorithms import UnknownNameError, get_preference_loss
 from rlhf.config import ConfigError
 from rlhf.data.loader import batches
 from rlhf.data.table import num_responses, with_ref_logps
+from rlhf.driver.metrics import merge_rank_metrics
 from rlhf.driver.reference import response_logps
 from rlhf.run_dir import Checkpoints
 from rlhf.schema import EngineConfig

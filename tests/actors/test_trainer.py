@@ -1,4 +1,5 @@
-"""PolicyTrainer ranks on real Ray + DeepSpeed (gloo, CPU) with the tiny Llama.
+"""PolicyTrainer ranks (a TrainerRank with a PreferenceStep) on real Ray + DeepSpeed (gloo, CPU)
+with the tiny Llama.
 
 One 2-rank ZeRO-2 group serves the module's tests in order (step 0 first); ZeRO-3 and the
 offload settings get a group each. Reference log-probs come from a local Hugging Face copy of the trainer's current weights,
@@ -16,11 +17,12 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.trainer import merge_rank_metrics, start_policy_trainers
+from actors.trainer import start_policy_trainers
 from rlhf.data import DataReport, collate
 from rlhf.data.batch import PreferenceBatch
 from rlhf.data.table import build_table, with_ref_logps
-from rlhf.models.deepspeed_config import TrainerConfig
+from rlhf.driver.metrics import merge_rank_metrics
+from rlhf.models.deepspeed_config import PreferenceTrainerConfig
 from rlhf.models.hf import batch_logps, load_causal_lm
 from tests.models.tiny_llama import random_batch
 
@@ -64,7 +66,7 @@ def _digests_agree(group) -> str:
 
 @pytest.fixture(scope="module")
 def zero2(ray_cluster, tiny_llama_path):
-    config = TrainerConfig(zero_stage=2, lr=1e-3, num_ranks=2, micro_batch_size=2)
+    config = PreferenceTrainerConfig(zero_stage=2, lr=1e-3, num_ranks=2, micro_batch_prompts=2)
     group = start_policy_trainers(str(tiny_llama_path), config, "sigmoid", BETA)
     ray.get(group.call("ping"))
     yield group
@@ -109,7 +111,7 @@ def test_uneven_and_empty_shards_keep_ranks_in_step(zero2) -> None:
 def test_shared_prompt_logps_equal_a_local_forward_of_each_sequence(zero2, tiny_llama_path):
     """The ranks run each prompt once with its responses after it (trainer.share_prompt); the
     log-probs equal a local forward of every prompt + response sequence on its own."""
-    assert ray.get(zero2.actors[0].__ray_call__.remote(lambda rank: rank.share_prompt))
+    assert ray.get(zero2.actors[0].__ray_call__.remote(lambda rank: rank.step.share_prompt))
     batch = random_batch(6, num_responses=2, seed=13)
     batch = _with_reference(batch, _weights(zero2), tiny_llama_path)
     metrics = _eval(zero2, batch)
@@ -193,7 +195,7 @@ def test_checkpoint_round_trip_restores_weights_and_optimizer(zero2, tmp_path) -
 def test_partitioned_and_offloaded_configs_train_and_save_full_weights(
     settings, ray_cluster, tiny_llama_path, tmp_path
 ) -> None:
-    config = TrainerConfig(lr=1e-3, num_ranks=2, micro_batch_size=2, **settings)
+    config = PreferenceTrainerConfig(lr=1e-3, num_ranks=2, micro_batch_prompts=2, **settings)
     group = start_policy_trainers(str(tiny_llama_path), config, "sigmoid", BETA)
     try:
         original = load_causal_lm(tiny_llama_path).state_dict()

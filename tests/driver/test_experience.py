@@ -83,8 +83,8 @@ def test_grpo_rejects_groups_that_do_not_divide_the_batch():
 
 def test_combine_gives_token_means_over_ranks():
     ranks = [
-        {"policy_loss": 3.0, "tokens": 3.0, "grad_norm": 0.5, "lr": 1e-3, "seconds": 1.0},
-        {"policy_loss": 1.0, "tokens": 1.0, "grad_norm": 0.5, "lr": 1e-3, "seconds": 2.0},
+        {"sums": {"policy_loss": 3.0}, "tokens": 3.0, "grad_norm": 0.5, "lr": 1e-3, "seconds": 1.0},
+        {"sums": {"policy_loss": 1.0}, "tokens": 1.0, "grad_norm": 0.5, "lr": 1e-3, "seconds": 2.0},
     ]
     out = xp.combine(ranks, "policy")
     assert out == {
@@ -92,6 +92,7 @@ def test_combine_gives_token_means_over_ranks():
         "policy/grad_norm": 0.5,
         "policy/lr": 1e-3,
         "policy/tokens": 4.0,
+        "policy/tokens_per_s": 2.0,  # over the slowest rank's seconds
     }
 
 
