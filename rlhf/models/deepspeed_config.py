@@ -232,12 +232,14 @@ DS_MIN_WARMUP = 2  # DeepSpeed's schedulers warm up over at least 2 steps
 def scheduler_start(config: TrainerConfig) -> int:
     """The scheduler iteration the first optimizer step uses (the trainer sets it at start).
 
-    DeepSpeed's schedulers begin at iteration -1 and step after each update, so their first
-    two updates share one lr; starting at 0 fixes that. Without warmup we start past DeepSpeed's
-    minimal warmup instead (``total_num_steps`` is shifted to match), so the first step runs at
-    the full lr. Step k then uses lr * k / W during a warmup of W steps, as in most trainers.
+    DeepSpeed's schedulers begin at iteration -1 and step after each update, and their linear
+    warmup gives iteration i the lr ``lr * i / W``. Starting at 1 gives step k (1-based) the lr
+    ``lr * k / W`` of a warmup of W steps: the first step already learns (at 0 it would run at
+    lr 0 and change nothing) and step W reaches the full lr, as in most trainers. Without warmup
+    we start past DeepSpeed's minimal warmup instead, so the first step runs at the full lr.
+    ``total_num_steps`` is shifted by the start in both cases.
     """
-    return 0 if config.warmup_steps else DS_MIN_WARMUP
+    return 1 if config.warmup_steps else DS_MIN_WARMUP
 
 
 def _scheduler(config: TrainerConfig) -> dict[str, Any] | None:

@@ -74,7 +74,7 @@ def test_stage_3_with_offloaded_params_and_cosine() -> None:
     assert ds["scheduler"] == {
         "type": "WarmupCosineLR",
         "params": {
-            "total_num_steps": 100,
+            "total_num_steps": 101,  # shifted by the scheduler's start (see scheduler_start)
             "warmup_min_ratio": 0.0,
             "cos_min_ratio": 0.1,
             "warmup_num_steps": 10,
@@ -147,7 +147,24 @@ def test_linear_decay_without_warmup_starts_at_full_lr() -> None:
 
 def test_linear_warmup_then_constant() -> None:
     cfg = TrainerConfig(lr=1.0, warmup_steps=4)
-    assert _lrs(cfg, 6) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+    # Step 1 already learns (never lr 0); step W = 4 reaches the full lr.
+    assert _lrs(cfg, 6) == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_linear_warmup_then_decay() -> None:
+    cfg = TrainerConfig(lr=1.0, warmup_steps=2, lr_scheduler="linear", total_steps=5)
+    # Warmup k / 2; then (total + 1 - k) / (total + 1 - W) = (6 - k) / 4 from step 2 on.
+    assert _lrs(cfg, 5) == pytest.approx([0.5, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_cosine_warmup_starts_above_zero_and_reaches_min_at_the_last_step() -> None:
+    cfg = TrainerConfig(
+        lr=1.0, warmup_steps=2, lr_scheduler="cosine", total_steps=5, min_lr_ratio=0.1
+    )
+    # Warmup k / 2 for k < 2; then progress (k - 1) / (total + 1 - W) = (k - 1) / 4.
+    decay = [0.1 + 0.9 * (1 + math.cos(math.pi * (k - 1) / 4)) / 2 for k in range(2, 6)]
+    assert _lrs(cfg, 5) == pytest.approx([0.5, *decay], abs=1e-9)
+    assert _lrs(cfg, 5)[-1] == pytest.approx(0.1)
 
 
 def test_cosine_without_warmup_reaches_min_at_the_last_step() -> None:
