@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from rlhf.models.weight_broadcast import BACKENDS
+from rlhf.models.weight_broadcast import BACKENDS, new_group_id
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class BroadcastSync:
     def form(self) -> None:
         """Forms a new group (new id) of trainer rank 0 and every receiver; all join at once."""
         self.generation += 1
-        group_id = f"rlhf-weights-{self.generation}"
+        group_id = new_group_id(self.generation)  # its secret goes only to the group's ranks
         receivers = self.receivers()
         world = 1 + len(receivers)
         refs = [self.trainers.actors[0].join_weight_group.remote(group_id, world)]

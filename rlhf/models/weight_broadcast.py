@@ -13,11 +13,19 @@ branch is untested here: these machines have no GPU.
 
 What travels: a :class:`Manifest` (names, dtypes, shapes, offsets) once, when the group forms,
 then at each sync only the buffers.
+
+What listens: the store and each rank's gloo pairs bind the node's own address
+(:func:`node_address`: the address Ray runs on, 127.0.0.1 in a local run), never every
+interface. The store has no authentication of its own, so every key of a group lies under its
+id, which holds a random secret (:func:`new_group_id`) that only the driver hands out: a
+process without it cannot meet the group's ranks or read their addresses.
 """
 
 from __future__ import annotations
 
 import datetime
+import secrets
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -103,12 +111,46 @@ def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _group(store: dist.Store, group_id: str, rank: int, world: int, backend: str, timeout_s: float):
-    """A process group of ``world`` ranks over ``store`` alone (no default group involved)."""
+def node_address() -> str:
+    """This node's address for our listeners: the one Ray runs on (127.0.0.1 when Ray was
+    started on loopback, as a local run does), or 127.0.0.1 outside Ray."""
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+
+
+def new_group_id(generation: int) -> str:
+    """A weight group id that holds a fresh 128-bit secret (and ends with ``-generation``)."""
+    return f"rlhf-weights-{secrets.token_hex(16)}-{generation}"
+
+
+def _listening_socket(host: str) -> socket.socket:
+    """A TCP socket bound to ``host`` on a free port, listening (the store serves on it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
+def _group(
+    store: dist.Store,
+    group_id: str,
+    rank: int,
+    world: int,
+    backend: str,
+    timeout_s: float,
+    host: str,
+):
+    """A process group of ``world`` ranks over ``store`` alone (no default group involved);
+    gloo's pairs of this rank listen on ``host``."""
     prefixed = dist.PrefixStore(f"{group_id}/", store)
     timeout = datetime.timedelta(seconds=timeout_s)
     if backend == "gloo":
-        return dist.ProcessGroupGloo(prefixed, rank, world, timeout)
+        options = dist.ProcessGroupGloo._Options()
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
+        options._timeout = timeout
+        return dist.ProcessGroupGloo(prefixed, rank, world, options)
     if backend == "nccl":  # untested here (no GPU)
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout
@@ -132,19 +174,33 @@ class WeightSender:
     Args:
         backend: "gloo" or "nccl" (see :data:`BACKENDS`).
         timeout_s: how long a collective waits for the other ranks.
+        host: the address to listen on (default: :func:`node_address`).
     """
 
-    def __init__(self, backend: str, timeout_s: float = 600.0) -> None:
+    def __init__(self, backend: str, timeout_s: float = 600.0, host: str | None = None) -> None:
         self.backend, self.timeout_s = backend, timeout_s
-        # Port 0: the store binds a free port itself (no race with another process).
-        self.store = dist.TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False)
-        self.port = self.store.port
+        self.host = host or node_address()
+        # Port 0: a free port of this address alone (the store would listen on every one).
+        listener = _listening_socket(self.host)
+        self.port = listener.getsockname()[1]
+        try:
+            self.store = dist.TCPStore(
+                self.host,
+                self.port,
+                is_master=True,
+                wait_for_workers=False,
+                master_listen_fd=listener.fileno(),
+            )
+        except BaseException:
+            listener.close()
+            raise
+        listener.detach()  # the store owns the socket now and closes it when it stops
         self.group = None
         self.manifest: Manifest | None = None
 
     def join(self, group_id: str, world: int, manifest: Manifest) -> None:
         """Forms the group ``group_id`` (blocks until all ``world`` ranks joined)."""
-        self.group = _group(self.store, group_id, 0, world, self.backend, self.timeout_s)
+        self.group = _group(self.store, group_id, 0, world, self.backend, self.timeout_s, self.host)
         self.manifest = manifest
 
     def send(self, named_tensors: dict[str, Tensor]) -> int:
@@ -184,7 +240,7 @@ class WeightReceiver:
         host, port = address
         timeout = datetime.timedelta(seconds=timeout_s)
         store = dist.TCPStore(host, port, is_master=False, timeout=timeout)
-        self.group = _group(store, group_id, rank, world, backend, timeout_s)
+        self.group = _group(store, group_id, rank, world, backend, timeout_s, node_address())
         self.group_id, self.manifest, self.backend = group_id, manifest, backend
 
     def receive(self) -> list[tuple[str, Tensor]]:

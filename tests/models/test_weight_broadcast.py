@@ -11,6 +11,7 @@ from rlhf.models.weight_broadcast import (
     WeightReceiver,
     WeightSender,
     manifest_of,
+    new_group_id,
     pack,
     unpack,
 )
@@ -64,22 +65,35 @@ def test_pack_names_a_weight_that_changed():
 
 
 def test_gloo_broadcast_reaches_every_receiver():
-    """Rank 0 sends twice; two receivers (threads here, engines in a job) get both versions."""
+    """Rank 0 sends twice; two receivers (threads here, engines in a job) get both versions.
+
+    Outside Ray the node's address is loopback: the store and every rank's gloo pairs listen
+    there alone.
+    """
+    import psutil
+
     weights = _weights()
     manifest = manifest_of(weights.items())
     sender = WeightSender("gloo", timeout_s=30)
+    group_id = new_group_id(1)
     received: dict[int, list] = {1: [], 2: []}
 
     def receive(rank: int) -> None:
         receiver = WeightReceiver()
-        receiver.join(("127.0.0.1", sender.port), "g1", rank, 3, "gloo", manifest, timeout_s=30)
+        receiver.join(("127.0.0.1", sender.port), group_id, rank, 3, "gloo", manifest, timeout_s=30)
         for _ in range(2):
             received[rank].append({k: v.clone() for k, v in receiver.receive()})
 
     threads = [threading.Thread(target=receive, args=(rank,)) for rank in (1, 2)]
     for thread in threads:
         thread.start()
-    sender.join("g1", 3, manifest)
+    sender.join(group_id, 3, manifest)
+    listening = [
+        c.laddr for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN
+    ]
+    assert ("127.0.0.1", sender.port) in listening
+    assert len(listening) >= 4  # the store, and the pairs of 3 ranks
+    assert {address.ip for address in listening} == {"127.0.0.1"}
     assert sender.send(weights) == manifest.nbytes
     second = {k: v + 1 for k, v in weights.items()}
     sender.send(second)
@@ -99,3 +113,9 @@ def test_manifest_is_plain_data():
     manifest = manifest_of(_weights().items())
     assert pickle.loads(pickle.dumps(manifest)) == manifest
     assert isinstance(manifest, Manifest)
+
+
+def test_group_ids_hold_a_fresh_secret():
+    first, second = new_group_id(3), new_group_id(3)
+    assert first != second and first.endswith("-3") and second.startswith("rlhf-weights-")
+    assert len(first.split("-")[2]) == 32  # 128 bits, hex
