@@ -7,6 +7,7 @@ the rest. A wrong key or a wrong type is an error that names its dotted path (an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -88,10 +89,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return from_dict(tp, value, where)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
         return _finite(float(value), where)

@@ -1,7 +1,8 @@
 """The config machinery: types checked, wrong keys named with their path and file, overrides."""
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import pytest
 
@@ -99,3 +100,114 @@ def test_shipped_configs_load(name, module, cls):
     assert load_config(getattr(importlib.import_module(module), cls), root / name)
     first_line = (root / name).read_text().splitlines()[0]
     assert first_line.startswith("# rlhf "), "each config starts with the command that runs it"
+
+
+@dataclass
+class Checked:
+    path: str = ""
+    ratio: float = 0.5
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("path is required")
+
+
+@dataclass
+class Job:
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {"old_seed": "set seed instead"}
+
+    seed: int = 0
+    inner: Inner = field(default_factory=Inner)
+    checked: Checked = field(default_factory=lambda: Checked(path="given"))
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"inner": {"lr": float("nan")}}, r"^inner\.lr: must be a finite number, got nan$"),
+        ({"inner": {"lr": float("inf")}}, r"^inner\.lr: must be a finite number, got inf$"),
+        ({"inner": {"lr": "-inf"}}, r"^inner\.lr: must be a finite number, got -inf$"),
+        ({"checked": {"path": "p", "ratio": "nan"}}, r"^checked\.ratio: must be a finite"),
+        ({"options": {"a": {"b": [1.0, float("nan")]}}}, r"^options\.a\.b\[1\]: NaN is not"),
+        ({"old_seed": 3}, r"^old_seed is no longer a key: set seed instead$"),
+        ({"checked": {"ratio": 0.1}}, r"^checked: path is required$"),
+    ],
+)
+def test_non_finite_numbers_and_removed_keys_are_named(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Job, data)
+
+
+def test_yaml_nan_and_inf_overrides_are_refused(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("inner:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=rf"{path}: inner\.lr: must be a finite number"):
+        load_config(Job, path)
+    with pytest.raises(ConfigError, match=r"inner\.lr: must be a finite number, got inf"):
+        load_config(Job, None, ["inner.lr=.inf"])
+
+
+def test_sections_left_at_their_defaults_are_validated_too():
+    @dataclass
+    class Needy:
+        checked: Checked = field(default_factory=Checked)  # its default has no path
+
+    with pytest.raises(ConfigError, match=r"^checked: path is required$"):
+        from_dict(Needy, {})
+
+    @dataclass
+    class BadDefault:
+        inner: Inner = field(default_factory=lambda: Inner(lr=float("nan")))
+
+    with pytest.raises(ConfigError, match=r"^inner\.lr: must be a finite number"):
+        from_dict(BadDefault, {})
+    assert from_dict(Job, {}).checked.path == "given"
+
+
+def test_every_float_of_every_shipped_job_is_checked_at_load():
+    """A NaN anywhere in a job's config is refused at load: each float field, found by walking
+    the config classes (sections left at their defaults included)."""
+    from rlhf.driver.dpo import DPOConfig
+    from rlhf.driver.make_data import MakeDataConfig
+    from rlhf.driver.online_dpo import OnlineDPOConfig
+    from rlhf.driver.ppo import PPOConfig
+    from rlhf.driver.sample import SampleJobConfig
+
+    data = {"data": {"path": "a.jsonl"}}
+    checked = 0
+    for cls in (DPOConfig, OnlineDPOConfig, PPOConfig, SampleJobConfig, MakeDataConfig):
+        for key in _float_keys(cls):
+            base = data if cls is DPOConfig else {}
+            with pytest.raises(ConfigError, match=rf"^defaults: {re.escape(key)}: must be"):
+                load_config(cls, None, [f"{k}={v}" for k, v in _flat(base)] + [f"{key}=.nan"])
+            checked += 1
+    assert checked > 40  # trainer, engines, sampling, loss, ppo, reward, ... floats
+
+
+def _float_keys(cls, prefix: str = "") -> list[str]:
+    """Dotted keys of the float settings of a config class tree: ``float`` and ``float | None``
+    fields, and an entry of each ``dict[str, float]`` (custom resources)."""
+    import dataclasses
+    import types
+    from typing import get_args, get_origin, get_type_hints
+
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = get_type_hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            keys += _float_keys(tp, f"{key}.")
+        elif tp is float or (get_origin(tp) is types.UnionType and float in get_args(tp)):
+            keys.append(key)
+        elif get_origin(tp) is dict and get_args(tp)[1] is float:
+            keys.append(f"{key}.node_b")
+    return keys
+
+
+def _flat(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
