@@ -26,6 +26,7 @@ from rlhf.models.deepspeed_config import (
     deepspeed_config,
     scheduler_start,
 )
+from rlhf.models.torch_extensions import extensions_dir
 
 Device = Literal["cpu", "cuda"]
 
@@ -38,10 +39,12 @@ CPU_SPIN_COUNT = "1000000"
 
 
 def trainer_env(device: Device) -> dict[str, str]:
-    """Environment variables a trainer rank's process needs before it imports DeepSpeed."""
+    """Environment variables a trainer rank's process needs before it imports DeepSpeed
+    (compiled ops go to this environment's own directory: ``rlhf.models.torch_extensions``)."""
+    ops = {"TORCH_EXTENSIONS_DIR": extensions_dir()}
     if device != "cpu":
-        return {}
-    return {"DS_ACCELERATOR": "cpu", "GOMP_SPINCOUNT": CPU_SPIN_COUNT}
+        return ops
+    return {**ops, "DS_ACCELERATOR": "cpu", "GOMP_SPINCOUNT": CPU_SPIN_COUNT}
 
 
 def start_ranks(

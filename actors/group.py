@@ -9,6 +9,7 @@ each role goes to its bundle i.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 import ray
@@ -206,3 +207,34 @@ class ActorGroup:
         self.actors = []
         if self.owns_placement:
             remove_placement_group(self.placement_group)
+
+
+class ActorStartError(RuntimeError):
+    """Actors that did not finish starting in time; the message names them."""
+
+
+def wait_started(roles: Mapping[str, Any], timeout_s: float, hint: str = "") -> None:
+    """Waits until every actor's constructor has returned, ``timeout_s`` at most in all.
+
+    ``roles``: a role name -> an actor handle, a list of them, or an :class:`ActorGroup`. An
+    actor that raised while starting raises here; one still starting at the deadline is an
+    :class:`ActorStartError` naming its role (and rank), the wait, and ``hint``.
+    """
+    pending: dict[Any, str] = {}
+    for role, started in roles.items():
+        actors = started.actors if isinstance(started, ActorGroup) else started
+        if not isinstance(actors, list):
+            actors = [actors]
+        for rank, actor in enumerate(actors):
+            name = role if len(actors) == 1 else f"{role} {rank}"
+            pending[actor.__ray_ready__.remote()] = name  # runs once the constructor returned
+    ready, late = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
+    ray.get(ready)  # an actor whose constructor raised: its error
+    if late:
+        names = ", ".join(pending[ref] for ref in late)
+        raise ActorStartError(
+            f"{names} did not finish starting within {timeout_s:.0f} s (ray.start_timeout_s): "
+            f"a start loads the model (and a trainer builds DeepSpeed's ops){hint}. Their "
+            "logs are in Ray's session directory (/tmp/ray/session_latest/logs); raise "
+            "ray.start_timeout_s if they are only slow"
+        )

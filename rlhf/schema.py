@@ -139,8 +139,13 @@ class RayConfig:
     # of each in bundle i, e.g. [[trainer, reference]]. Names: trainer, critic, samplers,
     # reference, reward (the ones the job starts).
     colocate: list[list[str]] = field(default_factory=list)
+    # How long the driver waits for the job's actors to finish starting (loading models,
+    # building DeepSpeed's ops) before it stops with an error naming the ones still starting.
+    start_timeout_s: float = 900.0
 
     def validate(self) -> None:
+        if not self.start_timeout_s > 0:
+            raise ConfigError(f"start_timeout_s must be > 0, got {self.start_timeout_s}")
         for key in ("max_restarts", "phase_retries"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")

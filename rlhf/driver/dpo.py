@@ -36,6 +36,7 @@ from rlhf.driver.setup import (
     open_run,
     read_preference_tables,
     start_trainers,
+    wait_for_roles,
 )
 from rlhf.models.deepspeed_config import PreferenceTrainerConfig
 from rlhf.run_dir import Checkpoints, MetricsLogger
@@ -97,6 +98,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         train, held_out = add_reference_tables(cfg, model_path, prepared, scope)
         pad = tokenizer.pad_token_id
         group = scope.own(start_trainers(cfg, model_path))
+        wait_for_roles(cfg, {"trainer": group})
         hold_table(group, "train", train, pad)
         if held_out is not None:
             hold_table(group, "eval", held_out, pad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from rlhf.run_dir import RunDirectoryError, mark_run_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RunDirectoryError", "open_run"]  # RunDirectoryError: raised by open_run
 
@@ -127,6 +130,7 @@ def add_reference_tables(
     The reference server starts only when a table missed the cache (owned by ``scope``, and
     killed before returning to free its memory for the trainers); new tables are cached.
     """
+    from actors.group import wait_started
     from rlhf.algorithms import get_preference_loss
 
     needs_reference = get_preference_loss(cfg.loss.name).metadata.get("needs_reference", True)
@@ -139,7 +143,9 @@ def add_reference_tables(
             continue
         table = item.table
         if needs_reference:
-            server = server or scope.own(start_reference(cfg, model_path))
+            if server is None:
+                server = scope.own(start_reference(cfg, model_path))
+                wait_started({"reference": server}, cfg.ray.start_timeout_s)
             table = add_reference_logps(server, table, cfg.reference.chunk_size)
         save_cached(cache_dir, item.key, table)
         tables.append(table)
@@ -250,6 +256,19 @@ def start_reference(cfg: Any, model_path: str, shared: Any = None):
     )
 
 
+def wait_for_roles(cfg: Any, roles: dict[str, Any]) -> None:
+    """Waits, at most ``ray.start_timeout_s``, until the started ``roles`` (role name -> actor,
+    actors or group) are up; an error names those still starting. A DeepSpeed op build lock
+    that a killed build left (on this node) is reported at once, and in that error."""
+    from actors.group import wait_started
+    from rlhf.models.torch_extensions import extensions_dir, stale_lock_message
+
+    stale = stale_lock_message(extensions_dir())
+    if stale:
+        log.warning(stale)
+    wait_started(roles, cfg.ray.start_timeout_s, f"; {stale}" if stale else "")
+
+
 def start_trainers(cfg: Any, model_path: str, shared: Any = None):
     """The policy trainer group of the config's loss, trainer settings and device.
 
@@ -265,5 +284,5 @@ def start_trainers(cfg: Any, model_path: str, shared: Any = None):
         cfg.loss.options,
         device=cfg.device,
         shared=shared,
-    )
         load=cfg.model.for_trainers(cfg.seed),
+    )

@@ -53,3 +53,39 @@ def test_spawn_still_starts_one_actor(ray_cluster) -> None:
     actor = spawn(_Rank, 0, 1, "127.0.0.1", 1, "solo", num_cpus=0.5)
     assert ray_cluster.get(actor.started_with.remote()) == (0, 1, "127.0.0.1", 1, "solo")
     ray_cluster.kill(actor)
+
+
+class _SlowStart:
+    """A role whose constructor takes ``seconds`` (a model load, an op build)."""
+
+    def __init__(self, seconds: float) -> None:
+        import time
+
+        time.sleep(seconds)
+
+
+class _FailedStart:
+    def __init__(self) -> None:
+        raise ValueError("no such model")
+
+
+@pytest.mark.integration
+def test_wait_started_names_the_actors_still_starting(ray_cluster) -> None:
+    from actors.group import ActorStartError, wait_started
+
+    quick = spawn(_SlowStart, 0.0, num_cpus=0.1)
+    slow = [spawn(_SlowStart, s, num_cpus=0.1) for s in (0.0, 60.0)]
+    try:
+        wait_started({"reference": quick}, timeout_s=60)
+        with pytest.raises(ActorStartError) as error:
+            wait_started({"reference": quick, "samplers": slow}, timeout_s=3, hint="; a hint")
+        assert str(error.value).startswith(
+            "samplers 1 did not finish starting within 3 s (ray.start_timeout_s): a start loads "
+            "the model (and a trainer builds DeepSpeed's ops); a hint."
+        )
+        failed = spawn(_FailedStart, num_cpus=0.1)
+        with pytest.raises(Exception, match="no such model"):
+            wait_started({"reward": failed}, timeout_s=60)
+    finally:
+        for actor in [quick, *slow]:
+            ray_cluster.kill(actor)

@@ -1,0 +1,79 @@
+"""Where DeepSpeed's compiled ops live, and the build locks a killed build leaves behind.
+
+DeepSpeed compiles some ops (its CPU Adam, its shared-memory collectives) on first use, through
+``torch.utils.cpp_extension``, into ``$TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``, shared by every environment of the user). Two environments with
+different torch or DeepSpeed versions would rebuild each other's ops there, and a build killed
+midway leaves its ``lock`` file, which makes every later build wait for it forever. So trainer
+ranks get a directory of this environment's own (:func:`extensions_dir`), and a lock that no
+process holds is reported (:func:`stale_build_locks`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+STALE_LOCK_AGE_S = 600.0  # a build takes 1-4 minutes; an older lock nobody holds is stale
+
+
+def extensions_dir() -> str:
+    """``$TORCH_EXTENSIONS_DIR`` when set; else a directory for this environment alone:
+    ``<rlhf cache>/torch_extensions/<hash of interpreter prefix, torch and DeepSpeed versions>``."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return os.environ["TORCH_EXTENSIONS_DIR"]
+    from rlhf.task import default_cache_dir
+
+    versions = [sys.prefix, sys.version]
+    for package in ("torch", "deepspeed"):
+        try:
+            versions.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package} missing")
+    env = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
+    return str(Path(default_cache_dir()) / "torch_extensions" / env)
+
+
+def stale_build_locks(root: str | Path, older_than_s: float = STALE_LOCK_AGE_S) -> list[Path]:
+    """Build lock files under ``root`` older than ``older_than_s`` that no live process holds
+    open (torch's ``FileBaton`` keeps its lock open while it builds, and names no owner in it).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    now = time.time()
+    locks = [*root.glob("*/lock"), *root.glob("*/*/lock")]  # <root>[/py311_cpu]/<op>/lock
+    old = [lock for lock in locks if lock.is_file() and now - lock.stat().st_mtime > older_than_s]
+    if not old:
+        return []
+    held = _open_files()
+    return [lock for lock in old if str(lock.resolve()) not in held]
+
+
+def _open_files() -> set[str]:
+    """Every file some process of this machine that we may inspect has open."""
+    held: set[str] = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                held.add(os.path.realpath(fd))
+        except OSError:  # gone, or another user's
+            continue
+    return held
+
+
+def stale_lock_message(root: str | Path) -> str | None:
+    """A warning naming the stale build locks under ``root`` and what to do, or None."""
+    locks = stale_build_locks(root)
+    if not locks:
+        return None
+    now = time.time()
+    ages = ", ".join(f"{lock} ({(now - lock.stat().st_mtime) / 60:.0f} min old)" for lock in locks)
+    return (
+        f"stale DeepSpeed op build lock(s) that no process holds: {ages}; a build killed midway "
+        "left them, and every trainer start waits for them: delete them"
+    )

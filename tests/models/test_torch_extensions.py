@@ -1,0 +1,45 @@
+"""DeepSpeed's op cache of this environment, and build locks a killed build left behind."""
+
+import os
+import time
+
+from rlhf.models.torch_extensions import extensions_dir, stale_build_locks, stale_lock_message
+
+
+def test_extensions_dir_is_this_environments_own(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setenv("RLHF_CACHE", str(tmp_path))
+    ours = extensions_dir()
+    assert ours.startswith(str(tmp_path / "torch_extensions") + os.sep)
+    assert ours == extensions_dir()  # the same in the driver and in every rank
+    monkeypatch.setattr("sys.prefix", "/some/other/venv")
+    assert extensions_dir() != ours  # another environment, another directory
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/mine")
+    assert extensions_dir() == "/mine"  # the user's choice wins
+
+
+def _lock(root, op: str, age_s: float):
+    lock = root / "py311_cpu" / op / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    then = time.time() - age_s
+    os.utime(lock, (then, then))
+    return lock
+
+
+def test_only_old_locks_that_no_process_holds_are_stale(tmp_path):
+    killed = _lock(tmp_path, "cpu_adam", age_s=3600)
+    building = _lock(tmp_path, "fused_adam", age_s=3600)
+    _lock(tmp_path, "shm_comm", age_s=5)  # a build that just started
+    fd = os.open(building, os.O_RDONLY)  # held, as torch's FileBaton holds its lock
+    try:
+        assert stale_build_locks(tmp_path) == [killed]
+        message = stale_lock_message(tmp_path)
+        assert message.startswith(
+            f"stale DeepSpeed op build lock(s) that no process holds: {killed} (60 min old)"
+        )
+        assert message.endswith("delete them")
+    finally:
+        os.close(fd)
+    assert stale_build_locks(tmp_path / "none") == []
+    assert stale_lock_message(tmp_path / "none") is None
