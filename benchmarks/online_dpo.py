@@ -10,8 +10,8 @@ optimizer step, beta 0.1, lr 5e-4, up to 48 new tokens at temperature 1, fp32:
   (TRL's fixed K) and K = 4 (our default), best-vs-worst pairs, one pass over each round's pairs,
   one held-out prompt per round (the job's evaluation cannot be switched off; TRL evaluates
   nothing). Phases come from metrics.jsonl (``time/generate|score|reference|train|sync``);
-  the whole round, start-up and the per-round checkpoint are timed by wrapping the functions
-  the driver calls (the wrappers only time and delegate, and wait until new actors are up).
+  the whole round, start-up and the per-round checkpoint are timed by the loop's phase hooks
+  (``rlhf.driver.online_loop``; the hook waits until new actors are up).
 - TRL ``trl.experimental.online_dpo.OnlineDPOTrainer`` with the task's reward as a Python reward
   function, generating with transformers (TRL's default; its vLLM mode needs CUDA). Prompts get
   the tokenizer's BOS written in front (TRL tokenizes prompts without special tokens; our
@@ -29,7 +29,6 @@ that job and the memory copy.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -53,7 +52,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch.utils.tensorboard  # noqa: F401 (imported before the clock, as TRL's are)
 
     from rlhf.config import load_config
-    from rlhf.driver import online, online_dpo
+    from rlhf.driver import online_dpo
     from rlhf.run_dir import read_metrics
 
     out = Path(job["out"])
@@ -73,62 +72,42 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
             f"loss.beta={job['beta']}",
             f"trainer.lr={job['lr']}",
             f"trainer.num_ranks={job['ranks']}",
-            f"trainer.micro_batch_size={job['batch'] // job['ranks']}",
+            f"trainer.micro_batch_prompts={job['batch'] // job['ranks']}",
         ],
     )
     phases = Phases()
     rounds: list[float] = []
-
-    @contextlib.contextmanager
-    def session(ray_cfg, *stages):
-        start = time.perf_counter()
-        with original["ray_session"](ray_cfg, *stages) as scope:
-            phases.add("ray start", time.perf_counter() - start)
-            yield scope
-            start = time.perf_counter()
-        phases.add("teardown", time.perf_counter() - start)
-
-    def start_reference(*args, **kwargs):
-        with phases("engine load"):
-            server = original["start_reference"](*args, **kwargs)
-            ray.get(server.token_logprobs.remote([[1, 2]]))  # returns once the engine is up
-        return server
-
-    def start_samplers(*args, **kwargs):
-        with phases("engine load"):
-            samplers = original["start_samplers"](*args, **kwargs)
-            ray.get([s.token_logprobs.remote([[1, 2]]) for s in samplers])
-        return samplers
-
-    def start_trainers(*args, **kwargs):
-        with phases("trainer start"):
-            group = original["start_trainers"](*args, **kwargs)
-            ray.get(group.call("ping"))
-        return group
-
-    def run_round(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original["run_round"](*args, **kwargs)
-        finally:
-            rounds.append(time.perf_counter() - start)
-
-    # The rollout actors start in rlhf.driver.online (shared by the online loops), the rest in
-    # the online DPO loop itself.
-    wrappers = {
-        (online, "start_reference"): start_reference,
-        (online, "start_samplers"): start_samplers,
-        (online_dpo, "ray_session"): session,
-        (online_dpo, "start_trainers"): start_trainers,
-        (online_dpo, "run_round"): run_round,
-        (online_dpo, "save_checkpoint"): phases.timed("checkpoint", online_dpo.save_checkpoint),
+    started: dict[tuple[str, int | None], float] = {}
+    names = {  # the loop's phases timed here, by the name this report gives them
+        "ray start": "ray start",
+        "rollout actors": "engine load",
+        "trainers": "trainer start",
+        "checkpoint": "checkpoint",
+        "teardown": "teardown",
     }
-    original = {name: getattr(module, name) for module, name in wrappers}
-    for (module, name), wrapper in wrappers.items():
-        setattr(module, name, wrapper)
+
+    def timing(event) -> None:
+        """The loop's phase hook: wall time of start-up, rounds, checkpoints and teardown."""
+        key = (event.phase, event.round)
+        if not event.ended:
+            started[key] = time.perf_counter()
+            return
+        workers = event.workers
+        if event.phase == "rollout actors":  # returns once the engines are up
+            ray.get(
+                [workers.reference.token_logprobs.remote([[1, 2]])]
+                + [s.token_logprobs.remote([[1, 2]]) for s in workers.samplers]
+            )
+        elif event.phase == "trainers":
+            ray.get(workers.policy.call("ping"))
+        seconds = time.perf_counter() - started.pop(key)
+        if event.phase == "round":
+            rounds.append(seconds)
+        elif event.phase in names:
+            phases.add(names[event.phase], seconds)
 
     start = time.perf_counter()
-    run_dir = online_dpo.run(cfg)
+    run_dir = online_dpo.run(cfg, hooks=[timing])
     total = time.perf_counter() - start - phases.seconds.pop("teardown")
     per_round = [m for m in read_metrics(run_dir) if "round" in m and "time/sync" in m]
     return {
@@ -190,6 +169,7 @@ def sync_parts_job(job: dict[str, Any]) -> dict[str, Any]:
     from rlhf.config import load_config
     from rlhf.driver import online_dpo
     from rlhf.driver.common import ray_session, start_samplers
+    from rlhf.driver.online import sync_weights
     from rlhf.driver.setup import start_trainers
     from rlhf.driver.weight_sync import BroadcastSync
 
@@ -213,7 +193,7 @@ def sync_parts_job(job: dict[str, Any]) -> dict[str, Any]:
             t2 = time.perf_counter()
             ray.get([s.load_weights.remote(handle) for s in samplers])
             t3 = time.perf_counter()
-            online_dpo.sync_weights(group, samplers)
+            sync_weights(group, samplers)
             t4 = time.perf_counter()
             for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 parts[name].append(seconds)
@@ -224,7 +204,7 @@ def sync_parts_job(job: dict[str, Any]) -> dict[str, Any]:
         parts["broadcast whole"] = []
         for _ in range(job["repeats"]):
             t0 = time.perf_counter()
-            sent = online_dpo.sync_weights(group, samplers)
+            sent = sync_weights(group, samplers)
             parts["broadcast whole"].append(time.perf_counter() - t0)
         assert broadcast.generation == 1 and sent == broadcast.manifest.nbytes
     nbytes = sum(t.numel() * t.element_size() for t in weights.values())

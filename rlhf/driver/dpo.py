@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from rlhf.data.config import DataConfig
 from rlhf.data.table import source_of
+from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
 from rlhf.driver.checks import check_finite_loss, check_local_device
 from rlhf.driver.common import cluster_address, ray_session, resolve_model_path
 from rlhf.driver.loops import register_loop
@@ -25,8 +26,6 @@ from rlhf.driver.preference_training import (
     epoch_batches,
     evaluate,
     hold_table,
-    restore_checkpoint,
-    save_checkpoint,
     step_metrics,
     submit_step,
 )
@@ -103,7 +102,10 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         if held_out is not None:
             hold_table(group, "eval", held_out, pad)
         checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
-        state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
+        restored = (
+            restore_checkpoint({"trainer": group}, checkpoints, TrainState) if resume else None
+        )
+        state = restored or TrainState()
         logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)
         batch_size = cfg.trainer.prompts_per_step
         total = total_steps(cfg, train.num_rows)
@@ -143,7 +145,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
                     logger.log(state.step, last_eval)
                     evaluated_at = state.step
                 if _due(state.step, cfg.schedule.save_every):
-                    save_checkpoint(group, checkpoints, state)
+                    save_checkpoint({"trainer": group}, checkpoints, state)
                     saved_at = state.step
                 if state.step >= total:
                     break
@@ -154,11 +156,11 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
                     last_eval = _eval(group, held_out, cfg)
                     logger.log(state.step, last_eval)
                     evaluated_at = state.step
-                save_checkpoint(group, checkpoints, state)
+                save_checkpoint({"trainer": group}, checkpoints, state)
                 saved_at = state.step
         bar.close()
         if saved_at != state.step:
-            save_checkpoint(group, checkpoints, state)
+            save_checkpoint({"trainer": group}, checkpoints, state)
         if held_out is not None and evaluated_at != state.step:
             last_eval = _eval(group, held_out, cfg)
             logger.log(state.step, last_eval)

@@ -3,78 +3,56 @@
     rlhf train configs/online_dpo.yaml rounds.rounds=8 loss.name=plackett_luce rounds.strategy=ranking
 
 Every round's samples, scores and preferences are written as Parquet under
-``<run_dir>/rounds/round_NNNN/``; metrics per round go to ``metrics.jsonl``.
-
-Faults: a sampler or reward actor that dies is restarted by Ray and the round's phase is run
-again (``rlhf.driver.retry``); a killed driver continues with ``--resume`` from the last round's
-checkpoint. Prompts, sampling seeds and batch order are functions of (seed, round), so a resumed
-or retried round draws the same samples as an uninterrupted one.
+``<run_dir>/rounds/round_NNNN/``; metrics per round go to ``metrics.jsonl``. The rounds run in
+the online skeleton (``rlhf.driver.online_loop``: start-up, retries of dead actors, weight sync,
+checkpoints and ``--resume``); this module is what online DPO adds: its config, preference
+tables from each round's scored samples, and DPO steps on them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
-from tqdm import tqdm
 
 from rlhf.algorithms.registry import UnknownNameError
 from rlhf.config import ConfigError
 from rlhf.data.errors import DataReport
+from rlhf.data.loader import batches
 from rlhf.data.strategies import get_pair_strategy, uniform_preferences
 from rlhf.data.table import build_table, with_ref_logps
-from rlhf.driver.common import (
-    ray_session,
-    resolve_model_path,
-)
 from rlhf.driver.loops import register_loop
-from rlhf.driver.online import (
-    PhaseTimer,
-    SamplersConfig,
-    sample_metrics,
-    start_rollout_actors,
-    sync_weights,
+from rlhf.driver.online import SamplersConfig, sample_metrics
+from rlhf.driver.online_loop import (
+    Hook,
+    OnlineAlgorithm,
+    Round,
+    RoundSizes,
+    check_online_config,
+    run_online,
 )
+from rlhf.driver.plan import online_plan
 from rlhf.driver.preference_training import (
     LossConfig,
     ReferenceConfig,
-    ScheduleConfig,
     TrainState,
-    epoch_batches,
     hold_table,
-    restore_checkpoint,
-    save_checkpoint,
     step_metrics,
     submit_step,
 )
 from rlhf.driver.reference import response_logps
-from rlhf.driver.retry import PhaseRetry, named_actors
-from rlhf.driver.rollout import (
-    ActorScorer,
-    GroupScorer,
-    ScoredGroup,
-    sample,
-    score,
-)
-from rlhf.driver.setup import (
-    check_colocation,
-    online_roles,
-    open_run,
-    place_colocated,
-    sleeping_engines,
-    start_trainers,
-)
-from rlhf.driver.weight_sync import BroadcastSync
+from rlhf.driver.rollout import ScoredGroup
+from rlhf.driver.setup import online_roles, start_trainers
 from rlhf.files import atomic_path
-from rlhf.models.deepspeed_config import TrainerConfig
-from rlhf.plots import plot_rounds
+from rlhf.models.deepspeed_config import PreferenceTrainerConfig
 from rlhf.rewards import RewardConfig
-from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
-from rlhf.schema import ModelConfig, RayConfig
+from rlhf.run_dir import read_metrics
+from rlhf.schema import ModelConfig, RayConfig, check_job
 
 
 @dataclass
@@ -88,11 +66,14 @@ class RoundsConfig:
     strategy: str = "best_vs_worst"  # best_vs_worst | all_pairs | ranking | a plugin
     tie_tolerance: float = 0.0
     reference_update: Literal["fixed", "previous_round"] = "fixed"
+    length_grouping: bool = True  # each step's prompts of similar length (less padding)
 
     def validate(self) -> None:
         for key in ("rounds", "prompts_per_round", "epochs_per_round", "eval_prompts"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")
+        if self.tie_tolerance < 0:
+            raise ConfigError(f"tie_tolerance must be >= 0, got {self.tie_tolerance}")
         try:
             get_pair_strategy(self.strategy)
         except UnknownNameError as error:
@@ -103,6 +84,11 @@ class RoundsConfig:
 class OnlineDPOConfig:
     """Settings of an online DPO run (``algorithm: online_dpo``)."""
 
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "schedule": "online DPO read two of its keys; set rounds.length_grouping and "
+        "keep_checkpoints (top level) instead",
+    }
+
     algorithm: Literal["online_dpo"] = "online_dpo"
     output_dir: str = "runs/online_dpo"
     seed: int = 0
@@ -111,154 +97,75 @@ class OnlineDPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: PreferenceTrainerConfig = field(default_factory=PreferenceTrainerConfig)
     samplers: SamplersConfig = field(default_factory=SamplersConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    keep_checkpoints: int = 2  # the last rounds' checkpoints kept (one per round)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
-        ranking = get_pair_strategy(self.rounds.strategy).metadata.get("ranking", False)
-        if ranking and self.samplers.sampling.n < 2:
-            raise ConfigError("samplers.sampling.n must be at least 2 to rank responses")
-        check_colocation(self, online_roles(self))
-
-
-@register_loop("online_dpo", config=OnlineDPOConfig)
-def run(cfg: OnlineDPOConfig, resume: bool = False) -> Path:
-    """Runs the rounds; returns the run directory (final policy in ``model/``)."""
-    from transformers import AutoTokenizer
-
-    from rlhf.task import make_prompts
-
-    run_dir = open_run(cfg, resume)
-    model_path = resolve_model_path(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path, trust_remote_code=cfg.model.trust_remote_code
-    )
-    r = cfg.rounds
-    train_prompts = make_prompts(r.rounds * r.prompts_per_round, seed=cfg.seed, split="train")
-    eval_prompts = make_prompts(r.eval_prompts, seed=cfg.seed, split="eval")
-    roles = online_roles(cfg)
-    with ray_session(cfg.ray, roles) as scope:
-        placements = place_colocated(cfg, roles, scope)  # ray.colocate groups, by role
-        samplers, reference, reward = start_rollout_actors(cfg, model_path, scope, placements)
-        group = scope.own(start_trainers(cfg, model_path, placements.get("trainer")))
-        if cfg.samplers.sync == "broadcast":
-            moved = reference if _moves_reference(cfg) else None
-            scope.own(BroadcastSync.open(group, samplers, moved, cfg.device))
-        sleepers = sleeping_engines(cfg, samplers, reference)
-        workers = Workers(samplers, reference, reward, group, sleepers)
-        checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
-        state = (restore_checkpoint(group, checkpoints) if resume else None) or TrainState()
-        if state.round > 0:  # resumed: the samplers must sample from the restored policy
-            moved = reference if _moves_reference(cfg) else None
-            sync_weights(group, samplers, moved, version=state.round)
-        logger = MetricsLogger(
-            run_dir,
-            resume_step=state.step if resume else None,
-            resume_round=state.round if resume else None,
-        )
-        bar = tqdm(total=r.rounds, initial=state.round, desc="online dpo", unit="round")
-        while state.round < r.rounds:
-            prompts = train_prompts[state.round * r.prompts_per_round :][: r.prompts_per_round]
-            metrics = run_round(
-                cfg, state, prompts, eval_prompts, workers, tokenizer.pad_token_id, logger, run_dir
+        check_online_config(self, online_roles(self))
+        # A run that can never train is refused here: every round would build no preference.
+        strategy = get_pair_strategy(self.rounds.strategy)
+        need = strategy.metadata.get("min_responses", 2)
+        if self.samplers.sampling.n < need:
+            raise ConfigError(
+                f"samplers.sampling.n is {self.samplers.sampling.n}, but rounds.strategy "
+                f"{self.rounds.strategy!r} builds preferences from at least {need} responses per "
+                f"prompt, so no round would train; set samplers.sampling.n to {need} or more"
             )
-            state.round += 1
-            logger.log(state.step, metrics)
-            save_checkpoint(group, checkpoints, state)
-            bar.update()
-            bar.set_postfix(
-                reward=f"{metrics['eval/reward/mean']:.3f}", kl=f"{metrics['eval/kl']:.2f}"
-            )
-        bar.close()
-        ray.get(group.call("save_pretrained", str(run_dir / "model")))
-        logger.close()
-    plot = plot_rounds(read_metrics(run_dir), run_dir / "rounds.png", "online DPO")
-    print_rounds(run_dir)
-    print(f"run directory: {run_dir} (model in {run_dir / 'model'}, plot {plot})")
-    return run_dir
+        check_job(self)
 
 
-@dataclass(frozen=True)
-class Workers:
-    """The actors a round uses, one field per role."""
+@register_loop("online_dpo", config=OnlineDPOConfig, **online_plan(lambda cfg: online_dpo(cfg)))
+def run(cfg: OnlineDPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
+    """Runs the rounds; returns the run directory (final policy in ``model/``).
 
-    samplers: list  # vLLM sampler actors
-    reference: Any  # the reference server actor
-    reward: GroupScorer  # scores groups of responses (the reward actor, remotely)
-    trainers: Any  # the policy trainer ActorGroup
-    sleepers: list = field(default_factory=list)  # engines asleep while the trainers train
-
-    def reward_actors(self) -> dict[str, Any]:
-        """The reward actor by name, when ``reward`` calls one (a retry waits for it)."""
-        return {"reward": self.reward.actor} if isinstance(self.reward, ActorScorer) else {}
-
-
-def run_round(
-    cfg: OnlineDPOConfig,
-    state: TrainState,
-    prompts: list[str],
-    eval_prompts: list[str],
-    workers: Workers,
-    pad_token_id: int,
-    logger: MetricsLogger,
-    run_dir: Path,
-) -> dict[str, float]:
-    """One round; returns its metrics (sample rewards, KL, preference counts, phase times).
-
-    Generate, score and sync are repeated if a sampler or the reward actor dies (``retries``
-    counts the repeats); the samplers hold weights version ``state.round`` during the round.
+    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
     """
-    seed = cfg.seed * 100_003 + state.round
-    timer = PhaseTimer()
-    retry = PhaseRetry(cfg.ray.phase_retries)
-    samplers = named_actors("sampler", workers.samplers)
-    with timer("generate"):
-        groups = retry(
-            "generate",
-            lambda: sample(
-                workers.samplers,
-                prompts + eval_prompts,
-                cfg.samplers.sampling,
-                seed,
-                weights_version=state.round,
-            ),
-            samplers,
-            recover=lambda: sync_weights(workers.trainers, workers.samplers, version=state.round),
-        )
-    with timer("score"):
-        scored = retry("score", lambda: score(groups, workers.reward), workers.reward_actors())
-    train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
-    with timer("reference"):
-        ref = reference_logps(workers.reference, scored, cfg.reference.chunk_size)
-    train_ref, eval_ref = ref[: len(prompts)], ref[len(prompts) :]
-    table, ties = preference_table(train_groups, train_ref, cfg.rounds, state.round)
-    write_round(run_dir, state.round, train_groups, train_ref, eval_groups, eval_ref, table)
-    metrics = {
-        "round": state.round,
+    return run_online(cfg, online_dpo(cfg), resume, hooks)
+
+
+def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
+    """Online DPO's part of the online skeleton: one trainer group, preference tables, DPO."""
+    r = cfg.rounds
+    return OnlineAlgorithm(
+        name="online DPO",
+        sizes=RoundSizes(r.rounds, r.prompts_per_round, r.eval_prompts),
+        roles=online_roles(cfg),
+        state_type=TrainState,
+        start_groups=lambda model_path, placements: {
+            "trainer": start_trainers(cfg, model_path, placements.get("trainer"))
+        },
+        reference_logps=lambda server, groups: reference_logps(
+            server, groups, cfg.reference.chunk_size
+        ),
+        build_batch=partial(preference_batch, cfg),
+        train=partial(train_on, cfg),
+        print_table=print_rounds,
+        moves_reference=r.reference_update == "previous_round",
+    )
+
+
+def preference_batch(
+    cfg: OnlineDPOConfig,
+    rnd: Round,
+    train_groups: list[ScoredGroup],
+    eval_groups: list[ScoredGroup],
+    ref: list[list[float]],
+) -> tuple[pa.Table, dict[str, float]]:
+    """The round's preference table (written with its samples under ``rounds/``) and the
+    metrics of its samples: rewards, KL, preference counts."""
+    train_ref, eval_ref = ref[: len(train_groups)], ref[len(train_groups) :]
+    table, ties = preference_table(train_groups, train_ref, cfg.rounds, rnd.index)
+    write_round(rnd.job.run_dir, rnd.index, train_groups, train_ref, eval_groups, eval_ref, table)
+    return table, {
+        "round": rnd.index,
         **sample_metrics("train", train_groups, train_ref),
         **sample_metrics("eval", eval_groups, eval_ref),
         "preferences": table.num_rows,
         "ties_dropped": ties,
     }
-    with timer("train"):
-        if table.num_rows:
-            ray.get([engine.sleep.remote() for engine in workers.sleepers])  # GPU for training
-            train_metrics = train_on(cfg, state, workers.trainers, table, pad_token_id, logger)
-            ray.get([engine.wake_up.remote() for engine in workers.sleepers])  # before the sync
-            metrics.update({f"train/{k}": v for k, v in train_metrics.items()})
-    with timer("sync"):
-        moved = workers.reference if _moves_reference(cfg) else None
-        metrics["sync_bytes"] = retry(
-            "sync",
-            lambda: sync_weights(workers.trainers, workers.samplers, moved, state.round + 1),
-            samplers | ({"reference": moved} if moved is not None else {}),
-        )
-    metrics["retries"] = retry.count
-    metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
-    return metrics
 
 
 def reference_logps(reference, groups: list[ScoredGroup], chunk: int) -> list[list[float]]:
@@ -294,29 +201,38 @@ def preference_table(
     return table, ties
 
 
-def train_on(cfg, state: TrainState, group, table: pa.Table, pad: int, logger) -> dict:
-    """DPO steps over the round's preferences; logs every step, returns the last step's metrics.
+def train_on(cfg: OnlineDPOConfig, rnd: Round, table: pa.Table) -> dict[str, float]:
+    """DPO steps over the round's preferences; logs every step, returns the last step's
+    metrics as ``train/...`` (none for a round without preferences).
 
     The ranks hold the round's table; every step of the round is submitted at once (they run
     in order) and the driver logs them as they finish.
     """
-    hold_table(group, "round", table, pad)
-    batch_size = cfg.trainer.prompts_per_step
+    if not table.num_rows:
+        return {}
+    state, group = rnd.job.state, rnd.job.workers.policy
+    hold_table(group, "round", table, rnd.job.pad_token_id)
+    epochs = cfg.rounds.epochs_per_round
     steps = []
-    for epoch in range(cfg.rounds.epochs_per_round):
-        position = TrainState(epoch=state.round * cfg.rounds.epochs_per_round + epoch)
+    for epoch in range(epochs):
         # Grouped by the longest prompt + response even when the trainer shares prompts: a
         # round is a few steps, so padding barely counts, and grouping by the shared row's
         # length moved the demo's policy much faster (KL 180 against 14 after 8 rounds).
-        for indices in epoch_batches(table, batch_size, cfg.schedule, cfg.seed, position):
-            steps.append(submit_step(group, "round", indices))
+        order = batches(
+            table,
+            cfg.trainer.prompts_per_step,
+            cfg.seed,
+            state.round * epochs + epoch,
+            length_grouping=cfg.rounds.length_grouping,
+        )
+        steps += [submit_step(group, "round", indices) for indices in order]
     last: dict[str, float] = {}
     for refs in steps:
         last = step_metrics(refs)
         state.step += 1
         state.tokens += int(last.get("tokens", 0))
-        logger.log(state.step, {f"train/{k}": v for k, v in last.items()})
-    return last
+        rnd.job.logger.log(state.step, {f"train/{k}": v for k, v in last.items()})
+    return {f"train/{k}": v for k, v in last.items()}
 
 
 def write_round(run_dir: Path, index: int, train_groups, train_ref, eval_groups, eval_ref, table):
@@ -366,7 +282,3 @@ def print_rounds(run_dir: Path) -> None:
         print(f"\nround {index}, held-out prompt: {rows[0]['prompt']}")
         for row in rows:
             print(f"   {row['score']:.3f}  {row['response'].strip()}")
-
-
-def _moves_reference(cfg: OnlineDPOConfig) -> bool:
-    return cfg.rounds.reference_update == "previous_round"

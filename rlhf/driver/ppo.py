@@ -8,19 +8,21 @@ policy and critic groups (DeepSpeed) give old log-probs and values; per-token KL
 rewards go through the configured advantage estimator; then several PPO epochs over
 mini-batches train the policy (clipped ratio) and the critic (clipped values) side by side, and
 the new weights are pushed into the samplers. No critic is started when the estimator needs
-none.
+none. The iterations run in the online skeleton (``rlhf.driver.online_loop``: start-up, retries
+of dead actors, weight sync, checkpoints and ``--resume``); this module is what PPO adds.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import ray
 import torch
-from tqdm import tqdm
 
 from rlhf.algorithms import (
     AdaptiveKLController,
@@ -32,33 +34,27 @@ from rlhf.algorithms import (
 from rlhf.algorithms.kl import KL_KINDS
 from rlhf.cluster.resources import Role, trainer_role
 from rlhf.config import ConfigError
+from rlhf.data.batch import RolloutBatch
 from rlhf.driver import experience as xp
-from rlhf.driver.common import ray_session, resolve_model_path
 from rlhf.driver.loops import register_loop
-from rlhf.driver.online import (
-    PhaseTimer,
-    SamplersConfig,
-    sample_metrics,
-    start_rollout_actors,
-    sync_weights,
+from rlhf.driver.online import SamplersConfig, sample_metrics
+from rlhf.driver.online_loop import (
+    Hook,
+    OnlineAlgorithm,
+    Round,
+    RoundSizes,
+    check_online_config,
+    run_online,
 )
+from rlhf.driver.plan import online_plan
 from rlhf.driver.preference_training import ReferenceConfig
 from rlhf.driver.reference import token_logps
-from rlhf.driver.retry import PhaseRetry, named_actors
-from rlhf.driver.rollout import ActorScorer, sample, score
-from rlhf.driver.setup import (
-    check_colocation,
-    online_roles,
-    open_run,
-    place_colocated,
-    sleeping_engines,
-)
-from rlhf.driver.weight_sync import BroadcastSync
-from rlhf.models.deepspeed_config import TrainerConfig
-from rlhf.plots import plot_rounds
+from rlhf.driver.rollout import ScoredGroup
+from rlhf.driver.setup import online_roles
+from rlhf.models.deepspeed_config import PPOTrainerConfig
 from rlhf.rewards import RewardConfig
-from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
-from rlhf.schema import ModelConfig, RayConfig
+from rlhf.run_dir import read_metrics
+from rlhf.schema import ModelConfig, RayConfig, check_job
 
 
 @dataclass
@@ -91,6 +87,14 @@ class PPOSettings:
             raise ConfigError("clip_eps and value_clip_eps must be positive (value_clip_eps: null)")
         if self.kl_coef < 0:
             raise ConfigError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if self.entropy_coef < 0:
+            raise ConfigError(f"entropy_coef must be >= 0, got {self.entropy_coef}")
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ConfigError(
+                f"kl_target must be > 0 (or null: a fixed kl_coef), got {self.kl_target}"
+            )
+        if self.kl_horizon <= 0:
+            raise ConfigError(f"kl_horizon must be > 0, got {self.kl_horizon}")
         if self.kl_estimator not in KL_KINDS:
             raise ConfigError(f"kl_estimator must be one of {', '.join(KL_KINDS)}")
         try:
@@ -110,8 +114,8 @@ class PPOConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the policy's
-    critic: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: PPOTrainerConfig = field(default_factory=PPOTrainerConfig)  # the policy's
+    critic: PPOTrainerConfig = field(default_factory=PPOTrainerConfig)
     critic_model: str | None = None  # the critic's body; None: the policy's model
     samplers: SamplersConfig = field(default_factory=SamplersConfig)
     ppo: PPOSettings = field(default_factory=PPOSettings)
@@ -135,7 +139,8 @@ class PPOConfig:
                 f"ppo.advantage {self.ppo.advantage!r} with samplers.sampling.n={k} and "
                 f"advantage_options {self.ppo.advantage_options}: {error}"
             ) from None
-        check_colocation(self, ppo_roles(self))
+        check_online_config(self, ppo_roles(self))
+        check_job(self)
 
 
 def ppo_roles(cfg: PPOConfig) -> list[Role]:
@@ -153,155 +158,85 @@ class PPOState:
     kl_coef: float | None = None  # the controller's coefficient after the last iteration
 
 
-@dataclass(frozen=True)
-class PPOWorkers:
-    """The actors an iteration uses, one field per role."""
+@register_loop("ppo", config=PPOConfig, **online_plan(lambda cfg: ppo(cfg)))
+def run(cfg: PPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
+    """Runs the iterations; returns the run directory (final policy in ``model/``).
 
-    samplers: list
-    reference: Any
-    reward: Any  # a GroupScorer
-    policy: Any  # ActorGroup of PPOPolicy
-    critic: Any | None  # ActorGroup of Critic; None for critic-free estimators
-    sleepers: list = field(default_factory=list)  # engines asleep while policy and critic work
-
-    def reward_actors(self) -> dict[str, Any]:
-        """The reward actor by name, when ``reward`` calls one (a retry waits for it)."""
-        return {"reward": self.reward.actor} if isinstance(self.reward, ActorScorer) else {}
+    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
+    """
+    return run_online(cfg, ppo(cfg), resume, hooks)
 
 
-@register_loop("ppo", config=PPOConfig)
-def run(cfg: PPOConfig, resume: bool = False) -> Path:
-    """Runs the iterations; returns the run directory (final policy in ``model/``)."""
-    from transformers import AutoTokenizer
+def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
+    """PPO's part of the online skeleton: policy and critic groups, experience, PPO epochs."""
+    p = cfg.ppo
+    return OnlineAlgorithm(
+        name=f"PPO ({p.advantage})",
+        sizes=RoundSizes(p.iterations, p.prompts_per_iteration, p.eval_prompts),
+        roles=ppo_roles(cfg),
+        state_type=PPOState,
+        start_groups=partial(start_groups, cfg),
+        reference_logps=lambda server, groups: token_logps(
+            server,
+            [c.prompt_ids + c.token_ids for g in groups for c in g.completions],
+            cfg.reference.chunk_size,
+        ),
+        build_batch=partial(experience, cfg),
+        train=partial(train_epochs, cfg),
+        finish_round=partial(end_iteration, cfg),
+        print_table=print_iterations,
+    )
 
+
+def start_groups(cfg: PPOConfig, model_path: str, placements: dict) -> dict[str, Any]:
+    """The policy group, and the critic's when the estimator needs one (by checkpoint name)."""
     from actors.critic import start_critic
     from actors.ppo_policy import start_ppo_policy
-    from rlhf.task import make_prompts
 
-    run_dir = open_run(cfg, resume)
-    model_path = resolve_model_path(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path, trust_remote_code=cfg.model.trust_remote_code
-    )
     p = cfg.ppo
-    train_prompts = make_prompts(p.iterations * p.prompts_per_iteration, seed=cfg.seed)
-    eval_prompts = make_prompts(p.eval_prompts, seed=cfg.seed, split="eval")
-    needs_critic = get_advantage(p.advantage).needs_critic
-    roles = ppo_roles(cfg)
-    with ray_session(cfg.ray, roles) as scope:
-        placements = place_colocated(cfg, roles, scope)  # ray.colocate groups, by role
-        samplers, reference, reward = start_rollout_actors(cfg, model_path, scope, placements)
-        policy = scope.own(
-            start_ppo_policy(
-                model_path,
-                cfg.trainer,
-                p.clip_eps,
-                p.entropy_coef,
-                cfg.device,
-                shared=placements.get("trainer"),
-            )
+    groups = {
+        "policy": start_ppo_policy(
+            model_path,
+            cfg.trainer,
+            p.clip_eps,
+            p.entropy_coef,
+            cfg.device,
+            shared=placements.get("trainer"),
+            load=cfg.model.for_trainers(cfg.seed),
         )
-        if cfg.samplers.sync == "broadcast":
-            scope.own(BroadcastSync.open(policy, samplers, device=cfg.device))
-        critic = None
-        if needs_critic:
-            critic_path = cfg.critic_model or model_path
-            critic = scope.own(
-                start_critic(
-                    critic_path,
-                    cfg.critic,
-                    p.value_clip_eps,
-                    cfg.device,
-                    shared=placements.get("critic"),
-                )
-            )
-        sleepers = sleeping_engines(cfg, samplers, reference)
-        workers = PPOWorkers(samplers, reference, reward, policy, critic, sleepers)
-        checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
-        state = (restore_checkpoint(workers, checkpoints) if resume else None) or PPOState()
-        kl_ctl = kl_controller(p, state.kl_coef)
-        if state.round > 0:  # resumed: the samplers must sample from the restored policy
-            sync_weights(policy, samplers, version=state.round)
-        logger = MetricsLogger(
-            run_dir,
-            resume_step=state.step if resume else None,
-            resume_round=state.round if resume else None,
+    }
+    if get_advantage(p.advantage).needs_critic:
+        groups["critic"] = start_critic(
+            cfg.critic_model or model_path,
+            cfg.critic,
+            p.value_clip_eps,
+            cfg.device,
+            shared=placements.get("critic"),
+            load=cfg.model.for_trainers(cfg.seed),
         )
-        bar = tqdm(total=p.iterations, initial=state.round, desc=cfg.ppo.advantage, unit="iter")
-        while state.round < p.iterations:
-            prompts = train_prompts[state.round * p.prompts_per_iteration :][
-                : p.prompts_per_iteration
-            ]
-            metrics = run_iteration(
-                cfg, state, kl_ctl, prompts, eval_prompts, workers, tokenizer.pad_token_id, logger
-            )
-            state.round += 1
-            state.kl_coef = kl_ctl.value
-            logger.log(state.step, metrics)
-            save_checkpoint(workers, checkpoints, state)
-            bar.update()
-            bar.set_postfix(
-                reward=f"{metrics['eval/reward/mean']:.3f}", kl=f"{metrics['eval/kl']:.2f}"
-            )
-        bar.close()
-        ray.get(policy.call("save_pretrained", str(run_dir / "model")))
-        logger.close()
-    plot = plot_rounds(read_metrics(run_dir), run_dir / "rounds.png", f"PPO ({p.advantage})")
-    print_iterations(run_dir)
-    print(f"run directory: {run_dir} (model in {run_dir / 'model'}, plot {plot})")
-    return run_dir
+    return groups
 
 
-def run_iteration(
+def experience(
     cfg: PPOConfig,
-    state: PPOState,
-    kl_ctl,
-    prompts: list[str],
-    eval_prompts: list[str],
-    workers: PPOWorkers,
-    pad_token_id: int,
-    logger: MetricsLogger,
-) -> dict[str, float]:
-    """One iteration: experience, PPO epochs, weight sync; returns its metrics.
-
-    Generate, score and sync are repeated if a sampler or the reward actor dies (see
-    ``rlhf.driver.retry``); the samplers hold weights version ``state.round`` meanwhile.
-    """
-    p = cfg.ppo
-    seed = cfg.seed * 100_003 + state.round
-    timer = PhaseTimer()
-    retry = PhaseRetry(cfg.ray.phase_retries)
-    samplers = named_actors("sampler", workers.samplers)
-    start = time.perf_counter()
-    with timer("generate"):
-        groups = retry(
-            "generate",
-            lambda: sample(
-                workers.samplers,
-                prompts + eval_prompts,
-                cfg.samplers.sampling,
-                seed,
-                weights_version=state.round,
-            ),
-            samplers,
-            recover=lambda: sync_weights(workers.policy, workers.samplers, version=state.round),
-        )
-    with timer("score"):
-        scored = retry("score", lambda: score(groups, workers.reward), workers.reward_actors())
-    train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
-    with timer("reference"):
-        sequences = [c.prompt_ids + c.token_ids for g in scored for c in g.completions]
-        ref_lists = token_logps(workers.reference, sequences, cfg.reference.chunk_size)
+    rnd: Round,
+    train_groups: list[ScoredGroup],
+    eval_groups: list[ScoredGroup],
+    ref_lists: list[list[float]],
+) -> tuple[RolloutBatch, dict[str, float]]:
+    """The iteration's samples as a batch with old log-probs and values (both groups at once),
+    KL-penalised rewards and advantages; and the metrics of the experience."""
+    p, groups = cfg.ppo, rnd.job.workers.groups
+    kl_coef = kl_controller(p, rnd.job.state.kl_coef).value
     n_train = sum(len(g.completions) for g in train_groups)
-    batch, ref, scores = xp.rollout_batch(train_groups, ref_lists[:n_train], pad_token_id)
-    ray.get([engine.sleep.remote() for engine in workers.sleepers])  # GPU for the trainers
-    with timer("experience"):  # old log-probs and values, both groups at once
+    batch, ref, scores = xp.rollout_batch(train_groups, ref_lists[:n_train], rnd.job.pad_token_id)
+    with rnd.phase("experience"):
         width = batch.input_ids.shape[1]
         logp_refs = xp.sharded_forward(
-            workers.policy, "token_logps", batch, cfg.trainer.micro_batch_size
+            groups["policy"], "token_logps", batch, cfg.trainer.micro_batch_sequences
         )
-        value_refs = workers.critic and xp.sharded_forward(
-            workers.critic, "values", batch, cfg.critic.micro_batch_size
+        value_refs = "critic" in groups and xp.sharded_forward(
+            groups["critic"], "values", batch, cfg.critic.micro_batch_sequences
         )
         batch.old_logps = xp.gather_rows(ray.get(logp_refs), width)
         if value_refs:
@@ -310,43 +245,47 @@ def run_iteration(
         batch,
         ref,
         scores,
-        kl_ctl.value,
+        kl_coef,
         p.kl_estimator,
         p.advantage,
         p.advantage_options,
         cfg.samplers.sampling.n,
         p.whiten_advantages,
     )
-    metrics = {
-        "round": state.round,
+    eval_ref = xp.sequence_sums(eval_groups, ref_lists[n_train:])
+    return batch, {
+        "round": rnd.index,
         **xp.experience_metrics(batch, ref, scores, rewards),
-        **sample_metrics("eval", eval_groups, xp.sequence_sums(eval_groups, ref_lists[n_train:])),
-        "kl_coef": kl_ctl.value,
+        **sample_metrics("eval", eval_groups, eval_ref),
+        "kl_coef": kl_coef,
     }
-    with timer("train"):
-        sizes = (cfg.trainer.micro_batch_size, cfg.critic.micro_batch_size)
-        for epoch in range(p.epochs):
-            for rows in xp.minibatches(len(batch), p.minibatch_size, seed * 31 + epoch):
-                step_metrics = xp.train_minibatch(
-                    workers.policy, workers.critic, batch.select(rows), sizes
-                )
-                state.step += 1
-                logger.log(state.step, step_metrics)
-    metrics.update(step_metrics)
-    ray.get([engine.wake_up.remote() for engine in workers.sleepers])  # before the sync
-    with timer("sync"):
-        metrics["sync_bytes"] = retry(
-            "sync",
-            lambda: sync_weights(workers.policy, workers.samplers, version=state.round + 1),
-            samplers,
-        )
-    metrics["retries"] = retry.count
-    kl_ctl.update(metrics["train/kl"], n_steps=len(batch))
-    metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
-    elapsed = time.perf_counter() - start
-    metrics["samples_per_s"] = len(batch) / elapsed
-    metrics["time/generate_share"] = timer.seconds["generate"] / elapsed
+
+
+def train_epochs(cfg: PPOConfig, rnd: Round, batch: RolloutBatch) -> dict[str, float]:
+    """PPO epochs over shuffled mini-batches, policy and critic side by side; logs every step,
+    returns the last step's metrics."""
+    p, groups, state = cfg.ppo, rnd.job.workers.groups, rnd.job.state
+    sizes = (cfg.trainer.micro_batch_sequences, cfg.critic.micro_batch_sequences)
+    metrics: dict[str, float] = {}
+    for epoch in range(p.epochs):
+        for rows in xp.minibatches(len(batch), p.minibatch_size, rnd.seed * 31 + epoch):
+            metrics = xp.train_minibatch(
+                groups["policy"], groups.get("critic"), batch.select(rows), sizes
+            )
+            state.step += 1
+            rnd.job.logger.log(state.step, metrics)
     return metrics
+
+
+def end_iteration(cfg: PPOConfig, rnd: Round, batch: RolloutBatch, metrics: dict) -> None:
+    """After the sync: the KL controller moves (kept in the state), and the iteration's
+    samples trained on per second and generation's share of its time join its metrics."""
+    kl_ctl = kl_controller(cfg.ppo, rnd.job.state.kl_coef)
+    kl_ctl.update(metrics["train/kl"], n_steps=len(batch))
+    rnd.job.state.kl_coef = kl_ctl.value
+    elapsed = time.perf_counter() - rnd.started
+    metrics["samples_per_s"] = len(batch) / elapsed
+    metrics["time/generate_share"] = rnd.timer.seconds["generate"] / elapsed
 
 
 def kl_controller(p: PPOSettings, resumed_coef: float | None):
@@ -355,28 +294,6 @@ def kl_controller(p: PPOSettings, resumed_coef: float | None):
     if p.kl_target is None:
         return FixedKLController(coef)
     return AdaptiveKLController(coef, p.kl_target, p.kl_horizon)
-
-
-def save_checkpoint(workers: PPOWorkers, checkpoints: Checkpoints, state: PPOState) -> Path:
-    """Policy and critic DeepSpeed states into one staging dir, then it becomes the latest."""
-    staging = checkpoints.staging_dir(state.step)
-    refs = workers.policy.call("save_checkpoint", str(staging), "policy", {})
-    if workers.critic is not None:
-        refs += workers.critic.call("save_checkpoint", str(staging), "critic", {})
-    ray.get(refs)
-    return checkpoints.commit(staging, asdict(state))
-
-
-def restore_checkpoint(workers: PPOWorkers, checkpoints: Checkpoints) -> PPOState | None:
-    """Loads the latest checkpoint into the groups; None when the run has none."""
-    latest = checkpoints.latest()
-    if latest is None:
-        return None
-    refs = workers.policy.call("load_checkpoint", str(latest), "policy")
-    if workers.critic is not None:
-        refs += workers.critic.call("load_checkpoint", str(latest), "critic")
-    ray.get(refs)
-    return PPOState(**checkpoints.driver_state(latest))
 
 
 def print_iterations(run_dir: Path) -> None:

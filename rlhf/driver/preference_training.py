@@ -7,8 +7,7 @@ takes optimizer steps over them, evaluates, and checkpoints; the run directory k
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -20,7 +19,6 @@ from rlhf.data.loader import batches
 from rlhf.data.table import num_responses, with_ref_logps
 from rlhf.driver.metrics import merge_rank_metrics
 from rlhf.driver.reference import response_logps
-from rlhf.run_dir import Checkpoints
 from rlhf.schema import EngineConfig
 
 
@@ -206,19 +204,3 @@ def epoch_batches(
         length_grouping=schedule.length_grouping and shuffle,
         shared_prompt=shared_prompt,
     )
-
-
-def save_checkpoint(group, checkpoints: Checkpoints, state: TrainState) -> Path:
-    """Every rank writes its DeepSpeed state into a staging dir; then it becomes the latest."""
-    staging = checkpoints.staging_dir(state.step)
-    ray.get(group.call("save_checkpoint", str(staging), "trainer", {}))
-    return checkpoints.commit(staging, asdict(state))
-
-
-def restore_checkpoint(group, checkpoints: Checkpoints) -> TrainState | None:
-    """Loads the latest checkpoint into the group; None when the run has none."""
-    latest = checkpoints.latest()
-    if latest is None:
-        return None
-    ray.get(group.call("load_checkpoint", str(latest), "trainer"))
-    return TrainState(**checkpoints.driver_state(latest))

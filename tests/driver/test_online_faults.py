@@ -35,7 +35,7 @@ def small_config(out_dir, model_path, **sections):
         "model": {"path": model_path},
         "samplers": {"sampling": {"n": 4, "max_tokens": 16}},
         "rounds": {"rounds": 3, "prompts_per_round": 16, "epochs_per_round": 1, "eval_prompts": 8},
-        "trainer": {"num_ranks": 1, "zero_stage": 2, "micro_batch_size": 4, "lr": 5e-4},
+        "trainer": {"num_ranks": 1, "zero_stage": 2, "micro_batch_prompts": 4, "lr": 5e-4},
     }
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)
@@ -69,48 +69,35 @@ def assert_same_run(run_dir, expected_dir):
         )
 
 
-def _pid(ray, actor) -> int:
-    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+def _kill(ray, actor) -> int:
+    """SIGKILLs the actor's process from outside; returns its pid."""
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 def test_dead_sampler_and_reward_actor_are_restarted_and_the_phase_retried(
-    ray_cluster, tmp_path, embedded_model_path, uninterrupted, monkeypatch, caplog
+    ray_cluster, tmp_path, embedded_model_path, uninterrupted, caplog
 ):
     """SIGKILL (from outside) of the sampler just before round 1 generates, and of the reward
     actor just before round 2 scores: Ray restarts them, the driver re-syncs the sampler's
     weights (its engine restarts from the SFT model) and runs the phase again."""
-    from rlhf.driver import online, online_dpo
+    from rlhf.driver import online_dpo
 
-    started, killed, current = {}, {}, {}
+    killed = {}
 
-    def recorded(role, start):
-        def wrapper(*args, **kwargs):
-            started[role] = start(*args, **kwargs)
-            return started[role]
+    def kill_before(event):
+        """The loop's phase hook: SIGKILLs each actor once, as its phase starts."""
+        if event.ended:
+            return
+        if (event.phase, event.round) == ("generate", 1) and "sampler" not in killed:
+            killed["sampler"] = _kill(ray_cluster, event.workers.samplers[0])
+        if (event.phase, event.round) == ("score", 2) and "reward" not in killed:
+            killed["reward"] = _kill(ray_cluster, event.workers.reward.actor)
 
-        return wrapper
-
-    def sample_killing_in_round_1(samplers, *args, weights_version=None, **kwargs):
-        current["round"] = weights_version
-        if weights_version == 1 and "sampler" not in killed:
-            killed["sampler"] = _pid(ray_cluster, samplers[0])
-            os.kill(killed["sampler"], signal.SIGKILL)
-        return sample(samplers, *args, weights_version=weights_version, **kwargs)
-
-    def score_killing_in_round_2(groups, scorer):
-        if current["round"] == 2 and "reward" not in killed:
-            killed["reward"] = _pid(ray_cluster, started["reward"])
-            os.kill(killed["reward"], signal.SIGKILL)
-        return score(groups, scorer)
-
-    sample, score = online_dpo.sample, online_dpo.score
-    # The rollout actors start in rlhf.driver.online, shared by the online loops.
-    monkeypatch.setattr(online, "start_samplers", recorded("samplers", online.start_samplers))
-    monkeypatch.setattr(online, "start_reward", recorded("reward", online.start_reward))
-    monkeypatch.setattr(online_dpo, "sample", sample_killing_in_round_1)
-    monkeypatch.setattr(online_dpo, "score", score_killing_in_round_2)
-
-    run_dir = online_dpo.run(small_config(tmp_path / "run", embedded_model_path))
+    run_dir = online_dpo.run(
+        small_config(tmp_path / "run", embedded_model_path), hooks=[kill_before]
+    )
 
     assert set(killed) == {"sampler", "reward"}
     rounds = [r for r in read_metrics(run_dir) if "round" in r]

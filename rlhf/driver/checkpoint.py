@@ -1,0 +1,54 @@
+"""Checkpoints of a job's trainer groups, by name, with the driver's state beside them.
+
+Every loop saves and restores the same way: each group (``trainer`` for DPO and online DPO,
+``policy`` and ``critic`` for PPO) writes its DeepSpeed state into ``<checkpoint>/<name>/``
+of one staging directory; the driver's state (a dataclass: step, round, ...) is written last,
+and only then does the checkpoint become the latest (``rlhf.run_dir.Checkpoints``)::
+
+    save_checkpoint({"policy": policy, "critic": critic}, checkpoints, state)
+    state = restore_checkpoint(groups, checkpoints, PPOState) or PPOState()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ray
+
+from rlhf.run_dir import Checkpoints
+
+S = TypeVar("S")
+
+
+def save_checkpoint(groups: Mapping[str, Any], checkpoints: Checkpoints, state: Any) -> Path:
+    """Every rank of every group writes its state into a staging dir; then it becomes the latest.
+
+    ``groups``: the trainer groups by the name their state is saved under; ``state``: the
+    driver's dataclass, restored by :func:`restore_checkpoint`. Returns the checkpoint's path.
+    """
+    staging = checkpoints.staging_dir(state.step)
+    ray.get(
+        [
+            ref
+            for name, g in groups.items()
+            for ref in g.call("save_checkpoint", str(staging), name, {})
+        ]
+    )
+    return checkpoints.commit(staging, asdict(state))
+
+
+def restore_checkpoint(
+    groups: Mapping[str, Any], checkpoints: Checkpoints, state_type: type[S]
+) -> S | None:
+    """Loads the latest checkpoint into the groups and returns its driver state as a
+    ``state_type``; None when the run has no checkpoint yet."""
+    latest = checkpoints.latest()
+    if latest is None:
+        return None
+    ray.get(
+        [ref for name, g in groups.items() for ref in g.call("load_checkpoint", str(latest), name)]
+    )
+    return state_type(**checkpoints.driver_state(latest))

@@ -1,0 +1,344 @@
+"""The skeleton of every online loop (online DPO, PPO), once.
+
+Open the job (run directory, model, tokenizer, prompts, Ray session, placements, actors,
+checkpoints, logger); then, round after round: generate -> score -> reference log-probs ->
+build the training batch -> train -> sync the new weights into the samplers -> log ->
+checkpoint; at the end save the policy, plot the rounds and print their table.
+
+A loop is its config class plus an :class:`OnlineAlgorithm`: the trainer groups it starts, the
+state it checkpoints, how a round's scored samples become a training batch and optimizer steps,
+and its table. Its entry point hands both to :func:`run_online`::
+
+    @register_loop("my_loop", config=MyConfig)
+    def run(cfg: MyConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
+        return run_online(cfg, my_algorithm(cfg), resume, hooks)
+
+Faults: a sampler or reward actor that dies is restarted by Ray and the round's phase is run
+again (``rlhf.driver.retry``); a killed driver continues with ``--resume`` from the last round's
+checkpoint. Prompts, sampling seeds and batch order are functions of (seed, round), so a resumed
+or retried round draws the same samples as an uninterrupted one.
+
+Hooks: ``run_online(..., hooks=[fn])`` calls ``fn(PhaseEvent)`` when each phase of the job
+starts and when it has ended (see :data:`JOB_PHASES` and :data:`ROUND_PHASES`), with the
+job's actors once they exist. Benchmarks time phases with them; fault tests kill actors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from rlhf.cluster.resources import Role
+from rlhf.config import ConfigError
+from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
+from rlhf.driver.common import ray_session, resolve_model_path
+from rlhf.driver.online import PhaseTimer, start_rollout_actors, sync_weights
+from rlhf.driver.retry import PhaseRetry, named_actors
+from rlhf.driver.rollout import ActorScorer, GroupScorer, ScoredGroup, sample, score
+from rlhf.driver.setup import check_colocation, open_run, place_colocated, sleeping_engines
+from rlhf.driver.weight_sync import BroadcastSync
+from rlhf.plots import plot_rounds
+from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
+
+# The job's phases, in order ("round" and "checkpoint" once per round, with its index).
+JOB_PHASES = (
+    "ray start",
+    "rollout actors",
+    "trainers",
+    "round",
+    "checkpoint",
+    "save model",
+    "teardown",
+)
+# A round's phases, timed into its metrics as ``time/<phase>`` (an algorithm may add its own).
+ROUND_PHASES = ("generate", "score", "reference", "train", "sync")
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The actors a round uses, one field per role."""
+
+    samplers: list  # vLLM sampler actors
+    reference: Any  # the reference server actor
+    reward: GroupScorer  # scores groups of responses (the reward actor, remotely)
+    sleepers: list = field(default_factory=list)  # engines asleep while the trainers train
+    groups: dict[str, Any] = field(default_factory=dict)  # trainer groups by checkpoint name
+
+    @property
+    def policy(self) -> Any:
+        """The group that trains the policy (the first one): its weights go to the samplers."""
+        return next(iter(self.groups.values()))
+
+    def reward_actors(self) -> dict[str, Any]:
+        """The reward actor by name, when ``reward`` calls one (a retry waits for it)."""
+        return {"reward": self.reward.actor} if isinstance(self.reward, ActorScorer) else {}
+
+
+@dataclass(frozen=True)
+class PhaseEvent:
+    """What a hook is told: a phase of the job starts, or has ended without an error."""
+
+    phase: str  # one of JOB_PHASES or of a round's phases
+    round: int | None  # the round it belongs to; None for the job's own phases
+    ended: bool  # False when it starts
+    workers: Workers | None  # the actors started so far (None before any)
+
+
+Hook = Callable[[PhaseEvent], None]
+
+
+class Hooks:
+    """The hooks of one job; ``with hooks.phase(name): ...`` tells them it starts and ends."""
+
+    def __init__(self, hooks: Sequence[Hook] = ()) -> None:
+        self.hooks = list(hooks)
+        self.workers: Workers | None = None  # what the events carry; set as actors start
+
+    def emit(self, phase: str, round_index: int | None, ended: bool) -> None:
+        """Calls every hook with the event, in the order they were given."""
+        for hook in self.hooks:
+            hook(PhaseEvent(phase, round_index, ended, self.workers))
+
+    @contextlib.contextmanager
+    def phase(self, name: str, round_index: int | None = None) -> Iterator[None]:
+        self.emit(name, round_index, ended=False)
+        yield
+        self.emit(name, round_index, ended=True)
+
+
+@dataclass(frozen=True)
+class RoundSizes:
+    """How many rounds, training prompts per round and held-out prompts (sampled each round)."""
+
+    rounds: int
+    prompts_per_round: int
+    eval_prompts: int
+
+
+@dataclass(frozen=True)
+class OnlineAlgorithm:
+    """What an online loop adds to the skeleton: :func:`run_online` calls these, in this order.
+
+    The engines listed in ``Workers.sleepers`` sleep from ``build_batch`` until ``train`` ends.
+    """
+
+    name: str  # the progress bar's label and the plot's title
+    sizes: RoundSizes
+    roles: list[Role]  # what the job holds at once (``ray_session`` checks the cluster)
+    state_type: type  # the loop's state: a dataclass with ``step`` and ``round``, checkpointed
+    # The trainer groups, by checkpoint name (the policy's first): (model path, placements).
+    start_groups: Callable[[str, dict[str, Any]], dict[str, Any]]
+    # Reference log-probs of every sample: (reference server, all scored groups).
+    reference_logps: Callable[[Any, list[ScoredGroup]], Any]
+    # (round, train groups, held-out groups, their reference log-probs) -> (batch, metrics).
+    build_batch: Callable[[Round, list[ScoredGroup], list[ScoredGroup], Any], tuple[Any, dict]]
+    # Optimizer steps on the batch (each logged); returns the round's training metrics.
+    train: Callable[[Round, Any], dict[str, float]]
+    print_table: Callable[[Path], None]  # the rounds' table, read from the run directory
+    moves_reference: bool = False  # the reference takes the policy's weights at every sync
+    # After the sync: adds metrics that need the whole round (round, batch, metrics).
+    finish_round: Callable[[Round, Any, dict[str, float]], None] | None = None
+
+
+@dataclass
+class Job:
+    """An open online job: what :func:`open_job` starts and every round uses."""
+
+    cfg: Any
+    algorithm: OnlineAlgorithm
+    run_dir: Path
+    pad_token_id: int
+    train_prompts: list[str]  # every round's, in order
+    eval_prompts: list[str]  # the same held-out prompts each round
+    workers: Workers
+    checkpoints: Checkpoints
+    state: Any  # the algorithm's state_type
+    logger: MetricsLogger
+    hooks: Hooks
+
+    def prompts(self, round_index: int) -> list[str]:
+        """The training prompts of round ``round_index``."""
+        per_round = self.algorithm.sizes.prompts_per_round
+        return self.train_prompts[round_index * per_round :][:per_round]
+
+
+@dataclass
+class Round:
+    """One round in progress, as an algorithm's ``build_batch`` and ``train`` see it."""
+
+    job: Job
+    index: int  # rounds completed before it; the samplers hold weights version ``index``
+    seed: int  # sampling and shuffling seed, a function of (cfg.seed, index)
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+    started: float = field(default_factory=time.perf_counter)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Times a phase into ``time/<name>`` and tells the hooks."""
+        with self.timer(name), self.job.hooks.phase(name, self.index):
+            yield
+
+
+def run_online(
+    cfg: Any, algorithm: OnlineAlgorithm, resume: bool = False, hooks: Sequence[Hook] = ()
+) -> Path:
+    """Runs the rounds; returns the run directory (final policy in ``model/``)."""
+    with open_job(cfg, algorithm, resume, Hooks(hooks)) as job:
+        state, sizes = job.state, algorithm.sizes
+        bar = tqdm(total=sizes.rounds, initial=state.round, desc=algorithm.name, unit="round")
+        while state.round < sizes.rounds:
+            with job.hooks.phase("round", state.round):
+                metrics = run_round(job)
+            state.round += 1
+            job.logger.log(state.step, metrics)
+            with job.hooks.phase("checkpoint", state.round - 1):
+                save_checkpoint(job.workers.groups, job.checkpoints, state)
+            bar.update()
+            bar.set_postfix(
+                reward=f"{metrics['eval/reward/mean']:.3f}", kl=f"{metrics['eval/kl']:.2f}"
+            )
+        bar.close()
+        with job.hooks.phase("save model"):
+            ray.get(job.workers.policy.call("save_pretrained", str(job.run_dir / "model")))
+    run_dir = job.run_dir
+    plot = plot_rounds(read_metrics(run_dir), run_dir / "rounds.png", algorithm.name)
+    algorithm.print_table(run_dir)
+    print(f"run directory: {run_dir} (model in {run_dir / 'model'}, plot {plot})")
+    return run_dir
+
+
+def check_online_config(cfg: Any, roles: list[Role]) -> None:
+    """The checks every online config runs at load: what the skeleton reads of it, and the
+    colocation of its ``roles`` (``rlhf.driver.setup.check_colocation``)."""
+    if cfg.keep_checkpoints < 1:
+        raise ConfigError(f"keep_checkpoints must be at least 1, got {cfg.keep_checkpoints}")
+    check_colocation(cfg, roles)
+
+
+def round_prompts(cfg: Any, sizes: RoundSizes) -> tuple[list[str], list[str]]:
+    """Every round's training prompts, in order, and the held-out prompts sampled each round.
+
+    The embedded task's prompts, drawn from ``cfg.seed``: the same for a resumed run.
+    """
+    from rlhf.task import make_prompts
+
+    train = make_prompts(sizes.rounds * sizes.prompts_per_round, seed=cfg.seed, split="train")
+    return train, make_prompts(sizes.eval_prompts, seed=cfg.seed, split="eval")
+
+
+@contextlib.contextmanager
+def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -> Iterator[Job]:
+    """Opens the run and its Ray session, starts every actor, restores a resumed run's state;
+    the actors (and a Ray this job started) end when the block does."""
+    from rlhf.models.tokenizer import load_tokenizer
+
+    run_dir = open_run(cfg, resume)
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)  # pad: EOS if none
+    train_prompts, eval_prompts = round_prompts(cfg, algorithm.sizes)
+    with contextlib.ExitStack() as stack:
+        with hooks.phase("ray start"):
+            scope = stack.enter_context(ray_session(cfg.ray, algorithm.roles))
+        placements = place_colocated(cfg, algorithm.roles, scope)  # ray.colocate groups
+        with hooks.phase("rollout actors"):
+            samplers, reference, reward = start_rollout_actors(cfg, model_path, scope, placements)
+            sleepers = sleeping_engines(cfg, samplers, reference)
+            hooks.workers = Workers(samplers, reference, reward, sleepers)
+        with hooks.phase("trainers"):
+            groups = {
+                name: scope.own(g)
+                for name, g in algorithm.start_groups(model_path, placements).items()
+            }
+            hooks.workers = workers = replace(hooks.workers, groups=groups)
+        moved = reference if algorithm.moves_reference else None
+        if cfg.samplers.sync == "broadcast":
+            scope.own(BroadcastSync.open(workers.policy, samplers, moved, cfg.device))
+        checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
+        restored = restore_checkpoint(groups, checkpoints, algorithm.state_type) if resume else None
+        state = restored or algorithm.state_type()
+        if state.round > 0:  # resumed: the samplers must sample from the restored policy
+            sync_weights(workers.policy, samplers, moved, version=state.round)
+        logger = MetricsLogger(
+            run_dir,
+            resume_step=state.step if resume else None,
+            resume_round=state.round if resume else None,
+        )
+        stack.enter_context(contextlib.closing(logger))
+        yield Job(
+            cfg,
+            algorithm,
+            run_dir,
+            tokenizer.pad_token_id,
+            train_prompts,
+            eval_prompts,
+            workers,
+            checkpoints,
+            state,
+            logger,
+            hooks,
+        )
+        hooks.emit("teardown", None, ended=False)  # the actors end, and a Ray this job started
+    hooks.emit("teardown", None, ended=True)
+
+
+def run_round(job: Job) -> dict[str, float]:
+    """Round ``job.state.round``; returns its metrics (sample rewards, KL, the algorithm's,
+    phase times).
+
+    Generate, score and sync are repeated if a sampler or the reward actor dies (``retries``
+    counts the repeats); the samplers hold weights version ``rnd.index`` during the round.
+    """
+    cfg, algorithm, workers = job.cfg, job.algorithm, job.workers
+    rnd = Round(job, job.state.round, seed=cfg.seed * 100_003 + job.state.round)
+    prompts = job.prompts(rnd.index)
+    retry = PhaseRetry(cfg.ray.phase_retries)
+    samplers = named_actors("sampler", workers.samplers)
+    with rnd.phase("generate"):
+        groups = retry(
+            "generate",
+            lambda: sample(
+                workers.samplers,
+                prompts + job.eval_prompts,
+                cfg.samplers.sampling,
+                rnd.seed,
+                weights_version=rnd.index,
+            ),
+            samplers,
+            recover=lambda: sync_weights(workers.policy, workers.samplers, version=rnd.index),
+        )
+    with rnd.phase("score"):
+        scored = retry("score", lambda: score(groups, workers.reward), workers.reward_actors())
+    with rnd.phase("reference"):
+        ref = algorithm.reference_logps(workers.reference, scored)
+    with engines_asleep(workers.sleepers):  # the GPU is the trainers' until the sync
+        train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
+        batch, metrics = algorithm.build_batch(rnd, train_groups, eval_groups, ref)
+        with rnd.phase("train"):
+            metrics.update(algorithm.train(rnd, batch))
+    with rnd.phase("sync"):
+        moved = workers.reference if algorithm.moves_reference else None
+        metrics["sync_bytes"] = retry(
+            "sync",
+            lambda: sync_weights(workers.policy, workers.samplers, moved, rnd.index + 1),
+            samplers | ({"reference": moved} if moved is not None else {}),
+        )
+    metrics["retries"] = retry.count
+    metrics.update({f"time/{k}": v for k, v in rnd.timer.seconds.items()})
+    if algorithm.finish_round is not None:
+        algorithm.finish_round(rnd, batch, metrics)
+    return metrics
+
+
+@contextlib.contextmanager
+def engines_asleep(engines: list) -> Iterator[None]:
+    """The engines sleep (freeing their GPU memory) in the block and are awake after it."""
+    ray.get([engine.sleep.remote() for engine in engines])
+    yield
+    ray.get([engine.wake_up.remote() for engine in engines])
