@@ -24,6 +24,7 @@ from rlhf.algorithms.registry import UnknownNameError
 from rlhf.config import ConfigError
 from rlhf.data.errors import DataReport
 from rlhf.data.loader import batches
+from rlhf.data.prompts import PromptsConfig
 from rlhf.data.strategies import get_pair_strategy, uniform_preferences
 from rlhf.data.table import build_table, with_ref_logps
 from rlhf.driver.loops import register_loop
@@ -95,6 +96,7 @@ class OnlineDPOConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     reward: RewardConfig = field(default_factory=RewardConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)  # embedded, or the user's
     loss: LossConfig = field(default_factory=LossConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     trainer: PreferenceTrainerConfig = field(default_factory=PreferenceTrainerConfig)
@@ -117,15 +119,6 @@ class OnlineDPOConfig:
         check_job(self)
 
 
-@register_loop("online_dpo", config=OnlineDPOConfig, **online_plan(lambda cfg: online_dpo(cfg)))
-def run(cfg: OnlineDPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
-    """Runs the rounds; returns the run directory (final policy in ``model/``).
-
-    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
-    """
-    return run_online(cfg, online_dpo(cfg), resume, hooks)
-
-
 def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
     """Online DPO's part of the online skeleton: one trainer group, preference tables, DPO."""
     r = cfg.rounds
@@ -145,6 +138,15 @@ def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
         print_table=print_rounds,
         moves_reference=r.reference_update == "previous_round",
     )
+
+
+@register_loop("online_dpo", config=OnlineDPOConfig, **online_plan(online_dpo))
+def run(cfg: OnlineDPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
+    """Runs the rounds; returns the run directory (final policy in ``model/``).
+
+    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
+    """
+    return run_online(cfg, online_dpo(cfg), resume, hooks)
 
 
 def preference_batch(

@@ -35,6 +35,7 @@ from rlhf.algorithms.kl import KL_KINDS
 from rlhf.cluster.resources import Role, trainer_role
 from rlhf.config import ConfigError
 from rlhf.data.batch import RolloutBatch
+from rlhf.data.prompts import PromptsConfig
 from rlhf.driver import experience as xp
 from rlhf.driver.loops import register_loop
 from rlhf.driver.online import SamplersConfig, sample_metrics
@@ -113,6 +114,7 @@ class PPOConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     reward: RewardConfig = field(default_factory=RewardConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)  # embedded, or the user's
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     trainer: PPOTrainerConfig = field(default_factory=PPOTrainerConfig)  # the policy's
     critic: PPOTrainerConfig = field(default_factory=PPOTrainerConfig)
@@ -158,15 +160,6 @@ class PPOState:
     kl_coef: float | None = None  # the controller's coefficient after the last iteration
 
 
-@register_loop("ppo", config=PPOConfig, **online_plan(lambda cfg: ppo(cfg)))
-def run(cfg: PPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
-    """Runs the iterations; returns the run directory (final policy in ``model/``).
-
-    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
-    """
-    return run_online(cfg, ppo(cfg), resume, hooks)
-
-
 def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
     """PPO's part of the online skeleton: policy and critic groups, experience, PPO epochs."""
     p = cfg.ppo
@@ -186,6 +179,15 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
         finish_round=partial(end_iteration, cfg),
         print_table=print_iterations,
     )
+
+
+@register_loop("ppo", config=PPOConfig, **online_plan(ppo))
+def run(cfg: PPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
+    """Runs the iterations; returns the run directory (final policy in ``model/``).
+
+    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
+    """
+    return run_online(cfg, ppo(cfg), resume, hooks)
 
 
 def start_groups(cfg: PPOConfig, model_path: str, placements: dict) -> dict[str, Any]:
