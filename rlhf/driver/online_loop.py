@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from rlhf.cluster.resources import Role
 from rlhf.config import ConfigError
+from rlhf.data.prompts import Prompt, PromptSource, job_prompts
 from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
 from rlhf.driver.common import ray_session, resolve_model_path
 from rlhf.driver.online import PhaseTimer, start_rollout_actors, sync_weights
@@ -155,18 +156,17 @@ class Job:
     algorithm: OnlineAlgorithm
     run_dir: Path
     pad_token_id: int
-    train_prompts: list[str]  # every round's, in order
-    eval_prompts: list[str]  # the same held-out prompts each round
+    prompt_source: PromptSource  # every round's training prompts (``for_round``)
+    eval_prompts: list[Prompt]  # the same held-out prompts each round
     workers: Workers
     checkpoints: Checkpoints
     state: Any  # the algorithm's state_type
     logger: MetricsLogger
     hooks: Hooks
 
-    def prompts(self, round_index: int) -> list[str]:
+    def prompts(self, round_index: int) -> list[Prompt]:
         """The training prompts of round ``round_index``."""
-        per_round = self.algorithm.sizes.prompts_per_round
-        return self.train_prompts[round_index * per_round :][:per_round]
+        return self.prompt_source.for_round(round_index, self.algorithm.sizes.prompts_per_round)
 
 
 @dataclass
@@ -222,15 +222,14 @@ def check_online_config(cfg: Any, roles: list[Role]) -> None:
     check_colocation(cfg, roles)
 
 
-def round_prompts(cfg: Any, sizes: RoundSizes) -> tuple[list[str], list[str]]:
-    """Every round's training prompts, in order, and the held-out prompts sampled each round.
-
-    The embedded task's prompts, drawn from ``cfg.seed``: the same for a resumed run.
-    """
-    from rlhf.task import make_prompts
-
-    train = make_prompts(sizes.rounds * sizes.prompts_per_round, seed=cfg.seed, split="train")
-    return train, make_prompts(sizes.eval_prompts, seed=cfg.seed, split="eval")
+def round_prompts(
+    cfg: Any, sizes: RoundSizes, model_path: str, tokenizer: Any = None
+) -> tuple[PromptSource, list[Prompt]]:
+    """The job's prompts (``cfg.prompts``; ``rlhf.data.prompts``): the source each round draws
+    its training prompts from (a function of ``cfg.seed`` and the round: the same for a resumed
+    run) and the held-out prompts sampled each round. Read before Ray starts."""
+    source = job_prompts(cfg.prompts, cfg.seed, model_path, cfg.model.trust_remote_code, tokenizer)
+    return source, source.held_out(sizes.eval_prompts)
 
 
 @contextlib.contextmanager
@@ -242,7 +241,7 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
     run_dir = open_run(cfg, resume)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)  # pad: EOS if none
-    train_prompts, eval_prompts = round_prompts(cfg, algorithm.sizes)
+    prompt_source, eval_prompts = round_prompts(cfg, algorithm.sizes, model_path, tokenizer)
     with contextlib.ExitStack() as stack:
         with hooks.phase("ray start"):
             scope = stack.enter_context(ray_session(cfg.ray, algorithm.roles))
@@ -276,7 +275,7 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
             algorithm,
             run_dir,
             tokenizer.pad_token_id,
-            train_prompts,
+            prompt_source,
             eval_prompts,
             workers,
             checkpoints,
@@ -298,6 +297,7 @@ def run_round(job: Job) -> dict[str, float]:
     cfg, algorithm, workers = job.cfg, job.algorithm, job.workers
     rnd = Round(job, job.state.round, seed=cfg.seed * 100_003 + job.state.round)
     prompts = job.prompts(rnd.index)
+    asked = prompts + job.eval_prompts  # the reward gets each as given (text or messages)
     retry = PhaseRetry(cfg.ray.phase_retries)
     samplers = named_actors("sampler", workers.samplers)
     with rnd.phase("generate"):
@@ -305,7 +305,7 @@ def run_round(job: Job) -> dict[str, float]:
             "generate",
             lambda: sample(
                 workers.samplers,
-                prompts + job.eval_prompts,
+                [p.text for p in asked],
                 cfg.samplers.sampling,
                 rnd.seed,
                 weights_version=rnd.index,
@@ -314,7 +314,10 @@ def run_round(job: Job) -> dict[str, float]:
             recover=lambda: sync_weights(workers.policy, workers.samplers, version=rnd.index),
         )
     with rnd.phase("score"):
-        scored = retry("score", lambda: score(groups, workers.reward), workers.reward_actors())
+        given = [p.given for p in asked]
+        scored = retry(
+            "score", lambda: score(groups, workers.reward, given), workers.reward_actors()
+        )
     with rnd.phase("reference"):
         ref = algorithm.reference_logps(workers.reference, scored)
     with engines_asleep(workers.sleepers):  # the GPU is the trainers' until the sync

@@ -121,10 +121,10 @@ def online_plan(algorithm: Callable[[Any], Any]) -> dict[str, Callable]:
         from rlhf.driver.online_loop import round_prompts
 
         sizes = algorithm(cfg).sizes
-        train, held_out = round_prompts(cfg, sizes)
-        k = cfg.samplers.sampling.n
+        _, held_out = round_prompts(cfg, sizes, model_path)  # reads and checks them
+        train, k = sizes.rounds * sizes.prompts_per_round, cfg.samplers.sampling.n
         return [
-            f"prompts: {len(train)} training prompts, {len(held_out)} held out; {k} samples each",
+            f"prompts: {train} training prompts, {len(held_out)} held out; {k} samples each",
             f"schedule: {sizes.rounds} rounds of {sizes.prompts_per_round} prompts",
         ]
 

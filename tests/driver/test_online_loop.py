@@ -5,7 +5,10 @@ The skeleton itself runs in the online DPO, PPO and fault tests (integration).""
 import pytest
 
 from rlhf.config import ConfigError, from_dict
+from rlhf.data.prompts import PromptsConfig
 from rlhf.driver.online_loop import Hooks, PhaseEvent, RoundSizes, round_prompts
+from rlhf.schema import ModelConfig
+from rlhf.task import make_prompts
 
 
 def test_hooks_hear_a_phase_start_and_end_in_order():
@@ -39,11 +42,20 @@ def test_a_failed_phase_has_no_end_event():
 def test_round_prompts_are_the_same_for_a_resumed_run_and_held_out_apart():
     class Cfg:
         seed = 3
+        prompts = PromptsConfig()  # embedded: the task's prompts, in the order they always had
+        model = ModelConfig()
 
-    train, held_out = round_prompts(Cfg, RoundSizes(rounds=2, prompts_per_round=5, eval_prompts=4))
-    assert len(train) == 10 and len(held_out) == 4
+    def drawn(sizes: RoundSizes) -> tuple[list[str], list[str]]:
+        source, held_out = round_prompts(Cfg, sizes, "unused: embedded prompts")
+        rounds = range(sizes.rounds)
+        train = [p.text for r in rounds for p in source.for_round(r, sizes.prompts_per_round)]
+        return train, [p.text for p in held_out]
+
+    train, held_out = drawn(RoundSizes(rounds=2, prompts_per_round=5, eval_prompts=4))
+    assert train == make_prompts(10, seed=3, split="train")
+    assert held_out == make_prompts(4, seed=3, split="eval")
     assert not set(train) & set(held_out)
-    assert round_prompts(Cfg, RoundSizes(2, 5, 4)) == (train, held_out)
+    assert drawn(RoundSizes(2, 5, 4)) == (train, held_out)
 
 
 @pytest.mark.parametrize("loop", ["online_dpo", "ppo"])
