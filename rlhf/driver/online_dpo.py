@@ -119,15 +119,6 @@ class OnlineDPOConfig:
         check_job(self)
 
 
-@register_loop("online_dpo", config=OnlineDPOConfig, **online_plan(lambda cfg: online_dpo(cfg)))
-def run(cfg: OnlineDPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
-    """Runs the rounds; returns the run directory (final policy in ``model/``).
-
-    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
-    """
-    return run_online(cfg, online_dpo(cfg), resume, hooks)
-
-
 def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
     """Online DPO's part of the online skeleton: one trainer group, preference tables, DPO."""
     r = cfg.rounds
@@ -147,6 +138,15 @@ def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
         print_table=print_rounds,
         moves_reference=r.reference_update == "previous_round",
     )
+
+
+@register_loop("online_dpo", config=OnlineDPOConfig, **online_plan(online_dpo))
+def run(cfg: OnlineDPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
+    """Runs the rounds; returns the run directory (final policy in ``model/``).
+
+    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
+    """
+    return run_online(cfg, online_dpo(cfg), resume, hooks)
 
 
 def preference_batch(

@@ -160,15 +160,6 @@ class PPOState:
     kl_coef: float | None = None  # the controller's coefficient after the last iteration
 
 
-@register_loop("ppo", config=PPOConfig, **online_plan(lambda cfg: ppo(cfg)))
-def run(cfg: PPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
-    """Runs the iterations; returns the run directory (final policy in ``model/``).
-
-    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
-    """
-    return run_online(cfg, ppo(cfg), resume, hooks)
-
-
 def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
     """PPO's part of the online skeleton: policy and critic groups, experience, PPO epochs."""
     p = cfg.ppo
@@ -188,6 +179,15 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
         finish_round=partial(end_iteration, cfg),
         print_table=print_iterations,
     )
+
+
+@register_loop("ppo", config=PPOConfig, **online_plan(ppo))
+def run(cfg: PPOConfig, resume: bool = False, hooks: Sequence[Hook] = ()) -> Path:
+    """Runs the iterations; returns the run directory (final policy in ``model/``).
+
+    ``hooks``: called at each phase of the job (``rlhf.driver.online_loop.PhaseEvent``).
+    """
+    return run_online(cfg, ppo(cfg), resume, hooks)
 
 
 def start_groups(cfg: PPOConfig, model_path: str, placements: dict) -> dict[str, Any]:
