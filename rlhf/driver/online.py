@@ -34,6 +34,8 @@ class SamplersConfig:
     sync: Literal["broadcast", "object_store"] = "broadcast"
 
     def validate(self) -> None:
+        if self.num_engines < 1:
+            raise ConfigError(f"num_engines must be at least 1, got {self.num_engines}")
         if self.sync == "broadcast" and self.engine.tensor_parallel_size > 1:
             raise ConfigError(
                 "samplers.sync=broadcast serves engines with one worker; "
