@@ -91,3 +91,17 @@ def test_dry_run_checks_a_local_run_against_the_ray_it_would_start():
     joined = check_resources(RayConfig(num_cpus=2, address="ray://head:10001"), [stage])
     assert joined.startswith("not checked: the job joins the cluster at ray://head:10001")
     assert "not checked" in check_resources(RayConfig(num_cpus=2, check_resources=False), [stage])
+
+
+def test_a_demo_dry_run_leaves_the_previous_demo_run_alone(tmp_path, monkeypatch):
+    """A fresh demo replaces its previous run directory; a dry run must not (it runs nothing)."""
+    from rlhf.cli import main
+    from rlhf.run_dir import mark_run_dir
+
+    previous = tmp_path / "demo"
+    mark_run_dir(previous)
+    (previous / "metrics.jsonl").write_text("{}\n")
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit, match="samplers.sampling.n is 1"):  # refused at load
+        main(["demo", f"output_dir={previous}", "samplers.sampling.n=1", "--dry-run"])
+    assert (previous / "metrics.jsonl").exists()
