@@ -47,7 +47,9 @@ def sequence_logps(logits: Tensor, labels: Tensor, loss_mask: Tensor) -> tuple[T
     # masked_scatter fills the mask's positions in the same row-major order.
     token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
     token_logps = token_logps.masked_scatter(mask, values)
-    return token_logps.sum(dim=1), token_logps
+    # The sum in float64, rounded once to float32: a float32 sum of a long response's
+    # log-probs (thousands in magnitude) drifts by several of its ulps.
+    return token_logps.sum(dim=1, dtype=torch.float64).float(), token_logps
 
 
 def target_logps(logits: Tensor, targets: Tensor) -> Tensor:

@@ -250,3 +250,32 @@ def test_dropout_is_disabled_at_load(tmp_path: Path) -> None:
         first, _ = batch_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
         second, _ = batch_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
     assert torch.equal(first, second)
+
+
+def test_hf_response_logps_at_the_context_length_are_float32_exact(tiny_llama_path: Path) -> None:
+    """Responses filling the model's whole context (128 positions): each sum is within a few
+    float32 rounding steps of a float64 forward. A float32 running sum drifted by about one ulp
+    of the total per token (here 1e-4; 1.6e-3 for 256 tokens of the embedded model)."""
+    model = load_reference_model(EngineSettings(model=str(tiny_llama_path)))
+    exact_model = load_causal_lm(tiny_llama_path).eval().double()
+    context = model.config.max_position_embeddings
+    generator = torch.Generator().manual_seed(0)
+    prompts, responses = [], []
+    for _ in range(4):
+        prompt = [1] + torch.randint(4, 64, (7,), generator=generator).tolist()
+        for short in (0, 1):  # exactly the context, and one token less
+            body = torch.randint(4, 64, (context - 9 - short,), generator=generator).tolist()
+            prompts.append(prompt)
+            responses.append(body + [2])
+    assert max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True)) == context
+    expected = [
+        _naive_logp(exact_model, p + r, len(p)) for p, r in zip(prompts, responses, strict=True)
+    ]
+    assert min(expected) < -400  # float32's ulp there is 3e-5
+    for batch_size in (8, 1):  # responses sharing a prompt row, and one sequence per pass
+        got = hf_response_logps(model, prompts, responses, batch_size=batch_size)
+        assert got == pytest.approx(expected, abs=5e-5)
+    prompt_only = hf_response_logps(
+        model, [[]] + prompts[1:2], [prompts[0] + responses[0]] + responses[1:2]
+    )
+    assert prompt_only[1] == pytest.approx(expected[1], abs=5e-5)  # the per-sequence path
