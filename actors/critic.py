@@ -8,14 +8,13 @@ The value model is the policy's architecture with a one-output head on every pos
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 from torch import Tensor
 
-from actors.deepspeed_rank import DeepSpeedModel, Device, start_ranks
+from actors.deepspeed_rank import DeepSpeedModel, Device
 from actors.group import ActorGroup, SharedPlacement
 from actors.ppo_policy import rollout_micro_batches
-from actors.rank import RoleSetup, TrainerRank
+from actors.rank import RoleSetup, TrainerRank, start_role
 from rlhf.algorithms import ppo_value_loss
 from rlhf.data.batch import RolloutBatch
 from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, PPOTrainerConfig
@@ -34,11 +33,7 @@ class ValueStep:
         self.model = model
         self.value_clip_eps = value_clip_eps
 
-    def micro_batches(
-        self, batch: RolloutBatch, total: int, num_micro: int
-    ) -> Iterator[RolloutBatch | None]:
-        """``num_micro`` (fixed by the driver for every rank) runs of this shard's rows."""
-        return rollout_micro_batches(batch, num_micro)
+    micro_batches = staticmethod(rollout_micro_batches)
 
     def score(self, micro: RolloutBatch) -> Tensor:
         """[n, T] values of the micro batch's response tokens (0 off-mask)."""
@@ -91,12 +86,7 @@ def start_critic(
     shared: SharedPlacement | None = None,
     load: ModelLoad = DEFAULT_LOAD,
 ) -> ActorGroup:
-    """Starts ``config.num_ranks`` critic ranks in one placement group.
-
-    ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
-    shared with colocated roles (``ray.colocate``), rank i in its bundle i. ``load``: the
-    job's seed, model dtype and remote-code setting (``ModelConfig.for_trainers``).
-    """
+    """Starts the critic's ranks (see ``actors.rank.start_role``)."""
     step = functools.partial(ValueStep, value_clip_eps=value_clip_eps)
     setup = RoleSetup(model_path, config, load_value_model, step, device, load)
-    return start_ranks(Critic, config, (setup,), device, strategy, shared)
+    return start_role(Critic, setup, strategy, shared)

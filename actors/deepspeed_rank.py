@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import ray
 import torch
 from torch import Tensor
 
-from actors.group import ActorGroup, SharedPlacement
 from rlhf.models.deepspeed_config import (
     DEFAULT_LOAD,
     ModelLoad,
@@ -45,35 +44,6 @@ def trainer_env(device: Device) -> dict[str, str]:
     if device != "cpu":
         return ops
     return {**ops, "DS_ACCELERATOR": "cpu", "GOMP_SPINCOUNT": CPU_SPIN_COUNT}
-
-
-def start_ranks(
-    cls: type,
-    config: TrainerConfig,
-    args: tuple[Any, ...],
-    device: Device = "cpu",
-    strategy: str | None = None,
-    shared: SharedPlacement | None = None,
-) -> ActorGroup:
-    """Starts ``config.num_ranks`` ranks of a training role ``cls`` in one placement group.
-
-    Each rank is built as ``cls(rank, world_size, master_addr, master_port, *args)``.
-    ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
-    shared with colocated roles (``ray.colocate``), rank i in its bundle i.
-    """
-    config.validate()
-    check_device(config, device)
-    return ActorGroup(
-        cls,
-        config.num_ranks,
-        args=args,
-        num_cpus_per_rank=config.num_cpus_per_rank,
-        num_gpus_per_rank=config.num_gpus_per_rank,
-        resources_per_rank=config.resources_per_rank,
-        strategy=strategy or config.placement_strategy,
-        env_vars=trainer_env(device),
-        shared=shared,
-    )
 
 
 class DeepSpeedModel:

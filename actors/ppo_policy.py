@@ -15,17 +15,20 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from actors.deepspeed_rank import DeepSpeedModel, Device, start_ranks
+from actors.deepspeed_rank import DeepSpeedModel, Device
 from actors.group import ActorGroup, SharedPlacement
-from actors.rank import RoleSetup, TrainerRank
+from actors.rank import RoleSetup, TrainerRank, start_role
 from rlhf.algorithms import entropy_from_logits, ppo_policy_loss, sequence_logps
 from rlhf.data.batch import RolloutBatch
 from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, PPOTrainerConfig
 from rlhf.models.hf import load_causal_lm, positions
 
 
-def rollout_micro_batches(batch: RolloutBatch, num_micro: int) -> Iterator[RolloutBatch | None]:
-    """A shard of experience cut into ``num_micro`` runs of consecutive rows (None: empty)."""
+def rollout_micro_batches(
+    batch: RolloutBatch, total: int, num_micro: int
+) -> Iterator[RolloutBatch | None]:
+    """A shard of experience cut into ``num_micro`` runs of consecutive rows (None: empty);
+    the PPO steps' ``micro_batches`` (the driver fixes ``num_micro`` for every rank)."""
     for rows in torch.arange(len(batch)).tensor_split(num_micro):
         yield batch.select(rows) if len(rows) else None
 
@@ -44,11 +47,7 @@ class PPOPolicyStep:
         self.clip_eps = clip_eps
         self.entropy_coef = entropy_coef
 
-    def micro_batches(
-        self, batch: RolloutBatch, total: int, num_micro: int
-    ) -> Iterator[RolloutBatch | None]:
-        """``num_micro`` (fixed by the driver for every rank) runs of this shard's rows."""
-        return rollout_micro_batches(batch, num_micro)
+    micro_batches = staticmethod(rollout_micro_batches)
 
     def _logits(self, micro: RolloutBatch) -> Tensor:
         ids = micro.input_ids.to(self.model.device)
@@ -120,12 +119,7 @@ def start_ppo_policy(
     shared: SharedPlacement | None = None,
     load: ModelLoad = DEFAULT_LOAD,
 ) -> ActorGroup:
-    """Starts ``config.num_ranks`` PPO policy ranks in one placement group.
-
-    ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
-    shared with colocated roles (``ray.colocate``), rank i in its bundle i. ``load``: the
-    job's seed, model dtype and remote-code setting (``ModelConfig.for_trainers``).
-    """
+    """Starts the PPO policy's ranks (see ``actors.rank.start_role``)."""
     step = functools.partial(PPOPolicyStep, clip_eps=clip_eps, entropy_coef=entropy_coef)
     setup = RoleSetup(model_path, config, load_causal_lm, step, device, load)
-    return start_ranks(PPOPolicy, config, (setup,), device, strategy, shared)
+    return start_role(PPOPolicy, setup, strategy, shared)

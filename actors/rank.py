@@ -33,10 +33,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id
+from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, trainer_env
+from actors.group import ActorGroup, SharedPlacement
 from rlhf.data.batch import shard_bounds
 from rlhf.files import replace_dir
-from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, TrainerConfig
+from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, TrainerConfig, check_device
 from rlhf.models.weight_broadcast import Manifest, WeightSender, manifest_of
 
 
@@ -310,6 +311,36 @@ class TrainerRank:
     def node_id(self) -> str:
         """The Ray node this rank runs on."""
         return node_id()
+
+
+def start_role(
+    cls: type[TrainerRank],
+    setup: RoleSetup,
+    strategy: str | None = None,
+    shared: SharedPlacement | None = None,
+) -> ActorGroup:
+    """Starts ``setup.config.num_ranks`` ranks of a training role in one placement group.
+
+    ``cls``: ``TrainerRank`` under the role's name. ``strategy`` overrides the config's
+    ``placement_strategy``; ``shared``: a placement group shared with colocated roles
+    (``ray.colocate``), rank i in its bundle i. The role's ``start_*`` function passes them on,
+    and the job's seed, dtype and remote-code setting (``ModelConfig.for_trainers``) as
+    ``setup.load``.
+    """
+    config = setup.config
+    config.validate()
+    check_device(config, setup.device)
+    return ActorGroup(
+        cls,
+        config.num_ranks,
+        args=(setup,),
+        num_cpus_per_rank=config.num_cpus_per_rank,
+        num_gpus_per_rank=config.num_gpus_per_rank,
+        resources_per_rank=config.resources_per_rank,
+        strategy=strategy or config.placement_strategy,
+        env_vars=trainer_env(setup.device),
+        shared=shared,
+    )
 
 
 def _add(sums: dict[str, float], parts: dict[str, float]) -> None:

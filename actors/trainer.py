@@ -26,9 +26,9 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from actors.deepspeed_rank import DeepSpeedModel, Device, start_ranks
+from actors.deepspeed_rank import DeepSpeedModel, Device
 from actors.group import ActorGroup, SharedPlacement
-from actors.rank import RoleSetup, TrainerRank
+from actors.rank import RoleSetup, TrainerRank, start_role
 from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
 from rlhf.data.batch import PreferenceBatch, shard_bounds
 from rlhf.data.loader import collate
@@ -164,12 +164,7 @@ def start_policy_trainers(
     shared: SharedPlacement | None = None,
     load: ModelLoad = DEFAULT_LOAD,
 ) -> ActorGroup:
-    """Starts ``config.num_ranks`` policy trainer ranks in one placement group.
-
-    ``strategy`` overrides the config's ``placement_strategy``; ``shared``: a placement group
-    shared with colocated roles (``ray.colocate``), rank i in its bundle i. ``load``: the
-    job's seed, model dtype and remote-code setting (``ModelConfig.for_trainers``).
-    """
+    """Starts the preference policy's ranks (see ``actors.rank.start_role``)."""
     step = functools.partial(PreferenceStep, loss=loss, beta=beta, loss_options=loss_options)
     setup = RoleSetup(model_path, config, load_causal_lm, step, device, load)
-    return start_ranks(PolicyTrainer, config, (setup,), device, strategy, shared)
+    return start_role(PolicyTrainer, setup, strategy, shared)
