@@ -17,9 +17,15 @@ if TYPE_CHECKING:
 
 
 def load_preferences(
-    path: str | Path, tokenizer: PreTrainedTokenizerBase, cfg: DataConfig
+    path: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: DataConfig,
+    context_length: int | None = None,
 ) -> tuple[pa.Table, DataReport]:
-    """The tokenized preference table of ``path`` and its report; an error if no row is usable."""
+    """The tokenized preference table of ``path`` and its report; an error if no row is usable.
+
+    ``context_length``: the model's; a longer row is a bad row (see ``tokenize_preferences``).
+    """
     records, report = read_preferences(
         path,
         on_bad_row=cfg.on_bad_row,
@@ -35,6 +41,7 @@ def load_preferences(
         max_length=cfg.max_length,
         prompt_truncation=cfg.prompt_truncation,
         on_bad_row=cfg.on_bad_row,
+        context_length=context_length,
     )
     if table.num_rows == 0:
         raise DataError(f"{path}: no usable rows\n{report.summary()}")

@@ -38,6 +38,7 @@ class _Rules:
     eos: int
     bos: int | None
     prefix: list[int]  # what the tokenizer puts in front of plain text (its BOS)
+    context_length: int | None  # the model's; None: not checked
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,16 @@ def tokenize_preferences(
     max_length: int,
     prompt_truncation: PromptTruncation = "error",
     on_bad_row: OnBadRow = "error",
+    context_length: int | None = None,
 ) -> pa.Table:
     """Tokenizes ``records`` into a preference table; rows that cannot fit are bad rows.
 
     A prompt longer than ``max_prompt_length`` tokens is a bad row, or with
     ``prompt_truncation="left"`` keeps its last tokens (and its BOS). A response longer than
     ``max_length - len(prompt)`` is cut from its end (losing its EOS: it did not finish).
+    With the model's ``context_length`` given, a prompt + response that still has more than
+    ``context_length - 1`` tokens is a bad row too: vLLM scores a sequence by generating one
+    token after it, which must fit the context as well.
     """
     if max_length <= max_prompt_length:
         raise ValueError(
@@ -80,6 +85,7 @@ def tokenize_preferences(
         eos,
         tokenizer.bos_token_id,
         special_prefix(tokenizer),
+        context_length,
     )
     source_rows: list[int] = []
     prompts: list[list[int]] = []
@@ -205,6 +211,8 @@ def _row_ids(
     budget = rules.max_length - len(prompt)
     truncated = sum(len(ids) > budget for ids in responses)
     responses = [ids[:budget] for ids in responses]
+    if rules.context_length is not None:
+        _check_context(prompt, responses, fields, rules.context_length)
     for j in range(len(responses)):
         for i in range(j):
             if responses[i] == responses[j]:
@@ -220,3 +228,20 @@ def _row_ids(
     report.truncated_prompts += truncated_prompt
     report.truncated_responses += truncated
     return prompt, responses
+
+
+def _check_context(
+    prompt: list[int], responses: list[list[int]], fields: Sequence[str], context_length: int
+) -> None:
+    """A :class:`BadRow` for the first response whose sequence the model cannot score."""
+    most = context_length - 1  # vLLM generates one token after a scored sequence
+    for ids, field in zip(responses, fields, strict=True):
+        length = len(prompt) + len(ids)
+        if length > most:
+            raise BadRow(
+                "longer than the model's context",
+                field,
+                f"prompt + response is {length} tokens; the model scores at most {most} (its "
+                f"context length {context_length}, less the one token vLLM generates): set "
+                f"data.max_length to {most} or less to cut such responses",
+            )

@@ -88,7 +88,8 @@ def read_preference_tables(
     )
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_table_cache()
     model = model_fingerprint(model_path)
-    settings = table_settings(cfg)
+    context = scoring_context(cfg, model_path)
+    settings = {**table_settings(cfg), "context_length": context}
     prepared: list[PreparedTable | None] = []
     for path in paths:
         if path is None:
@@ -100,11 +101,24 @@ def read_preference_tables(
         if cached:
             report = report_of(table)
         else:
-            table, report = load_preferences(path, tokenizer, cfg.data)
+            table, report = load_preferences(path, tokenizer, cfg.data, context)
         if report is not None:
             print(report.summary())
         prepared.append(PreparedTable(key, table, cached))
     return prepared, tokenizer
+
+
+def scoring_context(cfg: Any, model_path: str) -> int | None:
+    """The context length sequences must fit: the model's, or the reference engine's
+    ``max_model_len`` where that is shorter (None where neither is known)."""
+    from rlhf.models.hf import context_length
+
+    limits = [
+        context_length(model_path, cfg.model.trust_remote_code),
+        cfg.reference.engine.max_model_len,
+    ]
+    known = [limit for limit in limits if limit is not None]
+    return min(known) if known else None
 
 
 def table_settings(cfg: Any) -> dict[str, Any]:

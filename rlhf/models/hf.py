@@ -116,6 +116,21 @@ def _load_for_training(
     return model
 
 
+# Where configs of the Transformers architectures keep their number of positions.
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(path: str | Path, trust_remote_code: bool = False) -> int | None:
+    """The number of positions the model at ``path`` takes (None where its config has none)."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = getattr(config, "text_config", None) or config  # multimodal: its language model
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_reference_model(settings: EngineSettings) -> PreTrainedModel:
     """Loads a frozen reference model (eval mode, no grads) from an engine's settings."""
     model = load_causal_lm(settings.model, settings.dtype, settings.trust_remote_code)

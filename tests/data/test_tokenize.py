@@ -77,6 +77,32 @@ def test_prompt_too_long_is_a_bad_row(tokenizer, write_jsonl):
     assert report.skipped == {"prompt too long": 1} and report.rows_kept == 1
 
 
+def test_a_sequence_longer_than_the_model_can_score_is_a_bad_row(tokenizer, write_jsonl):
+    path = write_jsonl(
+        [
+            {"prompt": "hi", "chosen": " yes", "rejected": " no"},  # [bos, hi] + [yes, eos]: 4
+            {"prompt": "hi", "chosen": " a b c", "rejected": " no"},  # [bos, hi, a, b, c, eos]: 6
+        ]
+    )
+    # vLLM generates a token after the sequence it scores: a 6-token context scores 5 tokens.
+    detail = (
+        "prompt + response is 6 tokens; the model scores at most 5 (its context length 6, less "
+        "the one token vLLM generates): set data.max_length to 5 or less to cut such responses"
+    )
+    with pytest.raises(DataError) as info:
+        _tokenize(tokenizer, path, max_prompt_length=4, max_length=8, context_length=6)
+    assert str(info.value) == f"{path} line 2, field 'chosen': {detail}{HINT}"
+    table, report = _tokenize(
+        tokenizer, path, max_prompt_length=4, max_length=8, context_length=6, on_bad_row="skip"
+    )
+    assert table.column("source_row").to_pylist() == [1]
+    assert report.skipped == {"longer than the model's context": 1}
+    table, _ = _tokenize(tokenizer, path, max_prompt_length=4, max_length=8, context_length=7)
+    assert table.num_rows == 2  # 6 tokens fit a context of 7
+    table, report = _tokenize(tokenizer, path, max_prompt_length=4, max_length=5, context_length=6)
+    assert table.num_rows == 2 and report.truncated_responses == 1  # max_length cut it first
+
+
 def test_prompt_truncated_from_the_left_keeps_bos(tokenizer, write_jsonl):
     path = write_jsonl([{"prompt": "a b c d e", "chosen": " yes", "rejected": " no"}])
     table, report = _tokenize(

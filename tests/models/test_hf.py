@@ -279,3 +279,13 @@ def test_hf_response_logps_at_the_context_length_are_float32_exact(tiny_llama_pa
         model, [[]] + prompts[1:2], [prompts[0] + responses[0]] + responses[1:2]
     )
     assert prompt_only[1] == pytest.approx(expected[1], abs=5e-5)  # the per-sequence path
+
+
+def test_context_length_reads_the_models_positions(tiny_llama_path: Path, tmp_path: Path) -> None:
+    from transformers import GPT2Config
+
+    from rlhf.models.hf import context_length
+
+    assert context_length(tiny_llama_path) == 128  # Llama: max_position_embeddings
+    GPT2Config(n_positions=64, n_embd=32, n_layer=1, n_head=2).save_pretrained(tmp_path)
+    assert context_length(tmp_path) == 64  # GPT-2: n_positions
