@@ -78,7 +78,7 @@ class DataReport:
         return sum(self.skipped.values())
 
     def summary(self) -> str:
-        """A few lines for the end of a run: counts per reason and the first examples."""
+        """A few lines, printed when the data is read: counts per reason and the first examples."""
         lines = [f"{self.path}: kept {self.rows_kept} of {self.rows_read} rows"]
         for reason, count in sorted(self.skipped.items()):
             lines.append(f"  skipped {count} row(s): {reason}")

@@ -148,14 +148,23 @@ def _render(
     for response, field in zip(record.responses, record.fields, strict=True):
         full = _apply_template(tokenizer, record.prompt + response, field)
         if not full.startswith(prompt):
-            raise BadRow(
-                "chat template",
-                field,
-                "the chat template renders the prompt differently once the response follows it, "
-                "so the response cannot be split off (check its add_generation_prompt branch)",
-            )
+            raise BadRow("chat template", field, _split_failure(response))
         texts.append(full[len(prompt) :])
     return _Rendered(record, prompt, texts, add_prefix=False)
+
+
+def _split_failure(response: list[dict[str, str]]) -> str:
+    """Why a chat response could not be split off its prompt's rendering."""
+    role = response[0].get("role") if response else None
+    if role is not None and role != "assistant":
+        return (
+            f"its first message has role {role!r}; a response is the assistant's turn (role "
+            "'assistant'), the turn the prompt's generation prompt opens"
+        )
+    return (
+        "the chat template renders the prompt differently once the response follows it, so the "
+        "response cannot be split off (check its add_generation_prompt branch)"
+    )
 
 
 def _apply_template(

@@ -135,6 +135,22 @@ def test_chat_template_prompt_and_response(chat_tokenizer, write_jsonl):
     assert report.join_fallbacks == 0
 
 
+def test_a_response_in_another_role_is_named_not_blamed_on_the_template(
+    chat_tokenizer, write_jsonl
+):
+    # The template renders any role, so the row gets as far as splitting the response off.
+    prompt = [{"role": "user", "content": "hi"}]
+    rejected = [{"role": "assistent", "content": "no"}]
+    path = write_jsonl([{"prompt": prompt, "chosen": "yes", "rejected": rejected}])
+    with pytest.raises(DataError) as info:
+        _tokenize(chat_tokenizer, path)
+    assert str(info.value) == (
+        f"{path} line 1, field 'rejected': its first message has role 'assistent'; a response "
+        f"is the assistant's turn (role 'assistant'), the turn the prompt's generation prompt "
+        f"opens{HINT}"
+    )
+
+
 def test_chat_messages_without_template_is_a_clear_error(tokenizer, write_jsonl):
     prompt = [{"role": "user", "content": "hi"}]
     path = write_jsonl([{"prompt": prompt, "chosen": "yes", "rejected": "no"}])
