@@ -66,6 +66,37 @@ def cluster_address(cfg: RayConfig) -> str | None:
     return from_job if from_job and not from_job.startswith(("http://", "https://")) else None
 
 
+LOCAL_NODE_IP = "127.0.0.1"
+# Ray takes 127.0.0.1 as a node address only where it runs no clusters (macOS, Windows), and
+# otherwise swaps in the machine's outward address, on which its processes then listen.
+_RAY_CLUSTERS_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def init_local_ray(**options: Any) -> None:
+    """``ray.init`` of a local Ray whose node address is 127.0.0.1: Ray's processes, and ours
+    (which bind Ray's node address: ``rlhf.models.weight_broadcast.node_address``), listen on
+    loopback only. Nothing off this machine can join a local run, so nothing needs to reach it.
+
+    Ray swaps a loopback node address for the outward one unless it believes it runs on a
+    single-machine platform (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``): that setting holds for
+    the processes this call starts, and for this process only during the call.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(_RAY_CLUSTERS_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[_RAY_CLUSTERS_ENV] = "0"  # raylet and GCS inherit it, and pass it to workers
+    try:
+        ray.init(address="local", _node_ip_address=LOCAL_NODE_IP, **options)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(_RAY_CLUSTERS_ENV, None)
+        else:
+            os.environ[_RAY_CLUSTERS_ENV] = saved[1]
+
+
 @contextlib.contextmanager
 def ray_session(cfg: RayConfig, *stages: Sequence[Role]) -> Iterator[ActorScope]:
     """Joins the job's cluster (:func:`cluster_address`), or starts a local Ray that ends with it.
@@ -88,9 +119,7 @@ def ray_session(cfg: RayConfig, *stages: Sequence[Role]) -> Iterator[ActorScope]
     if not ray.is_initialized():
         address = cluster_address(cfg)
         if address is None:  # "local": never the cluster a ray_current_cluster file points to
-            ray.init(
-                address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True
-            )
+            init_local_ray(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
         else:
             ray.init(address=address, log_to_driver=True)
         started = True
