@@ -16,6 +16,8 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rlhf.logs import actor_runtime_env
+
 # vLLM keeps its engine in the actor's own process (no engine subprocess) inside Ray actors.
 ACTOR_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
@@ -23,8 +25,12 @@ ACTOR_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 def _remote_class(
     cls: type, num_cpus: float, num_gpus: float, env_vars: dict[str, str] | None
 ) -> Any:
-    """``cls`` as a Ray actor class with its resources and the project's environment."""
-    runtime_env = {"env_vars": {**ACTOR_ENV, **(env_vars or {})}}
+    """``cls`` as a Ray actor class with its resources and the project's environment.
+
+    While a job has a log directory, the actor's output goes to a file there (``rlhf.logs``).
+    """
+    to_log_file = actor_runtime_env(cls.__name__)
+    runtime_env = {"env_vars": {**ACTOR_ENV, **to_log_file, **(env_vars or {})}}
     return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=runtime_env)(cls)
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rlhf import logs
 from rlhf.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -275,7 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop a submitted job")
     _add_job_args(p)
     p.set_defaults(func=cmd_stop)
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks with errors")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show tracebacks with errors, and the libraries' and actors' output on the console "
+        "(default: in the run directory's logs/)",
+    )
     for p in sub.choices.values():  # also after the command; SUPPRESS keeps the top level's
         p.add_argument(
             "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -285,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    logs.configure(verbose=args.verbose)
     try:
         args.func(args)
     except Exception as error:

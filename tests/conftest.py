@@ -45,10 +45,16 @@ def embedded_model_path() -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray for the whole session (logical CPUs: actors share the real cores)."""
+    """One local Ray for the whole session (logical CPUs: actors share the real cores).
+
+    Started as a quiet job's Ray is (``rlhf.logs.ray_init_options``): a job's actors write
+    their output to its run directory's ``logs/``.
+    """
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    from rlhf import logs
+
+    ray.init(num_cpus=8, include_dashboard=False, **logs.ray_init_options(local=True))
     yield ray
     ray.shutdown()
 

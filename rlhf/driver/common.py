@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from rlhf import logs
 from rlhf.cluster.colocation import colocate_roles
 from rlhf.cluster.resources import Role, require_fit
 from rlhf.config import ConfigError
@@ -106,6 +107,9 @@ def ray_session(cfg: RayConfig, *stages: Sequence[Role]) -> Iterator[ActorScope]
     ``rlhf.cluster.colocation``). A config the cluster cannot hold is rejected here, before any
     actor starts, unless ``ray.check_resources`` is off. Yields the job's :class:`ActorScope`;
     its actors are killed when the block exits.
+
+    The console shows the actors' output only with ``--verbose``; otherwise it goes to the run
+    directory's ``logs/`` (``rlhf.logs``), which the job stops writing when the block exits.
     """
     import ray
 
@@ -119,10 +123,15 @@ def ray_session(cfg: RayConfig, *stages: Sequence[Role]) -> Iterator[ActorScope]
     if not ray.is_initialized():
         address = cluster_address(cfg)
         if address is None:  # "local": never the cluster a ray_current_cluster file points to
-            init_local_ray(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+            init_local_ray(
+                num_cpus=cfg.num_cpus,
+                include_dashboard=False,
+                **logs.ray_init_options(local=True),
+            )
         else:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, **logs.ray_init_options(local=False))
         started = True
+    logs.route_library_loggers()  # ray.init put its own console handler back on "ray"
     scope = ActorScope()
     try:
         if cfg.check_resources:
@@ -132,6 +141,7 @@ def ray_session(cfg: RayConfig, *stages: Sequence[Role]) -> Iterator[ActorScope]
         scope.close()
         if started:
             ray.shutdown()
+        logs.end_job_logs()
 
 
 def start_samplers(
