@@ -20,6 +20,7 @@ from rlhf.data.loader import split_by_prompt
 from rlhf.data.prepare import load_preferences
 from rlhf.data.table import report_of
 from rlhf.driver.preference_training import add_reference_logps
+from rlhf.logs import start_job_logs
 from rlhf.run_dir import RunDirectoryError, mark_run_dir
 
 if TYPE_CHECKING:
@@ -31,7 +32,11 @@ __all__ = ["RunDirectoryError", "open_run"]  # RunDirectoryError: raised by open
 
 
 def open_run(cfg: Any, resume: bool) -> Path:
-    """Creates (or, with ``resume``, reopens) the run directory and writes the resolved config."""
+    """Creates (or, with ``resume``, reopens) the run directory and writes the resolved config.
+
+    From here on the libraries' records and the actors' output go to ``<run_dir>/logs/``
+    (``rlhf.logs.start_job_logs``; the console keeps them with ``--verbose``).
+    """
     run_dir = Path(cfg.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryError(
@@ -44,6 +49,7 @@ def open_run(cfg: Any, resume: bool) -> Path:
         )
     mark_run_dir(run_dir)  # only a marked directory may be replaced by a fresh run
     dump_config(cfg, run_dir / ("config.resumed.yaml" if resume else "config.yaml"))
+    start_job_logs(run_dir)
     return run_dir
 
 
