@@ -41,10 +41,15 @@ def _rounds(run_dir):
     return [r for r in read_metrics(run_dir) if "eval/reward/mean" in r]
 
 
-def test_online_dpo_pairs_raises_reward(ray_cluster, tmp_path, embedded_model_path):
+def test_online_dpo_pairs_raises_reward(ray_cluster, tmp_path, embedded_model_path, capfd):
     from rlhf.driver import online_dpo
 
     run_dir = online_dpo.run(online_config(tmp_path / "run", embedded_model_path))
+    # A quiet console: vLLM's engine log is in the sampler's file under logs/, not on it.
+    console = "".join(capfd.readouterr())
+    sampler_logs = "".join(f.read_text() for f in (run_dir / "logs").glob("Sampler-*.log"))
+    assert "Initializing a V1 LLM engine" in sampler_logs
+    assert "Initializing a V1 LLM engine" not in console and " INFO " not in console
     rounds = _rounds(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     sft, last = rounds[0]["eval/reward/mean"], rounds[-1]["eval/reward/mean"]
