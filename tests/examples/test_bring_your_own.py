@@ -16,8 +16,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = pytest.mark.integration
-
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bring_your_own"
 
 
@@ -28,10 +26,22 @@ def _module(name: str):
     return module
 
 
+def test_the_reward_reads_the_letter_the_system_message_asks_for():
+    reward = _module("my_reward")
+    chat = [{"role": "system", "content": "Use the letter 'e'."}, {"role": "user", "content": "Hi"}]
+    other = [{"role": "system", "content": "Use the letter 's'."}, chat[1]]
+    # "tree sea": 8 characters (t r e e _ s e a), of which 3 are e and 1 is s.
+    assert reward.letter_share([chat, other], ["tree sea", "tree sea"]) == [3 / 8, 1 / 8]
+    assert reward.letter_share([chat], [""]) == [0.0]
+    with pytest.raises(TypeError, match="chat messages, got str"):
+        reward.letter_share(["Use the letter 'e'."], ["see"])
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.integration
 def test_bring_your_own_runs_online_dpo_and_ppo(tmp_path):
     from transformers import AutoTokenizer
 
