@@ -101,18 +101,16 @@ def build_model(directory: Path) -> Path:
     return directory
 
 
-def chat_prompts(count: int, seed: int = 1) -> list[dict]:
-    """Rows of chat messages: a system message asking for a letter, and a user request."""
-    rng = random.Random(seed)
-    return [
-        {
-            "messages": [
-                {"role": "system", "content": f"Use the letter '{LETTERS[i % len(LETTERS)]}'."},
-                {"role": "user", "content": f"Say something about {rng.choice(SUBJECTS)}."},
-            ]
-        }
-        for i in range(count)
-    ]
+def chat_prompts(count: int) -> list[dict]:
+    """Rows of chat messages: a system message asking for a letter, and a user request (no
+    two rows alike for up to 24 rows)."""
+    rows = []
+    for i in range(count):
+        letter, subject = LETTERS[i % len(LETTERS)], SUBJECTS[i // len(LETTERS) % len(SUBJECTS)]
+        system = {"role": "system", "content": f"Use the letter '{letter}'."}
+        user = {"role": "user", "content": f"Say something about {subject}."}
+        rows.append({"messages": [system, user]})
+    return rows
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
