@@ -30,6 +30,7 @@ class WeightSyncExtension:
         """Loads Hugging Face-named tensors into the running model; returns how many."""
         tensors = list(named_tensors)
         self.model_runner.reload_weights(weights_iterator=iter(tensors))
+        repack_shared_weights(self.model_runner.get_model())
         return len(tensors)
 
     def rlhf_join_weight_group(
@@ -43,7 +44,27 @@ class WeightSyncExtension:
         """Receives one broadcast and loads it like ``rlhf_reload_weights``; returns how many."""
         tensors = self.rlhf_receiver.receive()
         self.model_runner.reload_weights(weights_iterator=iter(tensors))
+        repack_shared_weights(self.model_runner.get_model())
         return len(tensors)
+
+
+def repack_shared_weights(model: torch.nn.Module) -> int:
+    """Processes again every layer whose weight another layer shares; returns how many.
+
+    vLLM's CPU build packs a layer's weight for its matrix kernels when the layer is processed
+    after loading. A reload processes the layers it loads, but a head tied to the embeddings
+    (GPT-2, Qwen2) is never loaded itself: it would keep computing logits from the packed copy
+    of the old weights, though its weight (the embeddings') holds the new values.
+    """
+    sharing: dict[int, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if weight is not None and hasattr(module, "quant_method"):
+            sharing.setdefault(id(weight), []).append(module)
+    repacked = [m for modules in sharing.values() if len(modules) > 1 for m in modules]
+    for module in repacked:
+        module.quant_method.process_weights_after_loading(module)
+    return len(repacked)
 
 
 def push_weights(llm, named_tensors: dict[str, torch.Tensor]) -> int:
