@@ -69,3 +69,31 @@ def test_saved_model_loads_and_generates_in_vllm(ray_cluster, dpo_run):
     )
     ray_cluster.kill(sampler)
     assert len(groups[0]) == 2 and all(c.token_ids for c in groups[0])
+
+
+# --- another loss with a reference, in a weighted sum ---------------------------------------------
+
+
+def test_robust_dpo_plus_sft_raises_held_out_accuracy(
+    tmp_path, task_pairs, embedded_model_path, table_cache
+):
+    """Robust DPO + 0.2 x SFT (the mapping form of loss.name; label_smoothing reaches robust
+    only): a short run on the tables the module's other run caches (no second reference pass)
+    learns the preferences."""
+    from rlhf.driver import dpo
+
+    loss = {"name": {"robust": 1.0, "sft": 0.2}, "beta": 0.1, "options": {"label_smoothing": 0.1}}
+    schedule = {"epochs": 2, "eval_every": 0, "save_every": 0}
+    cfg = dpo_config(
+        task_pairs, tmp_path, embedded_model_path, table_cache, loss=loss, schedule=schedule
+    )
+    records = read_metrics(dpo.run(cfg))
+    first = next(r for r in records if "train/loss" in r)
+    # Every implicit reward is 0 at the start: no held-out pair is ordered, and the first loss
+    # is robust DPO's ln 2 plus 0.2 x the chosen responses' NLL per token.
+    assert abs(first["train/rewards/margins"]) < 1e-4
+    assert first["train/loss"] > math.log(2) + 0.1
+    evals = [r for r in records if "eval/rewards/accuracies" in r]
+    history = [(r["eval/rewards/accuracies"], r["eval/rewards/margins"]) for r in evals]
+    assert evals[-1]["eval/rewards/accuracies"] > 0.5, history
+    assert evals[-1]["eval/rewards/margins"] > 0, history
