@@ -80,7 +80,7 @@ def read_preference_tables(
     were seen before (see :func:`table_settings` and ``rlhf.data.cache.model_fingerprint``);
     each file's report is printed either way, before training.
     """
-    from transformers import AutoTokenizer
+    from rlhf.models.tokenizer import load_tokenizer
 
     paths = [cfg.data.path, cfg.data.eval_path]
     for key_name, path in zip(("path", "eval_path"), paths, strict=True):
@@ -89,9 +89,7 @@ def read_preference_tables(
                 check_data_file(path)
             except DataError as error:
                 raise DataError(f"data.{key_name}: {error}") from None
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path, trust_remote_code=cfg.model.trust_remote_code
-    )
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)  # pad: EOS if none
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_table_cache()
     model = model_fingerprint(model_path)
     context = scoring_context(cfg, model_path)
