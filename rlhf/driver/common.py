@@ -89,7 +89,12 @@ def init_local_ray(**options: Any) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
     os.environ[_RAY_CLUSTERS_ENV] = "0"  # raylet and GCS inherit it, and pass it to workers
     try:
-        ray.init(address="local", _node_ip_address=LOCAL_NODE_IP, **options)
+        ray.init(
+            address="local",
+            _node_ip_address=LOCAL_NODE_IP,
+            include_dashboard=False,  # a local run needs no dashboard listening
+            **options,
+        )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved[0]
         if saved[1] is None:
@@ -123,11 +128,7 @@ def ray_session(cfg: RayConfig, *stages: Sequence[Role]) -> Iterator[ActorScope]
     if not ray.is_initialized():
         address = cluster_address(cfg)
         if address is None:  # "local": never the cluster a ray_current_cluster file points to
-            init_local_ray(
-                num_cpus=cfg.num_cpus,
-                include_dashboard=False,
-                **logs.ray_init_options(local=True),
-            )
+            init_local_ray(num_cpus=cfg.num_cpus, **logs.ray_init_options(local=True))
         else:
             ray.init(address=address, **logs.ray_init_options(local=False))
         started = True

@@ -28,7 +28,9 @@ def test_unknown_loss_lists_the_known_ones():
     result = _rlhf("train", "configs/dpo.yaml", "loss.name=sigmoidd")
     assert result.returncode != 0
     assert "unknown preference_loss 'sigmoidd'" in result.stderr
-    assert "hinge, ipo, plackett_luce, sigmoid" in result.stderr
+    assert "hinge, ipo, kto, nca_pair, orpo, plackett_luce, robust, rpo, sft, sigmoid" in (
+        result.stderr
+    )
 
 
 def test_wrong_type_names_key():
