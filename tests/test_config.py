@@ -211,3 +211,14 @@ def _flat(tree: dict, prefix: str = ""):
             yield from _flat(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+def test_keep_checkpoints_is_a_top_level_key_of_offline_dpo_too():
+    from rlhf.driver.dpo import DPOConfig
+
+    data = {"data": {"path": "prefs.parquet"}}
+    assert from_dict(DPOConfig, {**data, "keep_checkpoints": 3}).keep_checkpoints == 3
+    with pytest.raises(ConfigError, match="schedule.keep_checkpoints is no longer a key"):
+        from_dict(DPOConfig, {**data, "schedule": {"keep_checkpoints": 3}})
+    with pytest.raises(ConfigError, match="keep_checkpoints must be at least 1, got 0"):
+        from_dict(DPOConfig, {**data, "keep_checkpoints": 0})

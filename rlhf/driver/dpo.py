@@ -12,6 +12,7 @@ from typing import Literal
 import ray
 from tqdm import tqdm
 
+from rlhf.config import ConfigError
 from rlhf.data.config import DataConfig
 from rlhf.data.table import source_of
 from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
@@ -56,9 +57,12 @@ class DPOConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     trainer: PreferenceTrainerConfig = field(default_factory=PreferenceTrainerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    keep_checkpoints: int = 2  # the last checkpoints kept for --resume (as in the online loops)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         check_job(self)
 
 
@@ -101,7 +105,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         hold_table(group, "train", train, pad)
         if held_out is not None:
             hold_table(group, "eval", held_out, pad)
-        checkpoints = Checkpoints(run_dir, keep=cfg.schedule.keep_checkpoints)
+        checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
         restored = (
             restore_checkpoint({"trainer": group}, checkpoints, TrainState) if resume else None
         )

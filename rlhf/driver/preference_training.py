@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import ray
@@ -94,16 +94,20 @@ class ReferenceConfig:
 class ScheduleConfig:
     """How long to train and how often to evaluate and save (in optimizer steps)."""
 
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "keep_checkpoints": "keep_checkpoints is a top-level key of every job (offline DPO, "
+        "online DPO, PPO); set keep_checkpoints",
+    }
+
     epochs: int = 1  # (prompts per step: trainer.micro_batch_prompts x accumulation x ranks)
     max_steps: int | None = None
     eval_every: int = 0  # 0: at the end of each epoch only
     eval_batch_size: int = 64
     save_every: int = 0  # 0: at the end of each epoch only
-    keep_checkpoints: int = 2
     length_grouping: bool = True  # batch sequences of similar length (less padding)
 
     def validate(self) -> None:
-        for key in ("epochs", "eval_batch_size", "keep_checkpoints"):
+        for key in ("epochs", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
