@@ -130,11 +130,11 @@ def check_finite_loss(metrics: dict[str, Any], step: int, first_row: str) -> Non
     Call it on each step's metrics before anything is logged, checkpointed or saved from that
     step; ``first_row`` names the batch's first row (``source_of(table, indices[0])``).
     """
-    loss = metrics.get("loss")
-    if loss is None or math.isfinite(loss):
-        return
-    raise TrainingDivergedError(
-        f"step {step}: the loss is {loss}; the batch's first row is {first_row}. The run "
-        "stopped before saving anything from this step: lower trainer.lr (or raise warmup), "
-        "check that batch's rows, and --resume from the last checkpoint"
-    )
+    for key, loss in metrics.items():  # "loss", or a role's "policy/policy_loss", ...
+        if not key.endswith("loss") or not isinstance(loss, float) or math.isfinite(loss):
+            continue
+        raise TrainingDivergedError(
+            f"step {step}: {key} is {loss}; the batch's first row is {first_row}. The run "
+            "stopped before saving anything from this step: lower trainer.lr (or raise warmup), "
+            "check that batch's rows, and --resume from the last checkpoint"
+        )

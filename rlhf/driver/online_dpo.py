@@ -26,7 +26,8 @@ from rlhf.data.errors import DataReport
 from rlhf.data.loader import batches
 from rlhf.data.prompts import PromptsConfig
 from rlhf.data.strategies import get_pair_strategy, uniform_preferences
-from rlhf.data.table import build_table, with_ref_logps
+from rlhf.data.table import build_table, source_of, with_ref_logps
+from rlhf.driver.checks import check_finite_loss
 from rlhf.driver.loops import register_loop
 from rlhf.driver.online import SamplersConfig, sample_metrics
 from rlhf.driver.online_loop import (
@@ -227,10 +228,11 @@ def train_on(cfg: OnlineDPOConfig, rnd: Round, table: pa.Table) -> dict[str, flo
             state.round * epochs + epoch,
             length_grouping=cfg.rounds.length_grouping,
         )
-        steps += [submit_step(group, "round", indices) for indices in order]
+        steps += [(indices, submit_step(group, "round", indices)) for indices in order]
     last: dict[str, float] = {}
-    for refs in steps:
+    for indices, refs in steps:
         last = step_metrics(refs)
+        check_finite_loss(last, state.step + 1, source_of(table, indices[0]))
         state.step += 1
         state.tokens += int(last.get("tokens", 0))
         rnd.job.logger.log(state.step, {f"train/{k}": v for k, v in last.items()})

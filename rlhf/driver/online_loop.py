@@ -39,11 +39,18 @@ from rlhf.cluster.resources import Role
 from rlhf.config import ConfigError
 from rlhf.data.prompts import Prompt, PromptSource, job_prompts
 from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
-from rlhf.driver.common import ray_session, resolve_model_path
+from rlhf.driver.checks import check_local_device
+from rlhf.driver.common import cluster_address, ray_session, resolve_model_path
 from rlhf.driver.online import PhaseTimer, start_rollout_actors, sync_weights
 from rlhf.driver.retry import PhaseRetry, named_actors
 from rlhf.driver.rollout import ActorScorer, GroupScorer, ScoredGroup, sample, score
-from rlhf.driver.setup import check_colocation, open_run, place_colocated, sleeping_engines
+from rlhf.driver.setup import (
+    check_colocation,
+    open_run,
+    place_colocated,
+    sleeping_engines,
+    wait_for_roles,
+)
 from rlhf.driver.weight_sync import BroadcastSync
 from rlhf.plots import plot_rounds
 from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
@@ -238,6 +245,7 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
     the actors (and a Ray this job started) end when the block does."""
     from rlhf.models.tokenizer import load_tokenizer
 
+    check_local_device(cfg.device, cluster_address(cfg.ray))
     run_dir = open_run(cfg, resume)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)  # pad: EOS if none
@@ -256,6 +264,10 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
                 for name, g in algorithm.start_groups(model_path, placements).items()
             }
             hooks.workers = workers = replace(hooks.workers, groups=groups)
+            rollout = {"samplers": samplers, "reference": reference}
+            if isinstance(reward, ActorScorer):
+                rollout["reward"] = reward.actor
+            wait_for_roles(cfg, rollout | groups)  # bounded: names an actor still starting
         moved = reference if algorithm.moves_reference else None
         if cfg.samplers.sync == "broadcast":
             scope.own(BroadcastSync.open(workers.policy, samplers, moved, cfg.device))

@@ -37,6 +37,7 @@ from rlhf.config import ConfigError
 from rlhf.data.batch import RolloutBatch
 from rlhf.data.prompts import PromptsConfig
 from rlhf.driver import experience as xp
+from rlhf.driver.checks import check_finite_loss
 from rlhf.driver.loops import register_loop
 from rlhf.driver.online import SamplersConfig, sample_metrics
 from rlhf.driver.online_loop import (
@@ -274,6 +275,8 @@ def train_epochs(cfg: PPOConfig, rnd: Round, batch: RolloutBatch) -> dict[str, f
             metrics = xp.train_minibatch(
                 groups["policy"], groups.get("critic"), batch.select(rows), sizes
             )
+            first = f"round {rnd.index}'s training sample {int(rows[0])}"
+            check_finite_loss(metrics, state.step + 1, first)
             state.step += 1
             rnd.job.logger.log(state.step, metrics)
     return metrics

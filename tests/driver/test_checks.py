@@ -96,7 +96,15 @@ def test_a_loss_that_is_not_finite_stops_the_run_naming_step_and_row(loss):
     with pytest.raises(TrainingDivergedError) as error:
         check_finite_loss({"loss": loss, "lr": 1e-3}, 12, "data/prefs.jsonl line 17")
     assert str(error.value).startswith(
-        f"step 12: the loss is {loss}; the batch's first row is data/prefs.jsonl line 17. "
+        f"step 12: loss is {loss}; the batch's first row is data/prefs.jsonl line 17. "
         "The run stopped before saving anything from this step"
     )
     check_finite_loss({"loss": 0.69}, 1, "data/prefs.jsonl line 1")
+
+
+def test_a_role_loss_that_is_not_finite_stops_ppo_naming_the_key():
+    """PPO's merged metrics name each role's losses (policy/policy_loss, critic/value_loss)."""
+    metrics = {"policy/policy_loss": 0.1, "critic/value_loss": float("nan"), "policy/kl": 0.0}
+    with pytest.raises(TrainingDivergedError, match="step 3: critic/value_loss is nan; "):
+        check_finite_loss(metrics, 3, "round 0's training sample 5")
+    check_finite_loss({"policy/policy_loss": 0.1, "policy/tokens": 12}, 3, "round 0")
