@@ -1,6 +1,6 @@
 """Each architecture on the real engines: a DeepSpeed trainer rank and one vLLM reference server.
 
-Per architecture, one trainer (1 rank, ZeRO-2) saves the model with ``save_pretrained``, and the
+Per architecture (Llama and Mistral; GPT-2 and Qwen2 in test_online_dpo.py), one trainer (1 rank, ZeRO-2) saves the model with ``save_pretrained``, and the
 vLLM reference server loads that saved directory: the saved model loads in vLLM and in
 Transformers, vLLM's log-probs equal a Hugging Face forward, offline DPO's first step has loss
 ln 2 with vLLM's reference log-probs, and after a trained step and a weight sync the engine's
@@ -21,7 +21,12 @@ from rlhf.models.tokenizer import load_tokenizer
 
 from .conftest import chat_records, text_records, tokenized
 
-pytestmark = pytest.mark.integration
+# GPT-2 and Qwen2 run the same checks through the real online loop (test_online_dpo.py), which
+# starts their engines anyway; here the untied two, each with one trainer and one engine.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.parametrize("arch", ["llama", "mistral"], indirect=True),
+]
 
 PER_SEQUENCE = 1e-4  # fp32: vLLM and Transformers agree to about 1e-6 per sequence
 
