@@ -1,10 +1,10 @@
 """Each architecture on the real engines: a DeepSpeed trainer rank and one vLLM reference server.
 
-Per architecture (Llama and Mistral; GPT-2 and Qwen2 in test_online_dpo.py), one trainer
-(1 rank, ZeRO-2) saves the model with ``save_pretrained``, and the vLLM reference server loads
-that saved directory: the saved model loads in vLLM and in Transformers, vLLM's log-probs equal a Hugging Face forward, offline DPO's first step has loss
-ln 2 with vLLM's reference log-probs, and after a trained step and a weight sync the engine's
-log-probs equal the trainer's.
+Per architecture (Llama and Mistral; GPT-2 and Qwen2 in test_online_dpo.py), one trainer (1
+rank, ZeRO-2) saves the model with ``save_pretrained``, and the vLLM reference server loads that
+saved directory: the saved model loads in vLLM and in Transformers, vLLM's log-probs equal a
+Hugging Face forward, offline DPO's first step has loss ln 2 with vLLM's reference log-probs,
+and after a trained step and a weight sync the engine's log-probs equal the trainer's.
 """
 
 from __future__ import annotations
