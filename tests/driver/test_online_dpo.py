@@ -48,7 +48,10 @@ def test_online_dpo_pairs_raises_reward(ray_cluster, tmp_path, embedded_model_pa
     # A quiet console: vLLM's engine log is in the sampler's file under logs/, not on it.
     console = "".join(capfd.readouterr())
     sampler_logs = "".join(f.read_text() for f in (run_dir / "logs").glob("Sampler-*.log"))
-    assert "Initializing a V1 LLM engine" in sampler_logs
+    # The engine's own start-up output (its log records depend on vLLM's logging settings in
+    # a worker that may have imported vLLM before; its weight loading always prints).
+    assert "Loading safetensors checkpoint shards" in sampler_logs
+    assert "Loading safetensors checkpoint shards" not in console
     assert "Initializing a V1 LLM engine" not in console and " INFO " not in console
     rounds = _rounds(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
