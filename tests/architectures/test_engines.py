@@ -31,7 +31,7 @@ pytestmark = [
 PER_SEQUENCE = 1e-4  # fp32: vLLM and Transformers agree to about 1e-6 per sequence
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # its actors end with this module, not the session
 def served(arch, ray_cluster, tmp_path_factory):
     """(name, original directory, trainer group, saved directory, vLLM reference server)."""
     from actors.group import spawn

@@ -109,6 +109,7 @@ def test_reward_failure_names_itself_and_keeps_earlier_rounds(
         reward={"function": "tests.driver.test_online_dpo:_fails_in_round_1"},
         rounds={"rounds": 2, "prompts_per_round": 16, "eval_prompts": 8},
     )
+    free = ray_cluster.available_resources().get("CPU", 0)  # session fixtures may hold some
     with pytest.raises(RuntimeError, match="the reward function raised RuntimeError: judge"):
         online_dpo.run(cfg)
     run_dir = tmp_path / "run"
@@ -118,9 +119,9 @@ def test_reward_failure_names_itself_and_keeps_earlier_rounds(
     assert (run_dir / "checkpoints" / "latest").read_text().strip()
     # The job's actors are gone: a shared cluster gets its resources back.
     deadline = time.time() + 30
-    while ray_cluster.available_resources().get("CPU", 0) < 7 and time.time() < deadline:
+    while ray_cluster.available_resources().get("CPU", 0) < free and time.time() < deadline:
         time.sleep(0.5)
-    assert ray_cluster.available_resources().get("CPU", 0) >= 7
+    assert ray_cluster.available_resources().get("CPU", 0) >= free
 
 
 def test_weight_sync_makes_sampler_logprobs_equal_trainer(
