@@ -74,6 +74,8 @@ def test_verbose_shows_the_traceback_before_or_after_the_command(tmp_path):
 def test_data_and_run_directory_mistakes_are_one_line_before_ray(tmp_path, model_dir):
     import ray
 
+    ray_was_up = ray.is_initialized()  # by an earlier test's session fixture, in a full run
+
     missing = tmp_path / "none.jsonl"
     assert _one_line("train", _dpo(tmp_path, model_dir, missing)) == (
         f"rlhf train: data error: data.path: {missing}: no such file"
@@ -96,12 +98,14 @@ def test_data_and_run_directory_mistakes_are_one_line_before_ray(tmp_path, model
         f"rlhf train: run directory error: output_dir {a_file} is a file, not a directory: "
         "set output_dir to a directory"
     )
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_was_up  # the mistakes stopped the run before Ray
 
 
 def test_model_and_device_mistakes_are_one_line_before_ray(tmp_path, model_dir):
     import ray
     import torch
+
+    ray_was_up = ray.is_initialized()  # by an earlier test's session fixture, in a full run
 
     data = tmp_path / "prefs.jsonl"
     data.write_text(json.dumps({"prompt": "w1", "chosen": "w2", "rejected": "w3"}) + "\n")
@@ -112,4 +116,4 @@ def test_model_and_device_mistakes_are_one_line_before_ray(tmp_path, model_dir):
         assert _one_line("train", _dpo(tmp_path, model_dir, data), *cuda).startswith(
             "rlhf train: config error: device: cuda, but this machine has no CUDA GPU"
         )
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_was_up  # the mistakes stopped the run before Ray

@@ -12,6 +12,7 @@ from rlhf.models.weight_broadcast import (
     WeightSender,
     manifest_of,
     new_group_id,
+    node_address,
     pack,
     unpack,
 )
@@ -67,8 +68,8 @@ def test_pack_names_a_weight_that_changed():
 def test_gloo_broadcast_reaches_every_receiver():
     """Rank 0 sends twice; two receivers (threads here, engines in a job) get both versions.
 
-    Outside Ray the node's address is loopback: the store and every rank's gloo pairs listen
-    there alone.
+    The store and every rank's gloo pairs listen on the node's address alone: loopback outside
+    Ray (this test alone) or in a local run; Ray's node address in a suite whose Ray is up.
     """
     import psutil
 
@@ -80,7 +81,7 @@ def test_gloo_broadcast_reaches_every_receiver():
 
     def receive(rank: int) -> None:
         receiver = WeightReceiver()
-        receiver.join(("127.0.0.1", sender.port), group_id, rank, 3, "gloo", manifest, timeout_s=30)
+        receiver.join((sender.host, sender.port), group_id, rank, 3, "gloo", manifest, timeout_s=30)
         for _ in range(2):
             received[rank].append({k: v.clone() for k, v in receiver.receive()})
 
@@ -91,9 +92,10 @@ def test_gloo_broadcast_reaches_every_receiver():
     listening = [
         c.laddr for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN
     ]
-    assert ("127.0.0.1", sender.port) in listening
+    assert sender.host == node_address()
+    assert (sender.host, sender.port) in listening
     assert len(listening) >= 4  # the store, and the pairs of 3 ranks
-    assert {address.ip for address in listening} == {"127.0.0.1"}
+    assert {address.ip for address in listening} == {sender.host}
     assert sender.send(weights) == manifest.nbytes
     second = {k: v + 1 for k, v in weights.items()}
     sender.send(second)
