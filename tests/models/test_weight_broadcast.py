@@ -73,6 +73,11 @@ def test_gloo_broadcast_reaches_every_receiver():
     """
     import psutil
 
+    def listening() -> set:
+        connections = psutil.Process().net_connections("inet")
+        return {c.laddr for c in connections if c.status == psutil.CONN_LISTEN}
+
+    others = listening()  # e.g. Ray's own, when an earlier test started Ray in this process
     weights = _weights()
     manifest = manifest_of(weights.items())
     sender = WeightSender("gloo", timeout_s=30)
@@ -89,13 +94,11 @@ def test_gloo_broadcast_reaches_every_receiver():
     for thread in threads:
         thread.start()
     sender.join(group_id, 3, manifest)
-    listening = [
-        c.laddr for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN
-    ]
+    ours = listening() - others
     assert sender.host == node_address()
-    assert (sender.host, sender.port) in listening
-    assert len(listening) >= 4  # the store, and the pairs of 3 ranks
-    assert {address.ip for address in listening} == {sender.host}
+    assert (sender.host, sender.port) in ours
+    assert len(ours) >= 4  # the store, and the pairs of 3 ranks
+    assert {address.ip for address in ours} == {sender.host}
     assert sender.send(weights) == manifest.nbytes
     second = {k: v + 1 for k, v in weights.items()}
     sender.send(second)
