@@ -112,7 +112,10 @@ def test_plain_ray_job_submit_and_a_config_the_cluster_cannot_hold(two_nodes, tm
     command = [str(BIN / "ray"), "job", "submit", "--address", two_nodes.dashboard_url]
     command += ["--working-dir", str(REPO), "--submission-id", submission_id, "--"]
     command += ["rlhf", "train", "configs/online_dpo.yaml", f"output_dir={tmp_path / 'run'}"]
-    command += ["samplers.engine.resources={gpu_node: 1}", "trainer.num_gpus_per_rank=1"]
+    # device: cuda, so that the config itself is valid (GPUs per rank on the CPU device is a
+    # config error at load): what fails is the cluster check, which has no GPU to give.
+    command += ["device=cuda", "samplers.engine.resources={gpu_node: 1}"]
+    command += ["trainer.num_gpus_per_rank=1"]
     try:
         done = subprocess.run(
             command, cwd=REPO, capture_output=True, text=True, timeout=300, env=_client_env()
