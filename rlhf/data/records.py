@@ -67,13 +67,7 @@ def check_ranking(
     """
     prompt = check_text(raw.get("prompt"), "prompt", chat=None)
     chat = isinstance(prompt, list)
-    value = raw.get("responses")
-    if value is None:
-        raise BadRow("missing field", "responses", "missing or null")
-    if not isinstance(value, list):
-        raise BadRow(
-            "not text", "responses", f"expected a list of responses, got {_describe(value)}"
-        )
+    value = _list_field(raw, "responses", "a list of responses")
     responses = [check_text(v, f"responses[{i}]", chat=chat) for i, v in enumerate(value)]
     _check_distinct(responses, "responses")
     fields = [f"responses[{i}]" for i in range(len(responses))]
@@ -95,15 +89,7 @@ def check_rated(
     key = "prompt" if raw.get("prompt") is not None else "instruction"
     prompt = check_text(raw.get(key), key, chat=None)
     chat = isinstance(prompt, list)
-    value = raw.get("completions")
-    if value is None:
-        raise BadRow("missing field", "completions", "missing or null")
-    if not isinstance(value, list):
-        raise BadRow(
-            "not text",
-            "completions",
-            f"expected a list of {{response, {rating_key}}} mappings, got {_describe(value)}",
-        )
+    value = _list_field(raw, "completions", f"a list of {{response, {rating_key}}} mappings")
     responses, ratings = [], []
     for i, completion in enumerate(value):
         if not isinstance(completion, dict):
@@ -204,6 +190,16 @@ def check_transcripts(raw: Mapping[str, Any], row: int) -> PreferenceRecord:
         if not response.strip():
             raise BadRow("empty response", field, "empty response after the shared prompt")
     return PreferenceRecord(row, chosen[:cut], responses, ("chosen", "rejected"))
+
+
+def _list_field(raw: Mapping[str, Any], field: str, expected: str) -> list:
+    """The list in ``raw[field]``; :class:`BadRow` when it is missing or not a list."""
+    value = raw.get(field)
+    if value is None:
+        raise BadRow("missing field", field, "missing or null")
+    if not isinstance(value, list):
+        raise BadRow("not text", field, f"expected {expected}, got {_describe(value)}")
+    return value
 
 
 def _conversation(value: Any, field: str) -> list[Message]:
