@@ -54,10 +54,12 @@ def dry_run(cfg: Any, stages: Stages | None, schedule: Schedule | None, title: s
 
 def describe_model(model: Any, model_path: str) -> str:
     """Its architecture and vocabulary, read from its config and tokenizer files."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
+
+    from rlhf.models.tokenizer import load_tokenizer
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=model.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=model.trust_remote_code)
+    tokenizer = load_tokenizer(model_path, model.trust_remote_code)  # the jobs' own loader
     architectures = ", ".join(getattr(config, "architectures", None) or [config.model_type])
     return f"{architectures}, tokenizer of {len(tokenizer)} tokens, dtype {model.dtype}"
 
