@@ -38,6 +38,7 @@ from actors.group import ActorGroup, SharedPlacement
 from rlhf.data.batch import shard_bounds
 from rlhf.files import replace_dir
 from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, TrainerConfig, check_device
+from rlhf.models.hf import hf_token_logprobs
 from rlhf.models.weight_broadcast import Manifest, WeightSender, manifest_of
 
 
@@ -282,6 +283,13 @@ class TrainerRank:
             print(f"[trainer] no tokenizer copied from {self.model.model_path}: {error}")
             return
         tokenizer.save_pretrained(directory)
+
+    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]] | None:
+        """Per-token log-probs of given token ids under the current weights (L - 1 per sequence,
+        as ``rlhf.models.hf.hf_token_logprobs``), from rank 0 (None from other ranks). Every
+        rank must be called with the same sequences (ZeRO-3 gathers in the forward)."""
+        result = hf_token_logprobs(self.model.engine.module, sequences)
+        return result if self.model.rank == 0 else None
 
     def weights_digest(self) -> str:
         """SHA-256 of this rank's view of the full weights (equal on all ranks when in sync)."""

@@ -8,7 +8,7 @@ vLLM is imported inside the functions so that importing this module stays cheap.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ class Completion:
     token_ids: list[int]  # response tokens, EOS included when the engine stopped on it
     finished: bool  # True when generation stopped on EOS / a stop string, not on max_tokens
     logprob: float  # log-prob of the response under the engine's weights (before temperature)
+    # [len(token_ids)] each sampled token's log-prob under the same weights (``logprob``'s terms)
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 def start_engine(settings: EngineSettings) -> LLM:
@@ -146,11 +148,23 @@ def generate(
                 token_ids=list(choice.token_ids),
                 finished=choice.finish_reason == "stop",
                 logprob=float(choice.cumulative_logprob),
+                token_logprobs=sampled_logprobs(choice),
             )
             for choice in out.outputs
         ]
         for prompt, out in zip(prompts, outputs, strict=True)
     ]
+
+
+def sampled_logprobs(choice: Any) -> list[float]:
+    """Each sampled token's log-prob in a vLLM completion generated with ``logprobs=0``."""
+    logprobs = choice.logprobs
+    if logprobs is None:
+        return []
+    if hasattr(logprobs, "logprobs"):  # flat_logprobs: one entry per token, sampled one first
+        starts = list(logprobs.start_indices)
+        return [float(logprobs.logprobs[i]) for i in starts]
+    return [float(entry[t].logprob) for t, entry in zip(choice.token_ids, logprobs, strict=True)]
 
 
 def token_logprobs(llm: LLM, sequences: list[list[int]]) -> list[list[float]]:
