@@ -9,7 +9,7 @@ reused anywhere. The math follows docs/algorithms.md; every function documents i
   APO, DiscoPOP, RPO); ``reference_free``: SimPO, CPO, ORPO and the SFT term
 - ``kto``: ``kto_loss`` on unpaired feedback (desirable / undesirable single responses)
 - ``advantages``: ``gae``, ``grpo_advantages``, ``rloo_advantages``, ``reinforce_pp_advantages``
-- ``ppo``: ``ppo_policy_loss``, ``ppo_value_loss``
+- ``ppo``: ``ppo_policy_loss``, ``ppo_value_loss``, ``truncated_is_weights``
 - ``kl``: ``kl_estimate`` (k1, k2, k3), ``kl_penalized_rewards``, KL controllers
 - ``logprobs``: ``sequence_logps``, ``target_logps``, ``entropy_from_logits``
 - ``masked``: ``masked_mean``, ``masked_var``, ``masked_whiten``
@@ -49,7 +49,7 @@ from rlhf.algorithms.kl import (
 from rlhf.algorithms.kto import kto_loss, mismatched_indices
 from rlhf.algorithms.logprobs import entropy_from_logits, sequence_logps, target_logps
 from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
-from rlhf.algorithms.ppo import ppo_policy_loss, ppo_value_loss
+from rlhf.algorithms.ppo import ppo_policy_loss, ppo_value_loss, truncated_is_weights
 from rlhf.algorithms.preference import dpo_loss, plackett_luce_loss, preference_metrics
 from rlhf.algorithms.reference_free import (
     cpo_loss,
@@ -138,4 +138,5 @@ __all__ = [
     "simpo_loss",
     "sppo_hard_loss",
     "target_logps",
+    "truncated_is_weights",
 ]

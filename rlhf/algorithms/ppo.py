@@ -1,4 +1,5 @@
-"""The clipped PPO losses (Schulman et al. 2017) for the policy and the value function."""
+"""The clipped PPO losses (Schulman et al. 2017) for the policy and the value function, and the
+truncated importance weights that correct samples drawn by another policy (the samplers')."""
 
 from __future__ import annotations
 
@@ -16,18 +17,57 @@ def _check_shapes(**tensors: Tensor) -> None:
         raise ValueError(f"shape mismatch: {listed} must all have the same shape [B, T]")
 
 
+def truncated_is_weights(
+    old_logp: Tensor, behaviour_logp: Tensor, mask: Tensor, cap: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Truncated importance weights of the sampled tokens: w_t = min(pi_old / mu, cap).
+
+    ``mu`` is the behaviour policy, the one that drew the tokens (the samplers' engine, which
+    may hold older weights than the trainer: ``rounds.max_staleness``, or differ numerically);
+    ``pi_old`` the trainer's policy when the experience was made. w_t multiplies the token's
+    PPO loss (docs/algorithms.md, Off-policy samples).
+
+    Shapes: old_logp, behaviour_logp, mask [B, T] -> weights [B, T] (0 off the mask, detached)
+    and scalar stats over valid tokens of the untruncated ratio pi_old / mu: ``ratio_mean``,
+    ``ratio_max`` and ``capped_fraction`` (share of tokens whose ratio is above ``cap``).
+    """
+    _check_shapes(old_logp=old_logp, behaviour_logp=behaviour_logp, mask=mask)
+    if cap <= 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    valid = mask.bool()
+    with torch.no_grad():
+        ratio = torch.exp(old_logp - behaviour_logp)
+        weights = torch.where(valid, ratio.clamp(max=cap), 0.0)
+        stats = {
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": ratio[valid].max() if valid.any() else torch.zeros(()),
+            "capped_fraction": masked_mean((ratio > cap).float(), mask),
+        }
+    return weights, stats
+
+
 def ppo_policy_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped surrogate policy loss (Schulman et al. 2017, eq. 7), averaged over valid tokens.
 
-    loss_t = -min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t), ratio_t = pi / pi_old.
+    loss_t = -w_t * min(ratio_t * A_t, clip(ratio_t, 1 - eps, 1 + eps) * A_t),
+    ratio_t = pi / pi_old, w_t the truncated importance weight of the token when the samples
+    came from another policy (:func:`truncated_is_weights`; None: w_t = 1).
 
-    Shapes: logp (differentiable), old_logp, advantages, mask [B, T] -> a scalar loss and
-    detached scalar stats: ``clip_fraction`` (share of valid tokens where the clipped term is
-    the active one) and ``approx_kl`` (k3 estimate of KL(pi_old || pi) on the sampled tokens).
+    Shapes: logp (differentiable), old_logp, advantages, mask, is_weights [B, T] -> a scalar
+    loss and detached scalar stats: ``clip_fraction`` (share of valid tokens where the clipped
+    term is the active one) and ``approx_kl`` (k3 estimate of KL(pi_old || pi) on the sampled
+    tokens).
     """
     _check_shapes(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    if is_weights is not None:
+        _check_shapes(logp=logp, is_weights=is_weights)
     if clip_eps <= 0:
         raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
     old_logp = old_logp.detach()
@@ -35,7 +75,10 @@ def ppo_policy_loss(
     ratio = torch.exp(logp - old_logp)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        per_token = is_weights.detach() * per_token
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         stats = {
             "clip_fraction": masked_mean((clipped > unclipped).float(), mask),

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf.algorithms import ppo_policy_loss, ppo_value_loss
+from rlhf.algorithms import ppo_policy_loss, ppo_value_loss, truncated_is_weights
 
 
 def test_policy_loss_by_hand():
@@ -61,3 +61,51 @@ def test_shape_mismatch_and_bad_clip(fn):
         fn(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
     with pytest.raises(ValueError, match="clip_eps"):
         fn(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3), clip_eps=0.0)
+
+
+def test_truncated_is_weights_by_hand():
+    # pi_old / mu per token: e^0.5 = 1.6487, e^-1 = 0.3679, e^2 = 7.389 (capped at 2), and a
+    # masked token with a huge ratio that must count nowhere.
+    old_logp = torch.tensor([[-1.0, -2.0, -0.5, -1.0]])
+    behaviour = torch.tensor([[-1.5, -1.0, -2.5, -30.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    weights, stats = truncated_is_weights(old_logp, behaviour, mask, cap=2.0)
+    torch.testing.assert_close(
+        weights, torch.tensor([[math.exp(0.5), math.exp(-1.0), 2.0, 0.0]]), rtol=1e-6, atol=0
+    )
+    ratios = (math.exp(0.5), math.exp(-1.0), math.exp(2.0))
+    assert stats["ratio_mean"].item() == pytest.approx(sum(ratios) / 3, rel=1e-6)
+    assert stats["ratio_max"].item() == pytest.approx(math.exp(2.0), rel=1e-6)
+    assert stats["capped_fraction"].item() == pytest.approx(1 / 3)
+
+
+def test_truncated_is_weights_on_policy_are_one():
+    logp = torch.randn(2, 3)
+    weights, stats = truncated_is_weights(logp, logp, torch.ones(2, 3), cap=2.0)
+    torch.testing.assert_close(weights, torch.ones(2, 3))
+    assert stats["capped_fraction"].item() == 0.0 and stats["ratio_max"].item() == 1.0
+
+
+def test_truncated_is_weights_reject_a_bad_cap_and_shapes():
+    with pytest.raises(ValueError, match="cap"):
+        truncated_is_weights(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), cap=0.0)
+    with pytest.raises(ValueError, match="behaviour_logp"):
+        truncated_is_weights(torch.zeros(1, 2), torch.zeros(1, 3), torch.ones(1, 2), cap=2.0)
+
+
+def test_policy_loss_weighs_each_token_by_its_is_weight():
+    # The tokens of test_policy_loss_by_hand, weighted (0.5, 2, 1, 0): per-token losses
+    # (-1.2, -0.5, 0.8, 1.5) -> (-0.6 - 1.0 + 0.8 + 0) / 4 = -0.2; the clipped token 0 still
+    # has no gradient, token 1's is 2 * (-0.5 / 4), token 3's is 0.
+    ratios = torch.tensor([[1.5, 0.5, 0.5, 1.5]])
+    old_logp = torch.full((1, 4), -2.0)
+    logp = (old_logp + ratios.log()).requires_grad_(True)
+    advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    weights = torch.tensor([[0.5, 2.0, 1.0, 0.0]])
+    loss, stats = ppo_policy_loss(
+        logp, old_logp, advantages, torch.ones(1, 4), clip_eps=0.2, is_weights=weights
+    )
+    assert loss.item() == pytest.approx(-0.2)
+    assert stats["clip_fraction"].item() == pytest.approx(0.5)  # the weights change no stat
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -1.0 / 4, 0.0, 0.0]]))
