@@ -30,14 +30,36 @@ class ScoredGroup:
         return self.prompt if self.given is None else self.given
 
 
-def sample(
+@dataclass
+class PendingSamples:
+    """Completions being generated: the samplers' ObjectRefs, and the weights that sample them.
+
+    :func:`start_sampling` returns at once; :meth:`get` waits for the completions. An online
+    round with ``rounds.max_staleness`` > 0 starts the next rounds' sampling before it trains.
+    """
+
+    refs: list  # one per sampler: its chunk's completions, grouped by prompt
+    num_prompts: int
+    version: int | None  # the weights version the samplers hold (None: not checked)
+
+    def get(self) -> list[list[Completion]]:
+        """K completions per prompt, in prompt order (waits for the samplers)."""
+        n = len(self.refs)
+        groups: list[list[Completion]] = [[] for _ in range(self.num_prompts)]
+        for i, result in enumerate(ray.get(self.refs)):
+            for j, group in enumerate(result):
+                groups[i + j * n] = group
+        return groups
+
+
+def start_sampling(
     samplers: list,
     prompts: list[str],
     sampling: SamplingConfig,
     seed: int,
     weights_version: int | None = None,
-) -> list[list[Completion]]:
-    """K completions per prompt, the prompts split evenly over the sampler actors.
+) -> PendingSamples:
+    """Starts K completions per prompt, the prompts split evenly over the sampler actors.
 
     ``weights_version``: the version of the last weight sync; a sampler that holds another
     (Ray restarted it) raises StaleWeightsError instead of sampling the wrong policy.
@@ -56,12 +78,18 @@ def sample(
         )
         for i, (s, chunk) in enumerate(zip(samplers, chunks, strict=True))
     ]
-    results = ray.get(refs)
-    groups: list[list[Completion]] = [[] for _ in prompts]
-    for i, result in enumerate(results):
-        for j, group in enumerate(result):
-            groups[i + j * n] = group
-    return groups
+    return PendingSamples(refs, len(prompts), weights_version)
+
+
+def sample(
+    samplers: list,
+    prompts: list[str],
+    sampling: SamplingConfig,
+    seed: int,
+    weights_version: int | None = None,
+) -> list[list[Completion]]:
+    """:func:`start_sampling`, waited for: K completions per prompt, in prompt order."""
+    return start_sampling(samplers, prompts, sampling, seed, weights_version).get()
 
 
 def score(
