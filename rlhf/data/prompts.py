@@ -9,6 +9,11 @@ renders with the generation prompt added. A row that is empty, not text or messa
 than ``max_length`` tokens is an error naming file, row and field, or with ``on_bad_row: skip``
 a counted skip (the source's :meth:`~FilePrompts.summary` says how many and why).
 
+Held-out prompts come from ``eval_path`` or ``eval_size`` rows of ``path``. With neither set, an
+online job (which samples held-out prompts every round for its ``eval/`` metrics) holds out
+:data:`DEFAULT_HELD_OUT` of the file's rows (at least one, the same rows for any seed) and says
+so; make-data and sample hold out nothing then.
+
 :func:`open_prompts` returns a :class:`PromptSource`. Rounds walk through the training prompts
 in a seeded shuffled order, epoch after epoch: ``for_round(round_index, count)`` is a function
 of (seed, round) alone, so a resumed run continues at the same position.
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 
 EMBEDDED = "embedded"
 HELD_OUT_SEED = "prompts-held-out"  # eval_size holds out the same rows whatever the run's seed
+DEFAULT_HELD_OUT = 0.05  # share of a prompt file an online job holds out when eval_size is unset
 
 
 @dataclass
@@ -46,7 +52,9 @@ class PromptsConfig:
     split: str = "train"  # the split of a dataset directory or hub dataset with several
     eval_path: str | None = None  # held-out prompts, in any form path takes
     eval_split: str = "test"  # the split of eval_path, when it has several
-    eval_size: int = 0  # or hold out this many of path's prompts (the same rows for any seed)
+    # or hold out this many of path's prompts (the same rows for any seed); unset: 5% of them in
+    # an online job (at least 1), none in make-data and sample; 0: none
+    eval_size: int | None = None
     max_length: int = 256  # tokens of a prompt as the model sees it (template, BOS included)
     on_bad_row: Literal["error", "skip"] = "error"  # skip: count bad rows and report them
 
@@ -60,7 +68,7 @@ class PromptsConfig:
         if self.path == EMBEDDED:
             changed = [
                 key
-                for key, default in (("field", "prompt"), ("eval_path", None), ("eval_size", 0))
+                for key, default in (("field", "prompt"), ("eval_path", None), ("eval_size", None))
                 if getattr(self, key) != default
             ]
             if changed:
@@ -68,9 +76,9 @@ class PromptsConfig:
                     f"{changed[0]} applies to a prompt file, but path is 'embedded' (the task's "
                     "own prompts, with their own held-out set); set path to your prompts"
                 )
-        if self.eval_size < 0:
+        if self.eval_size is not None and self.eval_size < 0:
             raise ConfigError(f"eval_size must be at least 0, got {self.eval_size}")
-        if self.eval_path is not None and self.eval_size > 0:
+        if self.eval_path is not None and self.eval_size:
             raise ConfigError("set either eval_path or eval_size, not both")
         if self.max_length < 1:
             raise ConfigError(f"max_length must be at least 1, got {self.max_length}")
@@ -114,12 +122,16 @@ class PromptSource(Protocol):
 
 
 def open_prompts(
-    cfg: PromptsConfig, seed: int, tokenizer: PreTrainedTokenizerBase | None = None
+    cfg: PromptsConfig,
+    seed: int,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    needs_held_out: bool = False,
 ) -> PromptSource:
     """The prompt source ``cfg`` names; its order is seeded by ``seed`` (the run's seed).
 
     A prompt file needs the policy's ``tokenizer`` (for chat templates and ``max_length``); the
-    embedded prompts are tokenized too when one is given.
+    embedded prompts are tokenized too when one is given. ``needs_held_out`` (the online jobs):
+    a file without ``eval_path`` or ``eval_size`` holds out :data:`DEFAULT_HELD_OUT` of its rows.
     """
     if cfg.path == EMBEDDED:
         return EmbeddedPrompts(seed, tokenizer)
@@ -141,9 +153,40 @@ def open_prompts(
             "eval_path",
         )
         reports.append(eval_report)
+        _check_same_kind(train[0], held[0], cfg.eval_path)
     elif cfg.eval_size:
         train, held = hold_out(train, cfg.eval_size, cfg.path)
+    elif cfg.eval_size is None and needs_held_out:
+        train, held = hold_out(train, default_held_out_size(len(train), cfg.path), cfg.path)
+        note = (
+            f"{cfg.path}: held out {len(held)} of {len(train) + len(held)} prompts for the eval/ "
+            f"metrics ({DEFAULT_HELD_OUT:.0%}, at least 1, as prompts.eval_size and "
+            "prompts.eval_path are unset)"
+        )
+        return FilePrompts(train, held, seed, reports, note)
     return FilePrompts(train, held, seed, reports)
+
+
+def default_held_out_size(rows: int, path: str) -> int:
+    """How many of ``rows`` prompts an online job holds out when the config does not say."""
+    if rows < 2:
+        raise DataError(
+            f"{path}: {rows} usable prompt, and an online job holds out prompts for its eval/ "
+            "metrics (prompts.eval_size unset: 5%, at least 1); add prompts or give "
+            "prompts.eval_path"
+        )
+    return max(1, round(rows * DEFAULT_HELD_OUT))
+
+
+def _check_same_kind(train: Prompt, held: Prompt, eval_path: str) -> None:
+    """Training and held-out prompts are both text or both chat messages (as a reward gets)."""
+    kinds = ("plain text", "chat messages")
+    chat, held_chat = isinstance(train.given, list), isinstance(held.given, list)
+    if chat != held_chat:
+        raise DataError(
+            f"prompts.eval_path: {eval_path} holds {kinds[held_chat]} and prompts.path "
+            f"{kinds[chat]}; give held-out prompts of the same kind"
+        )
 
 
 def job_prompts(
@@ -152,17 +195,19 @@ def job_prompts(
     model_path: str,
     trust_remote_code: bool = False,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    needs_held_out: bool = False,
 ) -> PromptSource:
     """A job's prompt source, before any actor starts: bad data fails in seconds.
 
     Loads the tokenizer of the model at ``model_path`` for a prompt file (unless ``tokenizer``
-    is given) and prints what loading skipped.
+    is given) and prints what loading skipped and held out (``needs_held_out``: as
+    :func:`open_prompts`).
     """
     if tokenizer is None and cfg.path != EMBEDDED:
         from rlhf.models.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(model_path, trust_remote_code)
-    source = open_prompts(cfg, seed, tokenizer)
+    source = open_prompts(cfg, seed, tokenizer, needs_held_out)
     if source.summary():
         print(source.summary())
     return source
@@ -233,6 +278,7 @@ class FilePrompts:
         held: Sequence[Prompt],
         seed: int,
         reports: Sequence[DataReport] = (),
+        note: str = "",
     ) -> None:
         if not train:
             raise DataError("no training prompts")
@@ -240,6 +286,7 @@ class FilePrompts:
         self.held = list(held)
         self.seed = seed
         self.reports = list(reports)
+        self.note = note  # how the held-out prompts were chosen, where the config did not say
 
     def for_round(self, round_index: int, count: int) -> list[Prompt]:
         """Positions ``round_index * count`` onwards of the endless walk through the epochs."""
@@ -255,8 +302,9 @@ class FilePrompts:
         """The first ``count`` held-out prompts in file order (all of them if fewer)."""
         if not self.held:
             raise DataError(
-                "this job samples held-out prompts, and there are none: set prompts.eval_path "
-                "(a file of them) or prompts.eval_size (rows of prompts.path held out)"
+                "this job samples held-out prompts, and there are none (prompts.eval_size is 0): "
+                "set prompts.eval_path (a file of them) or prompts.eval_size (rows of "
+                "prompts.path held out), or leave both unset (an online job then holds out 5%)"
             )
         return self.held[:count]
 
@@ -266,8 +314,10 @@ class FilePrompts:
         return bool(self.held)
 
     def summary(self) -> str:
-        """Each file's report: rows read, kept and skipped (with the first examples)."""
-        return "\n".join(report.summary() for report in self.reports)
+        """Each file's report: rows read, kept and skipped (with the first examples), and how
+        the held-out prompts were chosen where the config did not say."""
+        lines = [report.summary() for report in self.reports]
+        return "\n".join([*lines, self.note] if self.note else lines)
 
     def _order(self, epoch: int) -> list[int]:
         return _epoch_order(self.seed, epoch, len(self.train))
@@ -417,16 +467,18 @@ def _read(path: str, split: str, key: str) -> tuple[list[str], Rows]:
 
 
 def _dataset_rows(path: str, split: str, key: str, local: bool) -> tuple[list[str], Rows]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            f"prompts.{key}: {path} needs the 'datasets' package (pip install datasets), or "
-            "give a .parquet or .jsonl file"
-        ) from None
+    import datasets  # a dependency of this package; slow to import, so only here
+
     try:
         data = datasets.load_from_disk(path) if local else datasets.load_dataset(path, split=split)
-    except Exception as error:  # the library's own errors: missing files, no network, no dataset
+    except ConnectionError as error:  # offline (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) or no network
+        raise DataError(
+            f"prompts.{key}: {path} is not a local file or directory, and the Hugging Face Hub "
+            f"cannot be reached for a dataset of that name ({error}); on a machine with the "
+            f"network, save it with datasets.load_dataset({path!r}).save_to_disk(DIR) and set "
+            f"prompts.{key} to DIR, or give a .parquet or .jsonl file"
+        ) from None
+    except Exception as error:  # the library's own errors: missing files, no such dataset
         what = "not a dataset directory" if local else "neither a local file nor a hub dataset"
         raise DataError(
             f"prompts.{key}: {path} is {what} the datasets library can load "

@@ -235,7 +235,14 @@ def round_prompts(
     """The job's prompts (``cfg.prompts``; ``rlhf.data.prompts``): the source each round draws
     its training prompts from (a function of ``cfg.seed`` and the round: the same for a resumed
     run) and the held-out prompts sampled each round. Read before Ray starts."""
-    source = job_prompts(cfg.prompts, cfg.seed, model_path, cfg.model.trust_remote_code, tokenizer)
+    source = job_prompts(
+        cfg.prompts,
+        cfg.seed,
+        model_path,
+        cfg.model.trust_remote_code,
+        tokenizer,
+        needs_held_out=True,
+    )
     return source, source.held_out(sizes.eval_prompts)
 
 

@@ -68,7 +68,8 @@ def test_chat_prompts_render_with_the_generation_prompt(write_jsonl, chat_tokeni
 
 
 def test_dataset_directories(tmp_path, tokenizer):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     one = tmp_path / "one"
     datasets.Dataset.from_dict({"question": ["hi", "the cat"]}).save_to_disk(str(one))
     source = open_prompts(_config(one, field="question"), 0, tokenizer)
@@ -191,8 +192,57 @@ def test_held_out_rows_do_not_depend_on_the_seed(write_jsonl, tokenizer):
         f"{path}: prompts.eval_size 6 leaves no training prompts (6 usable rows); lower it or "
         "give prompts.eval_path"
     )
-    with pytest.raises(DataError, match="set prompts.eval_path"):
-        open_prompts(_config(path), 0, tokenizer).held_out(4)
+    with pytest.raises(DataError, match=r"there are none \(prompts.eval_size is 0\)"):
+        open_prompts(_config(path, eval_size=0), 0, tokenizer, needs_held_out=True).held_out(4)
+
+
+def test_an_online_job_holds_out_five_percent_when_the_config_does_not_say(write_jsonl, tokenizer):
+    words = [f"w{i}" for i in range(50)]
+    path = write_jsonl([{"prompt": w} for w in words], "p.jsonl")
+    source = open_prompts(_config(path), 0, tokenizer, needs_held_out=True)
+    held = [p.given for p in source.held_out(10)]
+    assert len(held) == 2  # 5% of 50 (rounded), the rows eval_size=2 holds out
+    assert held == [p.given for p in open_prompts(_config(path, eval_size=2), 0, tokenizer).held]
+    assert not {p.given for p in source.first(50)} & set(held)
+    assert source.summary().splitlines()[1] == (
+        f"{path}: held out 2 of 50 prompts for the eval/ metrics (5%, at least 1, as "
+        "prompts.eval_size and prompts.eval_path are unset)"
+    )
+    two = write_jsonl([{"prompt": "a"}, {"prompt": "b"}], "two.jsonl")
+    assert len(open_prompts(_config(two), 0, tokenizer, needs_held_out=True).held) == 1
+    # make-data and sample (needs_held_out off) keep every row for drawing
+    assert not open_prompts(_config(path), 0, tokenizer).has_held_out
+    one = write_jsonl([{"prompt": "a"}], "one.jsonl")
+    with pytest.raises(DataError) as caught:
+        open_prompts(_config(one), 0, tokenizer, needs_held_out=True)
+    assert str(caught.value) == (
+        f"{one}: 1 usable prompt, and an online job holds out prompts for its eval/ metrics "
+        "(prompts.eval_size unset: 5%, at least 1); add prompts or give prompts.eval_path"
+    )
+
+
+def test_held_out_prompts_are_of_the_training_prompts_kind(write_jsonl, chat_tokenizer):
+    chat = write_jsonl([{"prompt": USER_HI}], "chat.jsonl")
+    text = write_jsonl([{"prompt": "hi"}], "text.jsonl")
+    assert _error(chat, chat_tokenizer, eval_path=str(text)) == (
+        f"prompts.eval_path: {text} holds plain text and prompts.path chat messages; give "
+        "held-out prompts of the same kind"
+    )
+
+
+def test_a_hub_name_offline_says_what_to_do(monkeypatch, tokenizer):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 sets it
+    message = _error("someone/prompts", tokenizer)
+    assert message.startswith(
+        "prompts.path: someone/prompts is not a local file or directory, and the Hugging Face "
+        "Hub cannot be reached for a dataset of that name ("
+    )
+    assert message.endswith(
+        "save it with datasets.load_dataset('someone/prompts').save_to_disk(DIR) and set "
+        "prompts.path to DIR, or give a .parquet or .jsonl file"
+    )
 
 
 def test_one_off_jobs_draw_a_split():
@@ -225,6 +275,7 @@ def test_config_checks():
         ({"eval_size": 4}, "eval_size applies to a prompt file, but path is 'embedded'"),
         ({"field": "text"}, "field applies to a prompt file"),
         ({"path": "p.jsonl", "eval_size": 2, "eval_path": "e.jsonl"}, "either eval_path or"),
+        ({"eval_size": 0}, "eval_size applies to a prompt file"),
         ({"path": "p.jsonl", "eval_size": -1}, "eval_size must be at least 0"),
         ({"path": "p.jsonl", "max_length": 0}, "max_length must be at least 1"),
     ]:
