@@ -240,7 +240,8 @@ def train_on(cfg: OnlineDPOConfig, rnd: Round, table: pa.Table) -> dict[str, flo
 
 
 def write_round(run_dir: Path, index: int, train_groups, train_ref, eval_groups, eval_ref, table):
-    """Samples (with scores and log-probs) and preferences of one round, as Parquet."""
+    """Samples (with scores and log-probs) and preferences of one round, as Parquet: each
+    sample's prompt as given (a string, or chat messages) and as the sampler got it."""
     out = run_dir / "rounds" / f"round_{index:04d}"
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -250,7 +251,8 @@ def write_round(run_dir: Path, index: int, train_groups, train_ref, eval_groups,
                 rows.append(
                     {
                         "split": split,
-                        "prompt": g.prompt,
+                        "prompt": g.prompt_as_given,  # as in the prompt file: text or messages
+                        "prompt_text": g.prompt,  # as the sampler got it (chat template applied)
                         "sample": k,
                         "response": c.text,
                         "score": s,
@@ -283,6 +285,6 @@ def print_rounds(run_dir: Path) -> None:
     for index in dict.fromkeys((first, last)):
         path = run_dir / "rounds" / f"round_{index:04d}" / "samples.parquet"
         rows = [r for r in pq.read_table(path).to_pylist() if r["split"] == "eval"][:4]
-        print(f"\nround {index}, held-out prompt: {rows[0]['prompt']}")
+        print(f"\nround {index}, held-out prompt: {rows[0]['prompt_text']}")
         for row in rows:
             print(f"   {row['score']:.3f}  {row['response'].strip()}")
