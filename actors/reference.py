@@ -29,7 +29,7 @@ class ReferenceServer:
             backend = "hf"
         self.backend = backend
         if backend == "vllm":
-            from rlhf.models.vllm_engine import start_engine, token_logprobs
+            from rlhf.models.vllm_engine import response_logps, start_engine, token_logprobs
             from rlhf.models.vllm_sync import (
                 check_one_worker,
                 join_weight_group,
@@ -39,7 +39,7 @@ class ReferenceServer:
 
             self.llm = llm = start_engine(settings)
             self._score = lambda sequences: token_logprobs(llm, sequences)
-            self._response = self._summed_token_logprobs
+            self._response = lambda prompts, responses: response_logps(llm, prompts, responses)
             self._load = lambda weights: push_weights(llm, weights)
             self._join = lambda *group: (check_one_worker(settings), join_weight_group(llm, *group))
             self._receive = lambda: receive_weights(llm)
@@ -59,7 +59,10 @@ class ReferenceServer:
             self._join = receiver.join
             self._receive = lambda: _load_hf(model, dict(receiver.receive()))
         else:
-            raise ValueError(f"reference backend {backend!r} is not one of 'vllm', 'hf'")
+            raise ValueError(
+                f"reference backend {backend!r} is not one of 'vllm', 'hf' (with 'base', the "
+                "samplers' engines serve the reference and no reference server starts)"
+            )
         self.weight_group_id: str | None = None
 
     def backend_name(self) -> str:
@@ -75,14 +78,6 @@ class ReferenceServer:
     ) -> list[float]:
         """Summed log-probs of each response given its prompt (response tokens only)."""
         return self._response(prompt_ids, response_ids)
-
-    def _summed_token_logprobs(
-        self, prompt_ids: list[list[int]], response_ids: list[list[int]]
-    ) -> list[float]:
-        sequences = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
-        per_token = self._score(sequences)
-        # per_token[t - 1] is the log-prob of token t; the response occupies [len(p), len(seq)).
-        return [sum(lp[len(p) - 1 :]) for p, lp in zip(prompt_ids, per_token, strict=True)]
 
     def load_weights(self, named_tensors: dict) -> int:
         """Moves the reference to new weights (e.g. the last round's policy)."""

@@ -7,7 +7,9 @@ import torch
 from rlhf.models.vllm_engine import (
     Completion,
     EngineSettings,
+    adapter_request,
     generate,
+    response_logps,
     start_engine,
     token_logprobs,
 )
@@ -15,6 +17,7 @@ from rlhf.models.vllm_sync import (
     StaleWeightsError,
     check_one_worker,
     join_weight_group,
+    push_adapter,
     push_weights,
     receive_weights,
 )
@@ -27,6 +30,10 @@ class Sampler:
     Wrap with ``ray.remote`` (see ``actors.group``); the driver decides what to sample.
     The weights carry the version number the driver gave them (0: the initial model), so a
     sampler that Ray restarted, which is back at version 0, refuses to sample a newer policy.
+
+    With LoRA (``settings.max_lora_rank > 0``) the engine keeps the base model's weights and the
+    policy is base + the adapter last loaded (:meth:`load_adapter`); log-probs can be asked with
+    it or without it (the base model: a LoRA run's reference, served by the same engine).
     """
 
     def __init__(self, settings: EngineSettings) -> None:
@@ -34,6 +41,7 @@ class Sampler:
         self.settings = settings
         self.weights_version: int | None = 0
         self.weight_group_id: str | None = None  # the broadcast group joined (None: none yet)
+        self.adapter_id = 0  # the LoRA adapter the policy is (0: none, the engine's weights)
 
     def generate(
         self,
@@ -63,11 +71,34 @@ class Sampler:
             top_p=top_p,
             max_tokens=max_tokens,
             seed=seed,
+            lora=self._lora(True),
         )
 
-    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        """Per-token log-probs of given sequences under the engine's current weights."""
-        return token_logprobs(self.llm, sequences)
+    def token_logprobs(self, sequences: list[list[int]], adapter: bool = True) -> list[list[float]]:
+        """Per-token log-probs of given sequences under the current policy; ``adapter=False``:
+        under the engine's weights alone (with LoRA, the base model)."""
+        return token_logprobs(self.llm, sequences, self._lora(adapter))
+
+    def response_logps(
+        self, prompt_ids: list[list[int]], response_ids: list[list[int]], adapter: bool = True
+    ) -> list[float]:
+        """Summed log-probs of each response given its prompt, as :meth:`token_logprobs`."""
+        return response_logps(self.llm, prompt_ids, response_ids, self._lora(adapter))
+
+    def _lora(self, adapter: bool):
+        return adapter_request(self.adapter_id) if adapter and self.adapter_id else None
+
+    def load_adapter(
+        self, tensors: dict[str, torch.Tensor], config: dict, version: int | None = None
+    ) -> int:
+        """Makes the policy base + this LoRA adapter (PEFT-named tensors, the adapter_config.json
+        dict), under a new adapter id; the previous adapter is dropped. ``version`` as in
+        :meth:`load_weights`. Returns how many tensors it holds."""
+        new_id = self.adapter_id + 1
+        drop = [self.adapter_id] if self.adapter_id else []
+        count = push_adapter(self.llm, new_id, tensors, config, drop)
+        self.adapter_id, self.weights_version = new_id, version
+        return count
 
     def load_weights(
         self, named_tensors: dict[str, torch.Tensor], version: int | None = None

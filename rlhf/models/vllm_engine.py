@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vllm import LLM
+    from vllm.lora.request import LoRARequest
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class EngineSettings:
     enable_sleep_mode: bool = False
     # Lets the driver push new weights into the engine (see rlhf.models.vllm_sync).
     worker_extension_cls: str | None = "rlhf.models.vllm_sync.WeightSyncExtension"
+    # LoRA adapters (``trainer.lora.r > 0``): the largest rank served (0: LoRA off) and how many
+    # adapters one batch may use (the policy's, and the moving reference's).
+    max_lora_rank: int = 0
+    max_loras: int = 2
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,39 @@ def start_engine(settings: EngineSettings) -> LLM:
         kwargs["enable_sleep_mode"] = True  # vLLM raises on platforms without it (CPU)
     if settings.worker_extension_cls is not None:
         kwargs["worker_extension_cls"] = settings.worker_extension_cls
+    if settings.max_lora_rank > 0:
+        kwargs.update(
+            enable_lora=True,
+            max_lora_rank=served_lora_rank(settings.max_lora_rank),
+            max_loras=settings.max_loras,
+            max_cpu_loras=settings.max_loras,
+        )
     return LLM(**kwargs)
+
+
+# The ranks vLLM sizes its LoRA buffers for (``LoRAConfig.max_lora_rank``); an adapter of any
+# rank up to the chosen one is served.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def served_lora_rank(r: int) -> int:
+    """The smallest rank vLLM accepts as ``max_lora_rank`` that serves adapters of rank ``r``."""
+    for rank in LORA_RANKS:
+        if rank >= r:
+            return rank
+    raise ValueError(f"vLLM serves LoRA ranks up to {LORA_RANKS[-1]}; trainer.lora.r is {r}")
+
+
+# An adapter pushed from memory has no directory; vLLM's request still wants a path, which it
+# never reads for an adapter the worker already holds (``rlhf.models.vllm_sync.push_adapter``).
+IN_MEMORY_ADAPTER = "in-memory://rlhf"
+
+
+def adapter_request(adapter_id: int) -> LoRARequest:
+    """The request that selects adapter ``adapter_id`` (pushed with ``push_adapter``)."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(f"rlhf-adapter-{adapter_id}", adapter_id, IN_MEMORY_ADAPTER)
 
 
 def unservable_reason(settings: EngineSettings) -> str | None:
@@ -120,8 +157,11 @@ def generate(
     top_p: float,
     max_tokens: int,
     seed: int | None = None,
+    lora: LoRARequest | None = None,
 ) -> list[list[Completion]]:
-    """Samples ``n`` completions per prompt; returns them grouped by prompt, in prompt order."""
+    """Samples ``n`` completions per prompt; returns them grouped by prompt, in prompt order.
+
+    ``lora``: the adapter to sample with (None: the engine's weights alone)."""
     from vllm import SamplingParams
 
     # One seed per prompt: a single seeded SamplingParams would give every prompt the same
@@ -138,7 +178,7 @@ def generate(
         )
         for i in range(len(prompts))
     ]
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=lora)
     return [
         [
             Completion(
@@ -167,11 +207,14 @@ def sampled_logprobs(choice: Any) -> list[float]:
     return [float(entry[t].logprob) for t, entry in zip(choice.token_ids, logprobs, strict=True)]
 
 
-def token_logprobs(llm: LLM, sequences: list[list[int]]) -> list[list[float]]:
+def token_logprobs(
+    llm: LLM, sequences: list[list[int]], lora: LoRARequest | None = None
+) -> list[list[float]]:
     """Per-token log-probs of given token ids (vLLM ``prompt_logprobs``).
 
     Returns, for each sequence of length L, L - 1 floats: the log-prob of token t given tokens
-    before it, for t = 1..L-1 (the first token has no prediction).
+    before it, for t = 1..L-1 (the first token has no prediction). ``lora``: the adapter to
+    score with (None: the engine's weights alone, e.g. the base model as a LoRA run's reference).
     """
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -182,7 +225,7 @@ def token_logprobs(llm: LLM, sequences: list[list[int]]) -> list[list[float]]:
         max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False, flat_logprobs=True
     )
     prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in sequences]
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=lora)
     result = []
     for ids, out in zip(sequences, outputs, strict=True):
         # Position 0 holds nothing; position t holds the log-prob of the prompt's own token t.
@@ -194,3 +237,16 @@ def token_logprobs(llm: LLM, sequences: list[list[int]]) -> list[list[float]]:
             )
         result.append(list(flat.logprobs))
     return result
+
+
+def response_logps(
+    llm: LLM,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    lora: LoRARequest | None = None,
+) -> list[float]:
+    """Summed log-probs of each response given its prompt (response tokens only)."""
+    sequences = [p + r for p, r in zip(prompt_ids, response_ids, strict=True)]
+    per_token = token_logprobs(llm, sequences, lora)
+    # per_token[t - 1] is the log-prob of token t; the response occupies [len(p), len(seq)).
+    return [sum(lp[len(p) - 1 :]) for p, lp in zip(prompt_ids, per_token, strict=True)]

@@ -5,6 +5,10 @@ model runner can reload weights in place; the driver calls them with ``llm.colle
 Two ways in: ``push_weights`` hands the engine a state dict (from Ray's object store), and
 ``join_weight_group`` / ``receive_weights`` take the weights from trainer rank 0's broadcast
 (``rlhf.models.weight_broadcast``; gloo on CPUs, NCCL on GPUs, untested here).
+
+With LoRA (``trainer.lora.r > 0``) the engine keeps the base weights and ``push_adapter`` adds
+the trained adapter from memory (PEFT-named tensors and the ``adapter_config.json`` dict, no
+file) under a new adapter id, which requests then name (``vllm_engine.adapter_request``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,48 @@ class WeightSyncExtension:
         repack_shared_weights(self.model_runner.get_model())
         return len(tensors)
 
+    def rlhf_add_adapter(
+        self, adapter_id: int, tensors: dict[str, torch.Tensor], config: dict, drop: list[int]
+    ) -> int:
+        """Adds a LoRA adapter from memory under ``adapter_id`` (replacing one of that id) and
+        removes the adapters ``drop``; returns how many tensors it holds."""
+        from vllm.lora.lora_model import LoRAModel
+        from vllm.lora.peft_helper import PEFTHelper
+
+        manager = getattr(self.model_runner, "lora_manager", None)
+        if manager is None:
+            raise RuntimeError(
+                "this engine was started without LoRA (EngineSettings.max_lora_rank)"
+            )
+        # What vLLM's own loader (WorkerLoRAManager._load_adapter) does with a directory's
+        # adapter_config.json and adapter_model.safetensors, from the dict and tensors instead.
+        peft = PEFTHelper.from_dict(
+            {**config, "vllm_max_position_embeddings": manager.max_position_embeddings}
+        )
+        peft.validate_legal(manager.lora_config)
+        cache = manager._adapter_manager  # the worker's adapters (vLLM has no public handle)
+        mapper = getattr(cache.model, "hf_to_vllm_mapper", None)
+        adapter = LoRAModel.from_lora_tensors(
+            lora_model_id=adapter_id,
+            tensors=tensors,
+            peft_helper=peft,
+            device="cpu",
+            dtype=manager.lora_config.lora_dtype,
+            model_vocab_size=manager.vocab_size,
+            weights_mapper=None if mapper is None else mapper.get_rename_mapper(),
+            skip_prefixes=getattr(cache.model, "lora_skip_prefixes", None),
+        )
+        if not adapter.loras:
+            raise ValueError(
+                f"none of the {len(tensors)} adapter tensors names a layer of this model "
+                f"(first: {next(iter(tensors), None)!r}); expected PEFT names such as "
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+            )
+        for old in [adapter_id, *drop]:
+            manager.remove_adapter(old)
+        cache.add_adapter(adapter)
+        return len(tensors)
+
 
 def repack_shared_weights(model: torch.nn.Module) -> int:
     """Processes again every layer whose weight another layer shares; returns how many.
@@ -70,6 +116,15 @@ def repack_shared_weights(model: torch.nn.Module) -> int:
 def push_weights(llm, named_tensors: dict[str, torch.Tensor]) -> int:
     """Reloads the engine's weights and drops KV blocks computed with the old ones."""
     counts = llm.collective_rpc("rlhf_reload_weights", args=(list(named_tensors.items()),))
+    llm.reset_prefix_cache()
+    return counts[0]
+
+
+def push_adapter(
+    llm, adapter_id: int, tensors: dict[str, torch.Tensor], config: dict, drop: list[int] = ()
+) -> int:
+    """Adds a LoRA adapter from memory as ``adapter_id`` and removes the adapters ``drop``."""
+    counts = llm.collective_rpc("rlhf_add_adapter", args=(adapter_id, tensors, config, list(drop)))
     llm.reset_prefix_cache()
     return counts[0]
 
