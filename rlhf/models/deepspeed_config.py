@@ -58,6 +58,42 @@ DEFAULT_LOAD = ModelLoad()  # float32, no remote code, seed 0: what a test or sc
 
 
 @dataclass
+class LoraSettings:
+    """``trainer.lora``: train a LoRA adapter (PEFT) instead of every weight; ``r: 0`` is off.
+
+    The adapter adds ``alpha / r * B @ A`` to each target module's weight (A: r x in, B: out x
+    r, B starting at zero, so step 0 is the base model). ``target_modules`` are module names as
+    PEFT matches them (``q_proj`` matches every ``...self_attn.q_proj``); None picks the
+    architecture's attention projections (``rlhf.models.lora.default_target_modules``), and a
+    name the model lacks is an error when the model loads.
+    """
+
+    r: int = 0  # the adapter's rank; 0: no adapter, every weight trains
+    alpha: float = 16.0  # scaling numerator: the update is alpha / r * B @ A
+    dropout: float = 0.0  # dropout on the adapter's input (0: step 0 equals the base model)
+    target_modules: list[str] | None = None  # None: the architecture's default
+    save_merged: bool = False  # also save base + adapter as a full model in model/merged/
+
+    @property
+    def enabled(self) -> bool:
+        """Whether an adapter trains (r > 0)."""
+        return self.r > 0
+
+    def validate(self) -> None:
+        if self.r < 0:
+            raise ConfigError(f"r must be >= 0 (0 turns LoRA off), got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.alpha <= 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        if self.target_modules is not None and not [m for m in self.target_modules if m]:
+            raise ConfigError(
+                "target_modules is empty; name modules (e.g. [q_proj, v_proj]) or leave it "
+                "unset for the architecture's default"
+            )
+
+
+@dataclass
 class TrainerConfig:
     """How a group of DeepSpeed ranks trains: what every trainer section shares."""
 
@@ -84,6 +120,7 @@ class TrainerConfig:
     # How the ranks' placement group spreads over nodes: PACK fills few nodes, SPREAD uses many,
     # STRICT_PACK one node only, STRICT_SPREAD one rank per node.
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    lora: LoraSettings = field(default_factory=LoraSettings)  # r: 0 (default) trains every weight
 
     def validate(self) -> None:
         """Raises ConfigError for impossible combinations, naming the keys involved."""

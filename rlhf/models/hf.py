@@ -214,7 +214,7 @@ def shared_prompt_blocker(model: torch.nn.Module) -> str | None:
     model with sliding-window or chunked attention layers would silently lose its window, and
     remote code may treat a 4D mask its own way: both are refused.
     """
-    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
+    module = _hf_module(model)
     if not type(module).__module__.startswith("transformers."):
         return f"{type(module).__name__} is not a Transformers class (how it masks is unknown)"
     config = module.config
@@ -242,8 +242,15 @@ def _shared_prompt_positions(loss_mask: Tensor) -> int:
 
 def _keeps_logits(model: torch.nn.Module) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (every recent HF causal LM does)."""
-    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the HF model
-    return _forward_takes_logits_to_keep(type(module))
+    return _forward_takes_logits_to_keep(type(_hf_module(model)))
+
+
+def _hf_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside a DeepSpeed engine and a PEFT adapter wrapper, if any (a
+    ``PeftModel`` passes its forward's keyword arguments on to it)."""
+    module = getattr(model, "module", model)
+    get_base_model = getattr(module, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else module
 
 
 @functools.cache
