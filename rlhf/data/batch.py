@@ -32,6 +32,9 @@ class PreferenceBatch:
     loss_mask: torch.Tensor  # [N, T] int64, 1 on response tokens (EOS included), by position
     ref_logps: torch.Tensor | None  # [N] float32 reference log-probs summed over response tokens
     num_responses: int  # K
+    # [B] bool, unpaired feedback (KTO) only: whether prompt i's response 0 is desirable (its
+    # response 1 is the mismatched pair, another row's completion); None for preferences
+    labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n, _ = self.input_ids.shape
@@ -45,6 +48,13 @@ class PreferenceBatch:
                 )
         if self.ref_logps is not None and self.ref_logps.shape != (n,):
             raise ValueError(f"ref_logps has shape {tuple(self.ref_logps.shape)}, expected ({n},)")
+        if self.labels is not None and (
+            self.labels.dtype != torch.bool or self.labels.shape != (n // self.num_responses,)
+        ):
+            raise ValueError(
+                f"labels must be bool of shape ({n // self.num_responses},), got "
+                f"{self.labels.dtype} {tuple(self.labels.shape)}"
+            )
 
     @property
     def num_prompts(self) -> int:
@@ -67,12 +77,15 @@ class PreferenceBatch:
         lo, hi = (b * self.num_responses for b in shard_bounds(self.num_prompts, rank, world_size))
         # Cloned: a pickled slice would carry its whole storage (every rank's rows) along.
         ref = None if self.ref_logps is None else self.ref_logps[lo:hi].clone()
+        k = self.num_responses
+        labels = None if self.labels is None else self.labels[lo // k : hi // k].clone()
         return PreferenceBatch(
             self.input_ids[lo:hi].clone(),
             self.attention_mask[lo:hi].clone(),
             self.loss_mask[lo:hi].clone(),
             ref,
-            self.num_responses,
+            k,
+            labels,
         )
 
 
@@ -201,8 +214,11 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None  # [N, T] float32
     returns: torch.Tensor | None = None  # [N, T] float32 targets of the critic
     old_values: torch.Tensor | None = None  # [N, T] float32 critic values at sampling time
+    # [N, T] float32 truncated importance weights min(pi_old / mu, cap) of the tokens, mu the
+    # samplers' policy that drew them (``ppo.is_cap``); None: weight 1
+    is_weights: torch.Tensor | None = None
 
-    _PER_TOKEN = ("old_logps", "advantages", "returns", "old_values")
+    _PER_TOKEN = ("old_logps", "advantages", "returns", "old_values", "is_weights")
 
     def __post_init__(self) -> None:
         for name in ("attention_mask", "loss_mask", *self._PER_TOKEN):

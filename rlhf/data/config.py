@@ -21,7 +21,8 @@ class DataConfig:
     }
 
     path: str = ""  # a .parquet or .jsonl file of preferences (pairs, rankings, ...)
-    # the shape of its rows: auto (detected) | pairs | ranking | conversations | hh | ultrafeedback
+    # the shape of its rows: auto (detected per file) | pairs | ranking | conversations | hh |
+    # ultrafeedback | unpaired ({prompt, completion, label}: KTO)
     format: Format = "auto"
     rating_key: str = "overall_score"  # ultrafeedback: the field that rates a completion
     eval_path: str | None = None  # a separate eval file; or hold out eval_fraction of prompts

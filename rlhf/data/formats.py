@@ -11,7 +11,11 @@
   \\n\\nAssistant: ..."``), the prompt being everything up to the last ``"\\n\\nAssistant:"``
   both share;
 - ``ultrafeedback``: ``{prompt (or instruction), completions: [{response, overall_score}]}``,
-  a ranking by the completions' ratings (``rating_key`` names the rating).
+  a ranking by the completions' ratings (``rating_key`` names the rating);
+- ``unpaired``: ``{prompt, completion, label}``, unpaired feedback for KTO: one completion,
+  ``label`` true if desirable, false if not. Each row is scored with a mismatched pair too (see
+  :func:`~rlhf.data.records.add_mismatched`). Pairs convert to it with
+  :func:`~rlhf.data.io.unpaired_from_pairs` (chosen: true, rejected: false).
 
 ``data.format: auto`` detects the shape from a file's columns and its first row's values; a
 first row that fits none is an error listing the shapes tried.
@@ -33,10 +37,23 @@ from rlhf.data.records import (
     check_ranking,
     check_rated,
     check_transcripts,
+    check_unpaired,
 )
 
-Shape = Literal["pairs", "ranking", "conversations", "hh", "ultrafeedback"]
-Format = Literal["auto", "pairs", "ranking", "conversations", "hh", "ultrafeedback"]
+Shape = Literal["pairs", "ranking", "conversations", "hh", "ultrafeedback", "unpaired"]
+Format = Literal["auto", "pairs", "ranking", "conversations", "hh", "ultrafeedback", "unpaired"]
+
+# What a shape's rows are to a loss: preferences of two responses, rankings (K >= 2), or
+# unpaired feedback (a loss's registry metadata ``ranking`` and ``unpaired`` say what it reads).
+DataKind = Literal["pairs", "ranking", "unpaired"]
+SHAPE_KINDS: dict[str, DataKind] = {
+    "pairs": "pairs",
+    "conversations": "pairs",
+    "hh": "pairs",
+    "ranking": "ranking",
+    "ultrafeedback": "ranking",
+    "unpaired": "unpaired",
+}
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,11 @@ SHAPES: dict[str, ShapeSpec] = {
         "{prompt or instruction, completions: [{response, <rating_key>}]}",
         ("completions",),
         lambda raw, row, rules: check_rated(raw, row, rules.rating_key, rules.ties),
+    ),
+    "unpaired": ShapeSpec(
+        "{prompt, completion, label: bool}, unpaired feedback (KTO)",
+        ("prompt", "completion", "label"),
+        lambda raw, row, rules: (check_unpaired(raw, row), 0),
     ),
 }
 
@@ -155,7 +177,16 @@ def _prompt_shape(columns: Sequence[str], where: str, found: str) -> Shape:
                 f"(columns: {found})"
             )
         return "pairs"
+    if "completion" in columns or "label" in columns:
+        missing = [c for c in ("completion", "label") if c not in columns]
+        if missing:
+            raise DataError(
+                f"{where}: unpaired feedback needs columns prompt, completion, label; no "
+                f"{missing[0]!r} column (columns: {found})"
+            )
+        return "unpaired"
     raise DataError(
-        f"{where}: neither pairs {{prompt, chosen, rejected}} nor rankings "
-        f"{{prompt, responses[, scores]}} (columns: {found})"
+        f"{where}: neither pairs {{prompt, chosen, rejected}}, rankings "
+        f"{{prompt, responses[, scores]}} nor unpaired feedback {{prompt, completion, label}} "
+        f"(columns: {found})"
     )

@@ -6,7 +6,10 @@ The shapes of file (:mod:`rlhf.data.formats`, detected per file or named by ``fo
 - rankings: ``{prompt, responses}`` (best first) or ``{prompt, responses, scores}`` (sorted by
   score, highest first; equal scores are ties and never become a preference);
 - the ecosystem's usual ones: TRL's conversations with an implicit prompt, Anthropic-HH
-  transcripts, UltraFeedback's rated completions (a ranking).
+  transcripts, UltraFeedback's rated completions (a ranking);
+- unpaired feedback (KTO): ``{prompt, completion, label}``, each row with a mismatched pair
+  (another row's completion) for KTO's reference point; :func:`unpaired_from_pairs` converts
+  pairs to it.
 
 Prompts and responses are plain strings or chat messages (lists of ``{role, content}``). Each
 row is checked (:mod:`rlhf.data.records`); a bad row is an error naming file, row and field, or
@@ -27,7 +30,14 @@ import pyarrow.parquet as pq
 
 from rlhf.data.errors import BadRow, DataError, DataReport, OnBadRow, row_kind_of
 from rlhf.data.formats import SHAPES, Format, RowRules, file_shape
-from rlhf.data.records import UNDECODABLE, PreferenceRecord, Tied, Ties, keep_one_k
+from rlhf.data.records import (
+    UNDECODABLE,
+    PreferenceRecord,
+    Tied,
+    Ties,
+    add_mismatched,
+    keep_one_k,
+)
 from rlhf.files import atomic_path
 
 SUFFIXES = (".parquet", ".jsonl")
@@ -67,7 +77,8 @@ def read_preferences(
     name = str(path)
     columns, rows = read_rows(name)
     first, rows = _peek(rows)
-    check = SHAPES[file_shape(columns, first, name, format)].check
+    shape = file_shape(columns, first, name, format)
+    check = SHAPES[shape].check
     rules = RowRules(scored="scores" in columns, ties=ties, rating_key=rating_key)
     report = DataReport(name, row_kind_of(name))
     records = []
@@ -86,8 +97,32 @@ def read_preferences(
             continue
         records.append(record)
     records = keep_one_k(records, report, on_bad_row)
+    if shape == "unpaired":
+        records = add_mismatched(records, report)
     report.rows_kept = len(records)
     return records, report
+
+
+def unpaired_from_pairs(path: str | Path, out: str | Path) -> Path:
+    """Writes the pairs of ``path`` as unpaired feedback to the Parquet file ``out``: each pair
+    ``{prompt, chosen, rejected}`` becomes ``{prompt, completion: chosen, label: true}`` and
+    ``{prompt, completion: rejected, label: false}`` (KTO's data, as the KTO paper derives it from
+    preference data). The pairs are read with the same checks as for training (every row must
+    be good); other shapes (rankings, ...) are an error.
+    """
+    records, _ = read_preferences(path)
+    if records and records[0].fields != ("chosen", "rejected"):
+        raise DataError(
+            f"{path}: holds {', '.join(records[0].fields)} rows, not pairs; only pairs "
+            "{prompt, chosen, rejected} (or conversations, HH transcripts) convert to unpaired "
+            "feedback"
+        )
+    unpaired = []
+    for record in records:
+        chosen, rejected = record.responses
+        unpaired.append({"prompt": record.prompt, "completion": chosen, "label": True})
+        unpaired.append({"prompt": record.prompt, "completion": rejected, "label": False})
+    return write_preferences(out, unpaired)
 
 
 # ---- reading files -------------------------------------------------------------------------
@@ -193,7 +228,8 @@ def _decode_row(batch: pa.RecordBatch, index: int) -> dict[str, Any]:
 
 
 def write_preferences(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Writes pairs or rankings (all rows the same keys) to a Parquet file, atomically."""
+    """Writes pairs, rankings or unpaired feedback (all rows the same keys) to a Parquet file,
+    atomically."""
     if not str(path).endswith(".parquet"):
         raise ValueError(f"{path}: write_preferences writes Parquet; name the file *.parquet")
     if not rows:

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import torch
 
 from rlhf.data.batch import PreferenceBatch
-from rlhf.data.table import REF_LOGPS, num_responses
+from rlhf.data.table import LABEL, REF_LOGPS, num_responses
 
 
 def collate(table: pa.Table, pad_token_id: int) -> PreferenceBatch:
@@ -19,7 +19,8 @@ def collate(table: pa.Table, pad_token_id: int) -> PreferenceBatch:
 
     Masks are set by position, never by token id: ``loss_mask`` is 1 from the first response
     token through the last (EOS included), ``attention_mask`` 1 on every real token, so a pad id
-    equal to EOS cannot hide the real EOS. ``ref_logps`` comes from that column when present.
+    equal to EOS cannot hide the real EOS. ``ref_logps`` comes from that column when present,
+    and ``labels`` from the ``label`` column of unpaired feedback.
     """
     k = num_responses(table)
     prompts = table.column("prompt_ids").to_pylist()
@@ -39,12 +40,16 @@ def collate(table: pa.Table, pad_token_id: int) -> PreferenceBatch:
         if flat.null_count or len(flat) != len(sequences):
             raise ValueError(f"ref_logps holds {len(flat)} values for {len(sequences)} responses")
         ref_logps = torch.from_numpy(flat.to_numpy().astype(np.float32))
+    labels = None
+    if LABEL.name in table.column_names:
+        labels = torch.tensor(table.column(LABEL.name).to_pylist(), dtype=torch.bool)
     return PreferenceBatch(
         input_ids=torch.from_numpy(input_ids),
         attention_mask=torch.from_numpy(attention_mask.astype(np.int64)),
         loss_mask=torch.from_numpy(loss_mask.astype(np.int64)),
         ref_logps=ref_logps,
         num_responses=k,
+        labels=labels,
     )
 
 

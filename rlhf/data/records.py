@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rlhf.data.errors import BadRow, DataReport, OnBadRow
+from rlhf.data.errors import BadRow, DataError, DataReport, OnBadRow
 
 Message = dict[str, str]
 Text = str | list[Message]  # a plain string, or chat messages
@@ -29,6 +29,14 @@ class PreferenceRecord:
     prompt: Text
     responses: list[Text]
     fields: tuple[str, ...]  # where each response came from: "chosen", "responses[2]", ...
+    # Unpaired feedback only: whether the completion (response 0) is desirable; response 1 is
+    # another row's completion to this prompt, a mismatched pair (see ``add_mismatched``).
+    label: bool | None = None
+
+    @property
+    def is_unpaired(self) -> bool:
+        """Whether the row is unpaired feedback (a labelled completion), not a preference."""
+        return self.label is not None
 
     @property
     def is_chat(self) -> bool:
@@ -56,6 +64,60 @@ def check_pair(raw: Mapping[str, Any], row: int) -> PreferenceRecord:
     if chosen == rejected:
         raise BadRow("identical responses", "rejected", "same as 'chosen'")
     return PreferenceRecord(row, prompt, [chosen, rejected], ("chosen", "rejected"))
+
+
+def check_unpaired(raw: Mapping[str, Any], row: int) -> PreferenceRecord:
+    """The record of a ``{prompt, completion, label}`` row of unpaired feedback (KTO): its one
+    completion, and ``label`` true (desirable) or false (undesirable). The mismatched pair the
+    record still needs is added over the whole file by :func:`add_mismatched`."""
+    prompt = check_text(raw.get("prompt"), "prompt", chat=None)
+    completion = check_text(raw.get("completion"), "completion", chat=isinstance(prompt, list))
+    label = raw.get("label")
+    if not isinstance(label, bool):
+        raise BadRow(
+            "bad label",
+            "label",
+            f"expected true (desirable) or false (undesirable), got "
+            f"{'null' if label is None else _describe(label)}",
+        )
+    return PreferenceRecord(row, prompt, [completion], ("completion",), label)
+
+
+def add_mismatched(records: list[PreferenceRecord], report: DataReport) -> list[PreferenceRecord]:
+    """Unpaired records with their mismatched pair: the completion of another row, to be scored
+    after this row's prompt, for KTO's reference point (an estimate of KL(policy || reference)
+    from (prompt, completion) pairs that do not belong together, as in the KTO paper and TRL's
+    ``KTOTrainer``).
+
+    Row i takes the completion of the nearest row before it (cyclically: the last row for the
+    first) whose prompt and completion both differ from its own and whose prompt has the same
+    form (text or chat), so the two rows made of one pair (its chosen and rejected side by side)
+    never mismatch each other. A :class:`DataError` naming the file if a row has no such partner.
+    """
+    n = len(records)
+    result = []
+    for i, record in enumerate(records):
+        for step in range(1, n):
+            other = records[(i - step) % n]
+            if (
+                other.prompt != record.prompt
+                and other.responses[0] != record.responses[0]
+                and other.is_chat == record.is_chat
+            ):
+                break
+        else:
+            raise DataError(
+                f"{report.where(record.source_row)}: no other row has another prompt (in the "
+                "same form, text or chat) and another completion; KTO's reference point needs "
+                "mismatched (prompt, completion) pairs, so unpaired data needs rows of at least "
+                "two prompts"
+            )
+        completions = [record.responses[0], other.responses[0]]
+        fields = ("completion", f"mismatched completion ({report.row_kind} {other.source_row}'s)")
+        result.append(
+            PreferenceRecord(record.source_row, record.prompt, completions, fields, record.label)
+        )
+    return result
 
 
 def check_ranking(

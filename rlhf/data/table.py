@@ -8,6 +8,8 @@ One row per prompt:
 - ``response_ids`` list<list<int32>>: K responses, most preferred first, each ending in EOS
   unless it was truncated to fit ``max_length``;
 - ``num_responses`` int32: K, the same on every row;
+- ``label`` bool, unpaired feedback (KTO) only: whether response 0, the row's completion, is
+  desirable; response 1 is another row's completion after this prompt, a mismatched pair;
 - ``ref_logps`` list<float32> (added by :func:`with_ref_logps`): one reference log-prob per
   response, summed over its tokens.
 
@@ -41,6 +43,7 @@ SCHEMA = pa.schema(
     ]
 )
 REF_LOGPS = pa.field("ref_logps", pa.list_(pa.float32()))
+LABEL = pa.field("label", pa.bool_())
 
 
 def build_table(
@@ -48,8 +51,10 @@ def build_table(
     prompt_ids: Sequence[Sequence[int]],
     response_ids: Sequence[Sequence[Sequence[int]]],
     report: DataReport,
+    labels: Sequence[bool] | None = None,
 ) -> pa.Table:
-    """The preference table of tokenized rows, with source and report in its metadata."""
+    """The preference table of tokenized rows, with source and report in its metadata;
+    ``labels`` (unpaired feedback only) adds the ``label`` column."""
     columns = [
         pa.array(source_rows, pa.int64()),
         pa.array(prompt_ids, SCHEMA.field("prompt_ids").type),
@@ -62,7 +67,16 @@ def build_table(
         FORMAT_KEY: str(FORMAT_VERSION).encode(),
         REPORT_KEY: report.to_json().encode(),
     }
-    return pa.Table.from_arrays(columns, schema=SCHEMA.with_metadata(metadata))
+    schema = SCHEMA
+    if labels is not None:
+        columns.append(pa.array(labels, LABEL.type))
+        schema = schema.append(LABEL)
+    return pa.Table.from_arrays(columns, schema=schema.with_metadata(metadata))
+
+
+def is_unpaired(table: pa.Table) -> bool:
+    """Whether ``table`` holds unpaired feedback (a ``label`` column), not preferences."""
+    return LABEL.name in table.column_names
 
 
 def source_of(table: pa.Table, index: int) -> str:

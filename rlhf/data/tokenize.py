@@ -90,6 +90,7 @@ def tokenize_preferences(
     source_rows: list[int] = []
     prompts: list[list[int]] = []
     responses: list[list[list[int]]] = []
+    labels: list[bool | None] = []
     for start in range(0, len(records), CHUNK_ROWS):
         rendered = []
         for record in records[start : start + CHUNK_ROWS]:
@@ -111,8 +112,10 @@ def tokenize_preferences(
             source_rows.append(row.record.source_row)
             prompts.append(prompt)
             responses.append(row_responses)
+            labels.append(row.record.label)
     report.rows_kept = len(source_rows)
-    return build_table(source_rows, prompts, responses, report)
+    unpaired = bool(records) and records[0].is_unpaired
+    return build_table(source_rows, prompts, responses, report, labels if unpaired else None)
 
 
 def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -222,7 +225,8 @@ def _row_ids(
     responses = [ids[:budget] for ids in responses]
     if rules.context_length is not None:
         _check_context(prompt, responses, fields, rules.context_length)
-    for j in range(len(responses)):
+    # Unpaired feedback: the mismatched completion may equal the row's own once truncated.
+    for j in range(0 if row.record.is_unpaired else len(responses)):
         for i in range(j):
             if responses[i] == responses[j]:
                 why = (
