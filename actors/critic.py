@@ -8,17 +8,20 @@ The value model is the policy's architecture with a one-output head on every pos
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from actors.deepspeed_rank import DeepSpeedModel, Device
-from actors.group import ActorGroup, SharedPlacement
 from actors.ppo_policy import rollout_micro_batches
 from actors.rank import RoleSetup, TrainerRank, start_role
 from rlhf.algorithms import ppo_value_loss
 from rlhf.data.batch import RolloutBatch
 from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, PPOTrainerConfig
 from rlhf.models.hf import load_value_model, token_values
+
+if TYPE_CHECKING:  # annotations only: the rank and its step import without Ray
+    from actors.group import ActorGroup, SharedPlacement
 
 
 class ValueStep:

@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable
 from typing import Literal
 
-import ray
 import torch
 from torch import Tensor
 
@@ -186,4 +185,6 @@ def empty_pass(engine) -> Tensor:
 
 def node_id() -> str:
     """The Ray node the calling actor runs on."""
+    import ray
+
     return ray.get_runtime_context().get_node_id()

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from actors.deepspeed_rank import DeepSpeedModel, Device
-from actors.group import ActorGroup, SharedPlacement
 from actors.rank import RoleSetup, TrainerRank, start_role
 from rlhf.algorithms import entropy_from_logits, ppo_policy_loss, sequence_logps
 from rlhf.data.batch import RolloutBatch
 from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, PPOTrainerConfig
 from rlhf.models.hf import load_causal_lm, positions
+
+if TYPE_CHECKING:  # annotations only: the rank and its step import without Ray
+    from actors.group import ActorGroup, SharedPlacement
 
 
 def rollout_micro_batches(

@@ -25,21 +25,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
-import ray
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, trainer_env
-from actors.group import ActorGroup, SharedPlacement
 from rlhf.data.batch import shard_bounds
 from rlhf.files import replace_dir
 from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, TrainerConfig, check_device
 from rlhf.models.hf import hf_token_logprobs
 from rlhf.models.weight_broadcast import Manifest, WeightSender, manifest_of
+
+if TYPE_CHECKING:  # annotations only: a rank is built and stepped without Ray
+    from actors.group import ActorGroup, SharedPlacement
 
 
 class RoleStep(Protocol):
@@ -244,7 +245,7 @@ class TrainerRank:
             return None
         self._sender = WeightSender(backend)
         self._manifest = manifest_of(state.items())
-        return (ray.util.get_node_ip_address(), self._sender.port), self._manifest
+        return (self._sender.host, self._sender.port), self._manifest
 
     def join_weight_group(self, group_id: str, world: int) -> None:
         """Rank 0 forms the weight group ``group_id`` as its source (blocks until all joined)."""
@@ -335,6 +336,8 @@ def start_role(
     and the job's seed, dtype and remote-code setting (``ModelConfig.for_trainers``) as
     ``setup.load``.
     """
+    from actors.group import ActorGroup  # the Ray side of a rank
+
     config = setup.config
     config.validate()
     check_device(config, setup.device)

@@ -20,14 +20,13 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import torch
 from torch import Tensor
 
 from actors.deepspeed_rank import DeepSpeedModel, Device
-from actors.group import ActorGroup, SharedPlacement
 from actors.rank import RoleSetup, TrainerRank, start_role
 from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
 from rlhf.data.batch import PreferenceBatch, shard_bounds
@@ -40,6 +39,9 @@ from rlhf.models.hf import (
     shared_prompt_blocker,
     shared_prompt_logps,
 )
+
+if TYPE_CHECKING:  # annotations only: the rank and its step import without Ray
+    from actors.group import ActorGroup, SharedPlacement
 
 log = logging.getLogger(__name__)
 
