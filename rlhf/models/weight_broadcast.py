@@ -113,8 +113,12 @@ def _dtype(name: str) -> torch.dtype:
 
 def node_address() -> str:
     """This node's address for our listeners: the one Ray runs on (127.0.0.1 when Ray was
-    started on loopback, as a local run does), or 127.0.0.1 outside Ray."""
-    import ray
+    started on loopback, as a local run does), or 127.0.0.1 outside Ray (or without it installed,
+    as on a GPU machine that runs the trainer alone)."""
+    try:
+        import ray
+    except ImportError:
+        return "127.0.0.1"
 
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
