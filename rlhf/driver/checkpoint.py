@@ -11,7 +11,7 @@ and only then does the checkpoint become the latest (``rlhf.run_dir.Checkpoints`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,13 +23,21 @@ from rlhf.run_dir import Checkpoints
 S = TypeVar("S")
 
 
-def save_checkpoint(groups: Mapping[str, Any], checkpoints: Checkpoints, state: Any) -> Path:
+def save_checkpoint(
+    groups: Mapping[str, Any],
+    checkpoints: Checkpoints,
+    state: Any,
+    write_files: Callable[[Path], None] | None = None,
+) -> Path:
     """Every rank of every group writes its state into a staging dir; then it becomes the latest.
 
     ``groups``: the trainer groups by the name their state is saved under; ``state``: the
-    driver's dataclass, restored by :func:`restore_checkpoint`. Returns the checkpoint's path.
+    driver's dataclass, restored by :func:`restore_checkpoint`; ``write_files``: writes more
+    of the driver's files into the staging dir (e.g. samples in flight). Returns the path.
     """
     staging = checkpoints.staging_dir(state.step)
+    if write_files is not None:
+        write_files(staging)
     ray.get(
         [
             ref

@@ -69,6 +69,9 @@ class RoundsConfig:
     tie_tolerance: float = 0.0
     reference_update: Literal["fixed", "previous_round"] = "fixed"
     length_grouping: bool = True  # each step's prompts of similar length (less padding)
+    # Rounds sampled ahead on older weights while the trainers train (0: synchronous rounds);
+    # a round's samples come from weights at most this many versions old.
+    max_staleness: int = 0
 
     def validate(self) -> None:
         for key in ("rounds", "prompts_per_round", "epochs_per_round", "eval_prompts"):
@@ -138,6 +141,7 @@ def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
         train=partial(train_on, cfg),
         print_table=print_rounds,
         moves_reference=r.reference_update == "previous_round",
+        max_staleness=r.max_staleness,
     )
 
 
@@ -161,7 +165,16 @@ def preference_batch(
     metrics of its samples: rewards, KL, preference counts."""
     train_ref, eval_ref = ref[: len(train_groups)], ref[len(train_groups) :]
     table, ties = preference_table(train_groups, train_ref, cfg.rounds, rnd.index)
-    write_round(rnd.job.run_dir, rnd.index, train_groups, train_ref, eval_groups, eval_ref, table)
+    write_round(
+        rnd.job.run_dir,
+        rnd.index,
+        train_groups,
+        train_ref,
+        eval_groups,
+        eval_ref,
+        table,
+        rnd.policy_version,
+    )
     return table, {
         "round": rnd.index,
         **sample_metrics("train", train_groups, train_ref),
@@ -239,7 +252,16 @@ def train_on(cfg: OnlineDPOConfig, rnd: Round, table: pa.Table) -> dict[str, flo
     return {f"train/{k}": v for k, v in last.items()}
 
 
-def write_round(run_dir: Path, index: int, train_groups, train_ref, eval_groups, eval_ref, table):
+def write_round(
+    run_dir: Path,
+    index: int,
+    train_groups,
+    train_ref,
+    eval_groups,
+    eval_ref,
+    table,
+    policy_version: int | None = None,
+):
     """Samples (with scores and log-probs) and preferences of one round, as Parquet: each
     sample's prompt as given (a string, or chat messages) and as the sampler got it."""
     out = run_dir / "rounds" / f"round_{index:04d}"
@@ -261,6 +283,7 @@ def write_round(run_dir: Path, index: int, train_groups, train_ref, eval_groups,
                         "finished": c.finished,
                         "prompt_ids": c.prompt_ids,
                         "response_ids": c.token_ids,
+                        "policy_version": policy_version,  # the weights that sampled it
                     }
                 )
     for name, data in (

@@ -26,9 +26,10 @@ job's actors once they exist. Benchmarks time phases with them; fault tests kill
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,14 @@ from rlhf.driver.checks import check_local_device
 from rlhf.driver.common import cluster_address, ray_session, resolve_model_path
 from rlhf.driver.online import PhaseTimer, start_rollout_actors, sync_weights
 from rlhf.driver.retry import PhaseRetry, named_actors
-from rlhf.driver.rollout import ActorScorer, GroupScorer, ScoredGroup, sample, score
+from rlhf.driver.rollout import (
+    ActorScorer,
+    GroupScorer,
+    PendingSamples,
+    ScoredGroup,
+    score,
+    start_sampling,
+)
 from rlhf.driver.setup import (
     check_colocation,
     open_run,
@@ -52,6 +60,7 @@ from rlhf.driver.setup import (
     wait_for_roles,
 )
 from rlhf.driver.weight_sync import BroadcastSync
+from rlhf.models.vllm_engine import Completion
 from rlhf.plots import plot_rounds
 from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
 
@@ -151,6 +160,8 @@ class OnlineAlgorithm:
     train: Callable[[Round, Any], dict[str, float]]
     print_table: Callable[[Path], None]  # the rounds' table, read from the run directory
     moves_reference: bool = False  # the reference takes the policy's weights at every sync
+    # rounds.max_staleness: rounds sampled ahead, while the trainers train, on older weights.
+    max_staleness: int = 0
     # After the sync: adds metrics that need the whole round (round, batch, metrics).
     finish_round: Callable[[Round, Any, dict[str, float]], None] | None = None
 
@@ -170,6 +181,8 @@ class Job:
     state: Any  # the algorithm's state_type
     logger: MetricsLogger
     hooks: Hooks
+    # Sampling started ahead (rounds.max_staleness > 0), by round; checkpointed with the rounds.
+    in_flight: dict[int, PendingSamples] = field(default_factory=dict)
 
     def prompts(self, round_index: int) -> list[Prompt]:
         """The training prompts of round ``round_index``."""
@@ -181,8 +194,10 @@ class Round:
     """One round in progress, as an algorithm's ``build_batch`` and ``train`` see it."""
 
     job: Job
-    index: int  # rounds completed before it; the samplers hold weights version ``index``
+    index: int  # rounds completed before it; the trainers hold weights version ``index``
     seed: int  # sampling and shuffling seed, a function of (cfg.seed, index)
+    # The weights version that sampled the round (index - policy_version <= max_staleness).
+    policy_version: int | None = None
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     started: float = field(default_factory=time.perf_counter)
 
@@ -206,7 +221,12 @@ def run_online(
             state.round += 1
             job.logger.log(state.step, metrics)
             with job.hooks.phase("checkpoint", state.round - 1):
-                save_checkpoint(job.workers.groups, job.checkpoints, state)
+                save_checkpoint(
+                    job.workers.groups,
+                    job.checkpoints,
+                    state,
+                    lambda staging: write_in_flight(job.in_flight, staging),
+                )
             bar.update()
             bar.set_postfix(
                 reward=f"{metrics['eval/reward/mean']:.3f}", kl=f"{metrics['eval/kl']:.2f}"
@@ -226,6 +246,17 @@ def check_online_config(cfg: Any, roles: list[Role]) -> None:
     colocation of its ``roles`` (``rlhf.driver.setup.check_colocation``)."""
     if cfg.keep_checkpoints < 1:
         raise ConfigError(f"keep_checkpoints must be at least 1, got {cfg.keep_checkpoints}")
+    staleness = cfg.rounds.max_staleness
+    if staleness < 0:
+        raise ConfigError(
+            f"rounds.max_staleness must be >= 0 (0: synchronous rounds), got {staleness}"
+        )
+    if staleness and cfg.samplers.engine.sleep_when_idle:
+        raise ConfigError(
+            f"rounds.max_staleness is {staleness}: the samplers generate while the trainers "
+            "train, but samplers.engine.sleep_when_idle puts them to sleep then; set "
+            "rounds.max_staleness: 0 or samplers.engine.sleep_when_idle: false"
+        )
     check_colocation(cfg, roles)
 
 
@@ -281,6 +312,7 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
         checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
         restored = restore_checkpoint(groups, checkpoints, algorithm.state_type) if resume else None
         state = restored or algorithm.state_type()
+        in_flight = read_in_flight(checkpoints.latest()) if restored else {}
         if state.round > 0:  # resumed: the samplers must sample from the restored policy
             sync_weights(workers.policy, samplers, moved, version=state.round)
         logger = MetricsLogger(
@@ -301,6 +333,7 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
             state,
             logger,
             hooks,
+            in_flight,
         )
         hooks.emit("teardown", None, ended=False)  # the actors end, and a Ray this job started
     hooks.emit("teardown", None, ended=True)
@@ -312,9 +345,12 @@ def run_round(job: Job) -> dict[str, float]:
 
     Generate, score and sync are repeated if a sampler or the reward actor dies (``retries``
     counts the repeats); the samplers hold weights version ``rnd.index`` during the round.
+    With ``max_staleness`` k > 0 the round's samples were started by an earlier round (on the
+    weights version it held), and the samplers start rounds up to ``rnd.index + k`` before
+    the trainers train; the sync queues behind them.
     """
     cfg, algorithm, workers = job.cfg, job.algorithm, job.workers
-    rnd = Round(job, job.state.round, seed=cfg.seed * 100_003 + job.state.round)
+    rnd = Round(job, job.state.round, seed=round_seed(cfg, job.state.round))
     prompts = job.prompts(rnd.index)
     asked = prompts + job.eval_prompts  # the reward gets each as given (text or messages)
     retry = PhaseRetry(cfg.ray.phase_retries)
@@ -322,16 +358,11 @@ def run_round(job: Job) -> dict[str, float]:
     with rnd.phase("generate"):
         groups = retry(
             "generate",
-            lambda: sample(
-                workers.samplers,
-                [p.text for p in asked],
-                cfg.samplers.sampling,
-                rnd.seed,
-                weights_version=rnd.index,
-            ),
+            lambda: round_samples(job, rnd),
             samplers,
             recover=lambda: sync_weights(workers.policy, workers.samplers, version=rnd.index),
         )
+    start_ahead(job, rnd.index)
     with rnd.phase("score"):
         given = [p.given for p in asked]
         scored = retry(
@@ -352,10 +383,84 @@ def run_round(job: Job) -> dict[str, float]:
             samplers | ({"reference": moved} if moved is not None else {}),
         )
     metrics["retries"] = retry.count
+    metrics["rollout/policy_version"] = rnd.policy_version
+    metrics["rollout/policy_version_lag"] = rnd.index - rnd.policy_version
     metrics.update({f"time/{k}": v for k, v in rnd.timer.seconds.items()})
     if algorithm.finish_round is not None:
         algorithm.finish_round(rnd, batch, metrics)
     return metrics
+
+
+def round_seed(cfg: Any, index: int) -> int:
+    """Round ``index``'s sampling and shuffling seed."""
+    return cfg.seed * 100_003 + index
+
+
+def start_round_sampling(job: Job, index: int, version: int) -> PendingSamples:
+    """Starts round ``index``'s samples (its training prompts, then the held-out ones) on the
+    samplers, which hold weights ``version``."""
+    asked = job.prompts(index) + job.eval_prompts
+    return start_sampling(
+        job.workers.samplers,
+        [p.text for p in asked],
+        job.cfg.samplers.sampling,
+        round_seed(job.cfg, index),
+        weights_version=version,
+    )
+
+
+def round_samples(job: Job, rnd: Round) -> list:
+    """The round's completions: the ones an earlier round started, or sampled now (also when
+    those failed: a retry samples again on the weights the samplers now hold)."""
+    pending = job.in_flight.pop(rnd.index, None) or start_round_sampling(job, rnd.index, rnd.index)
+    groups = pending.get()
+    rnd.policy_version = pending.version
+    return groups
+
+
+def start_ahead(job: Job, index: int) -> None:
+    """Starts the rounds after ``index``, up to ``max_staleness`` of them, on the weights the
+    samplers hold in round ``index`` (version ``index``): no round's samples come from weights
+    more than ``max_staleness`` versions older than the round."""
+    last = min(index + job.algorithm.max_staleness, job.algorithm.sizes.rounds - 1)
+    for ahead in range(index + 1, last + 1):
+        if ahead not in job.in_flight:
+            job.in_flight[ahead] = start_round_sampling(job, ahead, version=index)
+
+
+IN_FLIGHT = "in_flight.json"  # a checkpoint's samples started ahead (rounds.max_staleness)
+
+
+def write_in_flight(in_flight: dict[int, PendingSamples], directory: Path) -> None:
+    """Writes the samples started ahead of the checkpoint's round into ``directory``.
+
+    They are finished (the sync queued behind them), and a resumed run takes them as they are:
+    they came from weights the checkpoint no longer holds, so sampling again would draw others.
+    """
+    if not in_flight:
+        return
+    rounds = [
+        {
+            "round": index,
+            "version": pending.version,
+            "groups": [[asdict(c) for c in group] for group in pending.get()],
+        }
+        for index, pending in sorted(in_flight.items())
+    ]
+    (directory / IN_FLIGHT).write_text(json.dumps(rounds))
+
+
+def read_in_flight(checkpoint: Path | None) -> dict[int, PendingSamples]:
+    """The samples a checkpoint's run had started ahead, by round (none: empty)."""
+    path = None if checkpoint is None else checkpoint / IN_FLIGHT
+    if path is None or not path.exists():
+        return {}
+    return {
+        r["round"]: PendingSamples.done(
+            [[Completion(**c) for c in group] for group in r["groups"]], r["version"]
+        )
+        for r in json.loads(path.read_text())
+    }
 
 
 @contextlib.contextmanager

@@ -41,15 +41,23 @@ class PendingSamples:
     refs: list  # one per sampler: its chunk's completions, grouped by prompt
     num_prompts: int
     version: int | None  # the weights version the samplers hold (None: not checked)
+    groups: list[list[Completion]] | None = None  # the completions, once collected
 
     def get(self) -> list[list[Completion]]:
         """K completions per prompt, in prompt order (waits for the samplers)."""
-        n = len(self.refs)
-        groups: list[list[Completion]] = [[] for _ in range(self.num_prompts)]
-        for i, result in enumerate(ray.get(self.refs)):
-            for j, group in enumerate(result):
-                groups[i + j * n] = group
-        return groups
+        if self.groups is None:
+            n = len(self.refs)
+            groups: list[list[Completion]] = [[] for _ in range(self.num_prompts)]
+            for i, result in enumerate(ray.get(self.refs)):
+                for j, group in enumerate(result):
+                    groups[i + j * n] = group
+            self.groups = groups
+        return self.groups
+
+    @classmethod
+    def done(cls, groups: list[list[Completion]], version: int | None) -> PendingSamples:
+        """Completions already collected (e.g. read back from a checkpoint)."""
+        return cls([], len(groups), version, groups)
 
 
 def start_sampling(
