@@ -75,8 +75,14 @@ class PPOPolicyStep:
         mask = micro.loss_mask.to(device)
         logits = self._logits(micro)
         _, logp = sequence_logps(logits, micro.input_ids.to(device), mask)
+        is_weights = None if micro.is_weights is None else micro.is_weights.to(device)
         loss, stats = ppo_policy_loss(
-            logp, micro.old_logps.to(device), micro.advantages.to(device), mask, self.clip_eps
+            logp,
+            micro.old_logps.to(device),
+            micro.advantages.to(device),
+            mask,
+            self.clip_eps,
+            is_weights,
         )
         # Logged always; part of the graph only when the bonus trains on it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.entropy_coef)):

@@ -20,6 +20,7 @@ from rlhf.algorithms import (
     masked_mean,
     masked_var,
     masked_whiten,
+    truncated_is_weights,
 )
 from rlhf.data.batch import RolloutBatch
 from rlhf.driver.metrics import merge_rank_metrics
@@ -52,6 +53,33 @@ def rollout_batch(
     ref = torch.where(loss_mask.bool(), ref, 0.0)
     scores = torch.tensor([s for g in groups for s in g.scores], dtype=torch.float32)
     return RolloutBatch(input_ids, attention_mask, loss_mask), ref, scores
+
+
+def behaviour_logps(groups: list[ScoredGroup], width: int) -> Tensor:
+    """The samplers' log-probs of the sampled response tokens [N, width], aligned like
+    ``rollout_batch``'s rows (0 off the response): the behaviour policy mu."""
+    completions = [c for g in groups for c in g.completions]
+    out = torch.zeros((len(completions), width), dtype=torch.float32)
+    for row, c in enumerate(completions):
+        if len(c.token_logprobs) != len(c.token_ids):
+            raise ValueError(
+                f"sample {row} (prompt {c.prompt!r}) has {len(c.token_logprobs)} sampler "
+                f"log-probs for {len(c.token_ids)} response tokens"
+            )
+        start = len(c.prompt_ids)
+        out[row, start : start + len(c.token_ids)] = torch.tensor(c.token_logprobs)
+    return out
+
+
+def importance_weights(
+    batch: RolloutBatch, behaviour: Tensor, cap: float | None
+) -> tuple[RolloutBatch, dict[str, float]]:
+    """The batch with its truncated importance weights min(pi_old / mu, cap) per token, and the
+    ratio's statistics as ``ppo_is/...`` (docs/algorithms.md); ``cap`` None: no correction."""
+    if cap is None:
+        return batch, {}
+    batch.is_weights, stats = truncated_is_weights(batch.old_logps, behaviour, batch.loss_mask, cap)
+    return batch, {f"ppo_is/{k}": float(v) for k, v in stats.items()}
 
 
 def micro_batches(rows: int, world_size: int, micro_batch_size: int) -> int:

@@ -78,6 +78,9 @@ class PPOSettings:
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     kl_target: float | None = None  # set: adaptive KL controller toward this KL per sequence
     kl_horizon: float = 10_000.0
+    # Truncated importance weights min(pi_old / mu, is_cap) on the policy loss, mu the samplers'
+    # policy that drew the tokens (older weights with rounds.max_staleness); null: none.
+    is_cap: float | None = 2.0
 
     def validate(self) -> None:
         for key in ("iterations", "prompts_per_iteration", "eval_prompts", "epochs"):
@@ -97,12 +100,25 @@ class PPOSettings:
             )
         if self.kl_horizon <= 0:
             raise ConfigError(f"kl_horizon must be > 0, got {self.kl_horizon}")
+        if self.is_cap is not None and self.is_cap <= 0:
+            raise ConfigError(
+                f"ppo.is_cap must be > 0 (null: no importance correction), got {self.is_cap}"
+            )
         if self.kl_estimator not in KL_KINDS:
             raise ConfigError(f"kl_estimator must be one of {', '.join(KL_KINDS)}")
         try:
             get_advantage(self.advantage)
         except (UnknownNameError, ImportError, TypeError) as error:
             raise ConfigError(f"advantage: {error}") from None
+
+
+@dataclass
+class PPORounds:
+    """How PPO's iterations overlap (their number is ``ppo.iterations``)."""
+
+    # Iterations sampled ahead on older weights while the trainers train (0: synchronous); an
+    # iteration's samples come from weights at most this many versions old.
+    max_staleness: int = 0
 
 
 @dataclass
@@ -122,6 +138,7 @@ class PPOConfig:
     critic_model: str | None = None  # the critic's body; None: the policy's model
     samplers: SamplersConfig = field(default_factory=SamplersConfig)
     ppo: PPOSettings = field(default_factory=PPOSettings)
+    rounds: PPORounds = field(default_factory=PPORounds)
     keep_checkpoints: int = 2
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -179,6 +196,7 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
         train=partial(train_epochs, cfg),
         finish_round=partial(end_iteration, cfg),
         print_table=print_iterations,
+        max_staleness=cfg.rounds.max_staleness,
     )
 
 
@@ -244,6 +262,8 @@ def experience(
         batch.old_logps = xp.gather_rows(ray.get(logp_refs), width)
         if value_refs:
             batch.old_values = xp.gather_rows(ray.get(value_refs), width)
+    behaviour = xp.behaviour_logps(train_groups, width)
+    batch, is_stats = xp.importance_weights(batch, behaviour, p.is_cap)
     batch, rewards = xp.advantages_and_returns(
         batch,
         ref,
@@ -259,6 +279,7 @@ def experience(
     return batch, {
         "round": rnd.index,
         **xp.experience_metrics(batch, ref, scores, rewards),
+        **is_stats,
         **sample_metrics("eval", eval_groups, eval_ref),
         "kl_coef": kl_coef,
     }
