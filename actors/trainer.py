@@ -28,10 +28,15 @@ from torch import Tensor
 
 from actors.deepspeed_rank import DeepSpeedModel, Device
 from actors.rank import RoleSetup, TrainerRank, start_role
-from rlhf.algorithms import RankedLogps, get_preference_loss, preference_metrics
+from rlhf.algorithms import (
+    RankedLogps,
+    get_preference_loss,
+    preference_metrics,
+    unpaired_metrics,
+)
 from rlhf.data.batch import PreferenceBatch, shard_bounds
 from rlhf.data.loader import collate
-from rlhf.data.table import REF_LOGPS, num_responses
+from rlhf.data.table import REF_LOGPS, is_unpaired, num_responses
 from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, PreferenceTrainerConfig
 from rlhf.models.hf import (
     batch_logps,
@@ -81,7 +86,8 @@ class PreferenceStep:
         if not indices:  # an empty shard still knows its K
             empty = torch.zeros((0, 0), dtype=torch.long)
             ref = None if REF_LOGPS.name not in table.column_names else torch.zeros(0)
-            return PreferenceBatch(empty, empty, empty, ref, num_responses(table))
+            labels = torch.zeros(0, dtype=torch.bool) if is_unpaired(table) else None
+            return PreferenceBatch(empty, empty, empty, ref, num_responses(table), labels)
         return collate(table.take(indices), pad_token_id)
 
     def micro_batches(
@@ -118,16 +124,29 @@ class PreferenceStep:
         width = int(on["attention_mask"].sum(-1).max())
         on = {name: value[:, :width] for name, value in on.items()}
         ref = None if batch.ref_logps is None else batch.ref_logps[rows].to(device)
-        return PreferenceBatch(**on, ref_logps=ref, num_responses=k)
+        labels = None if batch.labels is None else batch.labels[prompts].to(device)
+        return PreferenceBatch(**on, ref_logps=ref, num_responses=k, labels=labels)
 
     def loss(self, micro: PreferenceBatch) -> tuple[Tensor, dict[str, float]]:
         """The summed loss of the micro batch's prompts; prompt sums of ``loss`` and of every
-        ``preference_metrics`` key."""
+        metric: ``preference_metrics``, or ``unpaired_metrics`` for unpaired feedback (KTO).
+
+        A loss on unpaired feedback is evaluated on held-out pairs too (whether it orders
+        chosen over rejected): their metrics, without a loss.
+        """
         logps = self._logps(micro)
-        losses = self.loss_fn(logps, self.beta, **self.loss_options)
         n = micro.num_prompts
         detached = dataclasses.replace(logps, policy=logps.policy.detach())
-        sums = {key: value * n for key, value in preference_metrics(detached, self.beta).items()}
+        metrics = unpaired_metrics if logps.labels is not None else preference_metrics
+        sums = {key: value * n for key, value in metrics(detached, self.beta).items()}
+        if self.loss_fn.metadata["unpaired"] and logps.labels is None:
+            if torch.is_grad_enabled():
+                raise ValueError(
+                    f"loss {self.loss_fn.name!r} trains on unpaired feedback ({{prompt, "
+                    "completion, label}} rows); this batch holds preferences"
+                )
+            return logps.policy.new_zeros(()), sums
+        losses = self.loss_fn(logps, self.beta, **self.loss_options)
         return losses.sum(), {"loss": float(losses.detach().sum()), **sums}
 
     def _logps(self, micro: PreferenceBatch) -> RankedLogps:
@@ -143,6 +162,7 @@ class PreferenceStep:
             policy=logps.view(-1, k),
             reference=None if ref is None else ref.view(-1, k).to(logps.dtype),
             lengths=micro.response_lengths.view(-1, k),
+            labels=micro.labels,
         )
 
     def counts(self, batch: PreferenceBatch) -> dict[str, float]:

@@ -7,7 +7,8 @@ reused anywhere. The math follows docs/algorithms.md; every function documents i
   ``preference_metrics``
 - ``dpo_variants``: the other DPO losses with a reference (robust, EXO, NCA, BCO, SPPO, AOT,
   APO, DiscoPOP, RPO); ``reference_free``: SimPO, CPO, ORPO and the SFT term
-- ``kto``: ``kto_loss`` on unpaired feedback (desirable / undesirable single responses)
+- ``kto``: ``kto_loss`` on unpaired feedback (desirable / undesirable single responses),
+  ``unpaired_metrics``
 - ``advantages``: ``gae``, ``grpo_advantages``, ``rloo_advantages``, ``reinforce_pp_advantages``
 - ``ppo``: ``ppo_policy_loss``, ``ppo_value_loss``, ``truncated_is_weights``
 - ``kl``: ``kl_estimate`` (k1, k2, k3), ``kl_penalized_rewards``, KL controllers
@@ -46,7 +47,7 @@ from rlhf.algorithms.kl import (
     kl_estimate,
     kl_penalized_rewards,
 )
-from rlhf.algorithms.kto import kto_loss, mismatched_indices
+from rlhf.algorithms.kto import kto_loss, mismatched_indices, reference_point, unpaired_metrics
 from rlhf.algorithms.logprobs import entropy_from_logits, sequence_logps, target_logps
 from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf.algorithms.ppo import ppo_policy_loss, ppo_value_loss, truncated_is_weights
@@ -119,6 +120,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "mismatched_indices",
+    "reference_point",
     "mean_logps",
     "nca_pair_loss",
     "orpo_loss",
@@ -139,4 +141,5 @@ __all__ = [
     "sppo_hard_loss",
     "target_logps",
     "truncated_is_weights",
+    "unpaired_metrics",
 ]

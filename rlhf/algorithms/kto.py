@@ -33,6 +33,15 @@ def mismatched_indices(batch_size: int) -> Tensor:
     return torch.roll(torch.arange(batch_size), 1)
 
 
+def reference_point(mismatched_policy_logps: Tensor, mismatched_reference_logps: Tensor) -> Tensor:
+    """KTO's reference point z0 = max(0, mean_j [log pi(y'_j|x_j) - log pi_ref(y'_j|x_j)]) over
+    M mismatched pairs (x_j, y'_j): an estimate of KL(pi || pi_ref) that takes no gradient.
+
+    Shapes: [M], [M] -> scalar.
+    """
+    return (mismatched_policy_logps - mismatched_reference_logps).detach().mean().clamp(min=0)
+
+
 def kto_loss(
     policy_logps: Tensor,
     reference_logps: Tensor,
@@ -79,11 +88,51 @@ def kto_loss(
         )
     if mismatched_policy_logps.shape != mismatched_reference_logps.shape:
         raise ValueError("kto: the mismatched policy and reference log-probs must have one shape")
-    z0 = (mismatched_policy_logps - mismatched_reference_logps).detach().mean().clamp(min=0)
+    z0 = reference_point(mismatched_policy_logps, mismatched_reference_logps)
     r = policy_logps - reference_logps
     good = desirable_weight * (1.0 - torch.sigmoid(beta * (r - z0)))
     bad = undesirable_weight * (1.0 - torch.sigmoid(beta * (z0 - r)))
     return torch.where(desirable, good, bad)
+
+
+def unpaired_metrics(logps: RankedLogps, beta: float) -> dict[str, float]:
+    """The metrics of a batch of unpaired feedback (as ``preference_metrics`` for preferences),
+    floats averaged over its B rows, with r_hat = beta * (log pi - log pi_ref) of each row's
+    completion (log pi alone if the reference is None) and z0 its reference point:
+
+    ``kl``: z0 / 1 (the KL estimate; TRL logs it as ``kl``); ``rewards/desirable_sum``,
+    ``rewards/undesirable_sum``: r_hat summed over the desirable (undesirable) rows / B;
+    ``share/desirable``, ``share/undesirable``: their fractions of B (a driver divides the two
+    after averaging over all rows: ``rewards/desirable`` is the mean r_hat of desirable rows,
+    see ``rlhf.driver.preference_training.share_means``); ``rewards/accuracies``: the fraction
+    of rows on their label's side of the reference point (r_hat > beta z0 if desirable, < if not);
+    ``logps/desirable_sum``, ``logps/undesirable_sum``: policy log-probs, summed like the rewards.
+
+    Shapes: logps.policy, logps.reference [B, 2] (column 1 the mismatched pairs), logps.labels
+    [B] -> floats.
+    """
+    check_beta(beta)
+    if logps.labels is None or logps.num_ranked != 2:
+        raise ValueError("unpaired_metrics takes unpaired feedback: K == 2 and RankedLogps.labels")
+    policy = logps.policy.detach().float()
+    reference = torch.zeros_like(policy) if logps.reference is None else logps.reference.float()
+    ratio = policy - reference
+    z0 = ratio[:, 1].mean().clamp(min=0)
+    rewards = beta * ratio[:, 0]
+    good = logps.labels.float()
+    bad = 1.0 - good
+    n = len(good)
+    correct = torch.where(logps.labels, ratio[:, 0] > z0, ratio[:, 0] < z0).float()
+    return {
+        "kl": z0.item(),
+        "rewards/desirable_sum": (rewards * good).sum().item() / n,
+        "rewards/undesirable_sum": (rewards * bad).sum().item() / n,
+        "logps/desirable_sum": (policy[:, 0] * good).sum().item() / n,
+        "logps/undesirable_sum": (policy[:, 0] * bad).sum().item() / n,
+        "share/desirable": good.mean().item(),
+        "share/undesirable": bad.mean().item(),
+        "rewards/accuracies": correct.mean().item(),
+    }
 
 
 @register_preference_loss("kto", needs_reference=True, unpaired=True)

@@ -4,7 +4,8 @@ Read a file (:func:`read_preferences`), tokenize it once (:func:`tokenize_prefer
 with :func:`load_preferences`), add reference log-probs (:func:`with_ref_logps`), cache the
 table (:func:`cache_key`, :func:`load_cached`, :func:`save_cached`), split it
 (:func:`split_by_prompt`) and batch it (:func:`batches`, :func:`collate`). Files may hold the
-ecosystem's usual shapes (:mod:`rlhf.data.formats`).
+ecosystem's usual shapes (:mod:`rlhf.data.formats`), or unpaired feedback for KTO
+(:func:`unpaired_from_pairs` makes it from pairs).
 
 The sampling jobs' prompts: :class:`PromptsConfig`, :func:`open_prompts` (:mod:`rlhf.data.prompts`).
 """
@@ -13,7 +14,7 @@ from rlhf.data.batch import PreferenceBatch
 from rlhf.data.cache import cache_key, load_cached, save_cached
 from rlhf.data.config import DataConfig
 from rlhf.data.errors import DataError, DataReport
-from rlhf.data.io import read_preferences, write_preferences
+from rlhf.data.io import read_preferences, unpaired_from_pairs, write_preferences
 from rlhf.data.loader import batch_order, batches, collate, sequence_lengths, split_by_prompt
 from rlhf.data.prepare import load_preferences
 from rlhf.data.prompts import Prompt, PromptsConfig, open_prompts
@@ -45,6 +46,7 @@ __all__ = [
     "source_of",
     "split_by_prompt",
     "tokenize_preferences",
+    "unpaired_from_pairs",
     "with_ref_logps",
     "write_preferences",
 ]

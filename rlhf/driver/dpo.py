@@ -12,8 +12,10 @@ from typing import Literal
 import ray
 from tqdm import tqdm
 
+from rlhf.algorithms import get_preference_loss
 from rlhf.config import ConfigError
 from rlhf.data.config import DataConfig
+from rlhf.data.formats import SHAPE_KINDS
 from rlhf.data.table import source_of
 from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
 from rlhf.driver.checks import check_finite_loss, check_local_device
@@ -24,6 +26,8 @@ from rlhf.driver.preference_training import (
     ReferenceConfig,
     ScheduleConfig,
     TrainState,
+    check_loss_data,
+    check_tables,
     epoch_batches,
     evaluate,
     hold_table,
@@ -63,6 +67,11 @@ class DPOConfig:
     def validate(self) -> None:
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if self.data.format != "auto":  # else each file's rows are checked once read
+            where = f"data.format {self.data.format!r}"
+            check_loss_data(
+                get_preference_loss(self.loss.name), SHAPE_KINDS[self.data.format], where
+            )
         check_job(self)
 
 
@@ -78,6 +87,7 @@ def plan_schedule(cfg: DPOConfig, model_path: str) -> list[str]:
     from rlhf.data.loader import split_by_prompt
 
     (train, held_out), _ = read_preference_tables(cfg, model_path)
+    check_tables(cfg, train.table, held_out and held_out.table)
     table, eval_rows = train.table, 0 if held_out is None else held_out.table.num_rows
     if held_out is None and cfg.data.eval_fraction > 0:
         table, held = split_by_prompt(table, cfg.data.eval_fraction)
@@ -97,6 +107,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
     model_path = resolve_model_path(cfg.model)
     run_dir = open_run(cfg, resume)
     prepared, tokenizer = read_preference_tables(cfg, model_path)  # data errors before Ray
+    check_tables(cfg, prepared[0].table, prepared[1] and prepared[1].table)
     with ray_session(cfg.ray, *offline_stages(cfg)) as scope:
         train, held_out = add_reference_tables(cfg, model_path, prepared, scope)
         pad = tokenizer.pad_token_id

@@ -43,6 +43,7 @@ from rlhf.driver.preference_training import (
     LossConfig,
     ReferenceConfig,
     TrainState,
+    check_loss_strategy,
     hold_table,
     step_metrics,
     submit_step,
@@ -120,6 +121,7 @@ class OnlineDPOConfig:
                 f"{self.rounds.strategy!r} builds preferences from at least {need} responses per "
                 f"prompt, so no round would train; set samplers.sampling.n to {need} or more"
             )
+        check_loss_strategy(self.loss.name, self.rounds.strategy, self.samplers.sampling.n)
         check_job(self)
 
 

@@ -13,10 +13,10 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 import ray
 
-from rlhf.algorithms import UnknownNameError, get_preference_loss
+from rlhf.algorithms import UnknownNameError, get_preference_loss, preference_losses
 from rlhf.config import ConfigError
 from rlhf.data.loader import batches
-from rlhf.data.table import num_responses, with_ref_logps
+from rlhf.data.table import is_unpaired, num_responses, with_ref_logps
 from rlhf.driver.metrics import merge_rank_metrics
 from rlhf.driver.reference import response_logps
 from rlhf.schema import EngineConfig
@@ -69,12 +69,85 @@ def check_loss_options(loss, beta: float, options: dict[str, Any]) -> None:
                 f"options: loss {loss.name!r} takes no option {unknown[0]!r}; its options: "
                 + (", ".join(known) or "none")
             )
-    zeros = torch.zeros(1, 2)
-    dummy = RankedLogps(policy=zeros, reference=zeros, lengths=torch.ones(1, 2))
+    zeros = torch.zeros(2, 2)
+    labels = torch.tensor([True, False]) if loss.metadata["unpaired"] else None
+    dummy = RankedLogps(policy=zeros, reference=zeros, lengths=torch.ones(2, 2), labels=labels)
     try:
         loss(dummy, beta, **options)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"options {options} do not fit loss {loss.name!r}: {error}") from None
+
+
+DATA_KINDS = {
+    "pairs": "pairs {prompt, chosen, rejected}",
+    "ranking": "rankings of K > 2 responses",
+    "unpaired": "unpaired feedback {prompt, completion, label}",
+}
+
+
+def check_loss_data(loss, kind: str, where: str) -> None:
+    """Raises ConfigError unless the registered ``loss`` reads data of ``kind`` ("pairs",
+    "ranking" or "unpaired"; ``where`` names what holds it: a data file, a format or a
+    strategy), as its registry metadata says: ``unpaired`` losses (KTO) read unpaired feedback
+    only, every other loss preferences only, and ``ranking: false`` losses pairs only.
+    """
+    if kind not in DATA_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(DATA_KINDS)}, got {kind!r}")
+    unpaired = loss.metadata["unpaired"]
+    if unpaired and kind != "unpaired":
+        raise ConfigError(
+            f"loss.name: {loss.name!r} trains on {DATA_KINDS['unpaired']}, but {where} holds "
+            f"{DATA_KINDS[kind]}; offline DPO reads such feedback from data.path "
+            "(rlhf.data.unpaired_from_pairs converts pairs: chosen -> label true, rejected -> "
+            "false), otherwise choose a loss on preferences"
+        )
+    if not unpaired and kind == "unpaired":
+        raise ConfigError(
+            f"loss.name: {loss.name!r} trains on preferences, but {where} holds "
+            f"{DATA_KINDS['unpaired']}; choose a loss on unpaired feedback (kto) or give pairs"
+        )
+    if kind == "ranking" and not loss.metadata["ranking"]:
+        ranking = ", ".join(
+            name
+            for name in preference_losses.names()
+            if preference_losses.get(name).metadata["ranking"]
+        )
+        raise ConfigError(
+            f"loss.name: {loss.name!r} takes pairs only, but {where} holds "
+            f"{DATA_KINDS['ranking']}; choose a loss with a ranking form ({ranking}) or pairs"
+        )
+
+
+def check_loss_strategy(loss_name: str | dict[str, float], strategy: str, responses: int) -> None:
+    """Raises ConfigError unless the loss reads what the pair strategy ``strategy`` builds from
+    ``responses`` sampled responses per prompt (online DPO): rankings of K > 2 from a strategy
+    registered ``ranking=True``, else pairs."""
+    from rlhf.data.strategies import get_pair_strategy
+
+    ranking = get_pair_strategy(strategy).metadata.get("ranking", False) and responses > 2
+    where = f"rounds.strategy {strategy!r} (with {responses} responses per prompt)"
+    check_loss_data(get_preference_loss(loss_name), "ranking" if ranking else "pairs", where)
+
+
+def table_kind(table: pa.Table) -> str:
+    """What a tokenized preference table holds: "unpaired", "ranking" (K > 2) or "pairs"."""
+    if is_unpaired(table):
+        return "unpaired"
+    return "ranking" if num_responses(table) > 2 else "pairs"
+
+
+def check_tables(cfg: Any, train: pa.Table, held_out: pa.Table | None) -> None:
+    """Raises ConfigError unless ``cfg.loss`` reads the training table's rows, and the
+    held-out table's: the same kind, or for a loss on unpaired feedback held-out pairs too
+    (they measure whether it orders chosen over rejected)."""
+    loss = get_preference_loss(cfg.loss.name)
+    check_loss_data(loss, table_kind(train), f"data.path {cfg.data.path}")
+    if held_out is None:
+        return
+    kind = table_kind(held_out)
+    if loss.metadata["unpaired"] and kind == "pairs":
+        return
+    check_loss_data(loss, kind, f"data.eval_path {cfg.data.eval_path}")
 
 
 @dataclass
@@ -163,7 +236,26 @@ def submit_step(group, name: str, indices: list[int]) -> list:
 
 def step_metrics(refs: list) -> dict[str, float]:
     """The global metrics of a submitted step (waits for every rank)."""
-    return merge_rank_metrics(ray.get(refs))
+    return share_means(merge_rank_metrics(ray.get(refs)))
+
+
+def share_means(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics with each ``group/name_sum`` (a sum over some rows, per row) divided by
+    ``share/name`` (the fraction of rows it sums over) into ``group/name``: the mean over those
+    rows, e.g. ``rewards/desirable`` of unpaired feedback (``unpaired_metrics``). A mean with no
+    rows in the step is left out."""
+    result = {}
+    for key, value in metrics.items():
+        group, _, name = key.rpartition("/")
+        if not (group and name.endswith("_sum")):
+            result[key] = value
+            continue
+        share = metrics.get(f"share/{name[: -len('_sum')]}")
+        if share is None:
+            result[key] = value
+        elif share > 0:
+            result[f"{group}/{name[: -len('_sum')]}"] = value / share
+    return result
 
 
 def evaluate(group, name: str, table: pa.Table, batch_size: int) -> dict[str, float]:
@@ -177,11 +269,11 @@ def evaluate(group, name: str, table: pa.Table, batch_size: int) -> dict[str, fl
     sums: dict[str, float] = {}
     count = 0
     for prompts, refs in pending:
-        for key, value in step_metrics(refs).items():
+        for key, value in merge_rank_metrics(ray.get(refs)).items():
             if key not in COUNTS:
                 sums[key] = sums.get(key, 0.0) + value * prompts
         count += prompts
-    return {key: value / count for key, value in sums.items()} | {"prompts": count}
+    return share_means({key: value / count for key, value in sums.items()}) | {"prompts": count}
 
 
 def epoch_batches(

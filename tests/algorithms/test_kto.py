@@ -199,3 +199,29 @@ def test_a_weighted_sum_does_not_mix_unpaired_and_paired_losses():
     with pytest.raises(ValueError, match=r"cannot mix.*kto \(unpaired\), sft \(ranked\)"):
         get_preference_loss({"kto": 1.0, "sft": 0.1})
     assert get_preference_loss({"kto": 1.0}).unpaired is True
+
+
+def test_unpaired_metrics_by_hand():
+    from rlhf.algorithms import RankedLogps, unpaired_metrics
+
+    # Columns: the labelled completion, the mismatched pair. Completion log-ratios 2, -1, 0.5;
+    # mismatched log-ratios 1.0, 0.2, 0.6, so z0 = 0.6; beta 0.5.
+    policy = torch.stack((POLICY, t(-9.0, -5.0, -4.0)), dim=1)
+    reference = torch.stack((REFERENCE, t(-10.0, -5.2, -4.6)), dim=1)
+    logps = RankedLogps(policy, reference, torch.ones(3, 2), labels=DESIRABLE)
+    metrics = unpaired_metrics(logps, 0.5)
+    assert metrics == pytest.approx(
+        {
+            "kl": 0.6,
+            "rewards/desirable_sum": (0.5 * 2 + 0.5 * 0.5) / 3,
+            "rewards/undesirable_sum": 0.5 * -1 / 3,
+            "logps/desirable_sum": (-10.0 + -7.5) / 3,
+            "logps/undesirable_sum": -12.0 / 3,
+            "share/desirable": 2 / 3,
+            "share/undesirable": 1 / 3,
+            # r = 2 > z0 (desirable), -1 < z0 (undesirable), 0.5 < z0 (desirable: wrong side)
+            "rewards/accuracies": 2 / 3,
+        }
+    )
+    with pytest.raises(ValueError, match="unpaired feedback"):
+        unpaired_metrics(RankedLogps(policy, reference, torch.ones(3, 2)), 0.5)
