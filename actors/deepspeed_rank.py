@@ -4,16 +4,24 @@ Every training rank (``actors.rank.TrainerRank``: the policy for DPO or PPO, the
 owns one ``DeepSpeedModel``: it joins the ranks' process group, wraps a Hugging Face model in a
 DeepSpeed engine from the trainer settings, and gathers the full weights (ZeRO-3 included). It
 needs no Ray: a test or a script builds one directly.
+
+What listens: the ranks' process group (``join_ranks``) binds rank 0's store and every rank's
+gloo pairs to the node's own address (127.0.0.1 in a local run), never every interface, and
+keeps its keys under the group's secret (``actors.group.Rendezvous``).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
+import socket
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import psutil
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from rlhf.models.deepspeed_config import (
@@ -25,6 +33,9 @@ from rlhf.models.deepspeed_config import (
     scheduler_start,
 )
 from rlhf.models.torch_extensions import extensions_dir
+
+if TYPE_CHECKING:  # annotations only: a rank is built without Ray
+    from actors.group import Rendezvous
 
 Device = Literal["cpu", "cuda"]
 
@@ -45,11 +56,87 @@ def trainer_env(device: Device) -> dict[str, str]:
     return {**ops, "DS_ACCELERATOR": "cpu", "GOMP_SPINCOUNT": CPU_SPIN_COUNT}
 
 
+# How long a rank waits for the others to join (and a collective for the others), as DeepSpeed's
+# own default.
+JOIN_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def join_ranks(
+    rank: int,
+    world_size: int,
+    rendezvous: Rendezvous,
+    backend: str,
+    timeout: datetime.timedelta = JOIN_TIMEOUT,
+) -> None:
+    """Forms the default ``torch.distributed`` group of ``world_size`` ranks at ``rendezvous``.
+
+    Rank 0 hosts the store on ``rendezvous.host:port`` (that address alone: torch's store
+    would listen on every interface, so it gets a socket bound here); the others connect to it
+    and wait for it up to ``timeout``. Every key lies under the rendezvous' secret. Gloo's
+    pairs listen on the interface that holds ``rendezvous.host`` (``GLOO_SOCKET_IFNAME``,
+    ``NCCL_SOCKET_IFNAME`` for NCCL's bootstrap), unless the user set those variables.
+    """
+    interface = interface_of(rendezvous.host)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+    host, port = rendezvous.host, rendezvous.port
+    if rank == 0:
+        listener = _listen(host, port)
+        try:
+            store = dist.TCPStore(
+                host,
+                port,
+                is_master=True,
+                timeout=timeout,
+                wait_for_workers=False,
+                master_listen_fd=listener.fileno(),
+            )
+        except BaseException:
+            listener.close()
+            raise
+        listener.detach()  # the store owns the socket now
+    else:
+        store = dist.TCPStore(host, port, is_master=False, timeout=timeout)
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"{rendezvous.secret}/", store),
+        rank=rank,
+        world_size=world_size,
+        timeout=timeout,
+    )
+
+
+def interface_of(address: str) -> str:
+    """The name of this machine's network interface that holds ``address`` (e.g. "lo")."""
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == address for a in addresses):
+            return name
+    raise RuntimeError(
+        f"no network interface of this machine has the address {address} that the ranks' "
+        "rendezvous names (Ray's node address); start Ray with an address of this node"
+    )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` alone, listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class DeepSpeedModel:
     """A model wrapped by DeepSpeed on one rank of a group of ``world_size`` ranks.
 
     Args:
-        rank, world_size, master_addr, master_port: this rank and the group's rendezvous.
+        rank, world_size, rendezvous: this rank, the group's size and where it meets
+            (``actors.group.Rendezvous``; see ``join_ranks``).
         model_path: the Hugging Face directory the model comes from (its tokenizer is copied
             into saved models).
         config: the trainer settings (ZeRO stage, optimizer, schedule, batch sizes).
@@ -65,8 +152,7 @@ class DeepSpeedModel:
         self,
         rank: int,
         world_size: int,
-        master_addr: str,
-        master_port: int,
+        rendezvous: Rendezvous,
         model_path: str,
         config: TrainerConfig,
         load_model: Callable[..., torch.nn.Module],
@@ -85,27 +171,17 @@ class DeepSpeedModel:
         self.config = config
         self.load = load
         # Each actor sees only its own device (Ray sets CUDA_VISIBLE_DEVICES), so LOCAL_RANK 0.
-        os.environ.update(
-            RANK=str(rank),
-            WORLD_SIZE=str(world_size),
-            LOCAL_RANK="0",
-            MASTER_ADDR=master_addr,
-            MASTER_PORT=str(master_port),
-        )
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0")
         for key, value in trainer_env(device).items():
             os.environ.setdefault(key, value)
         import deepspeed
 
         self._deepspeed = deepspeed
         torch.manual_seed(load.seed)
-        deepspeed.init_distributed(
-            dist_backend="gloo" if device == "cpu" else "nccl",
-            auto_mpi_discovery=False,
-            distributed_port=master_port,
-            rank=rank,
-            world_size=world_size,
-            verbose=False,
-        )
+        backend = "gloo" if device == "cpu" else "nccl"
+        join_ranks(rank, world_size, rendezvous, backend)
+        # DeepSpeed adopts the group formed above (it opens no rendezvous of its own).
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
         if device == "cuda":
             torch.cuda.set_device(0)
         ds_config = deepspeed_config(config, load)

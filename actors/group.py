@@ -1,15 +1,18 @@
 """Starting actors: the one place that knows how a role becomes a Ray actor.
 
 ``spawn`` starts one actor; ``ActorGroup`` starts N ranks of one class in a placement group,
-with rank 0's address as the rendezvous point of their process group (trainers, critics).
+with a ``Rendezvous`` on rank 0's node as the meeting point of their process group (trainers,
+critics).
 ``SharedPlacement`` is one placement group several roles share (``ray.colocate``): rank i of
 each role goes to its bundle i.
 """
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import ray
@@ -104,12 +107,30 @@ def placement_here() -> tuple[str | None, int | None]:
     return group_id, None
 
 
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the ranks of one group meet: a port free on rank 0's node address, and a secret.
+
+    Rank 0 hosts the group's store on ``host:port`` (``actors.deepspeed_rank.join_ranks``),
+    listening on that address alone (127.0.0.1 in a local run, where Ray runs on loopback).
+    The store has no authentication of its own, so every key of the group lies under
+    ``secret`` (a fresh 128-bit one per group, handed to the ranks by Ray in their constructor
+    arguments): a process that reaches the port without it cannot meet the ranks.
+    """
+
+    host: str
+    port: int
+    secret: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+
+
 def _free_address() -> tuple[str, int]:
-    """This node's IP and a TCP port free on it right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
+    """This node's address (the one Ray runs on) and a TCP port free on it right now."""
+    host = ray.util.get_node_ip_address()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
         port = sock.getsockname()[1]
-    return ray.util.get_node_ip_address(), port
+    return host, port
 
 
 class Shardable(Protocol):
@@ -126,9 +147,9 @@ B = TypeVar("B", bound=Shardable)
 class ActorGroup:
     """N ranks of one actor class in a placement group (one bundle per rank).
 
-    Each rank is constructed as ``cls(rank, world_size, master_addr, master_port, *args,
-    **kwargs)``: ``master_addr:master_port`` is a free port on rank 0's node, found before the
-    ranks start, so they can all build their process group in their constructors at once.
+    Each rank is constructed as ``cls(rank, world_size, rendezvous, *args, **kwargs)``: the
+    ``Rendezvous`` is a free port on rank 0's node address, found before the ranks start, and
+    the group's secret, so they can all build their process group in their constructors at once.
 
     Args:
         cls: the plain (not ``ray.remote``) class of one rank.
@@ -175,13 +196,13 @@ class ActorGroup:
             self.placement_group = shared.group
         rank0 = PlacementGroupSchedulingStrategy(self.placement_group, 0)
         find = ray.remote(num_cpus=0)(_free_address).options(scheduling_strategy=rank0)
-        self.master_addr, self.master_port = ray.get(find.remote())
+        self.rendezvous = Rendezvous(*ray.get(find.remote()))
         actor_cls = _remote_class(cls, num_cpus_per_rank, num_gpus_per_rank, env_vars)
         self.actors = [
             actor_cls.options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, rank),
                 resources=resources_per_rank or {},
-            ).remote(rank, num_ranks, self.master_addr, self.master_port, *args, **(kwargs or {}))
+            ).remote(rank, num_ranks, self.rendezvous, *args, **(kwargs or {}))
             for rank in range(num_ranks)
         ]
 

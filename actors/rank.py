@@ -40,7 +40,7 @@ from rlhf.models.hf import hf_token_logprobs
 from rlhf.models.weight_broadcast import Manifest, WeightSender, manifest_of
 
 if TYPE_CHECKING:  # annotations only: a rank is built and stepped without Ray
-    from actors.group import ActorGroup, SharedPlacement
+    from actors.group import ActorGroup, Rendezvous, SharedPlacement
 
 
 class RoleStep(Protocol):
@@ -100,20 +100,19 @@ class RoleSetup:
 class TrainerRank:
     """One data-parallel rank of a training role: a ``DeepSpeedModel`` and the role's step.
 
-    Built by an ``ActorGroup`` as ``TrainerRank(rank, world_size, master_addr, master_port,
-    setup)``; ``around`` composes one from a model built elsewhere. Each role starts it under a
-    name of its own, so Ray lists its actors by role (``actors.trainer.PolicyTrainer``,
+    Built by an ``ActorGroup`` as ``TrainerRank(rank, world_size, rendezvous, setup)``;
+    ``around`` composes one from a model built elsewhere. Each role starts it under a name of
+    its own, so Ray lists its actors by role (``actors.trainer.PolicyTrainer``,
     ``actors.ppo_policy.PPOPolicy``, ``actors.critic.Critic``).
     """
 
     def __init__(
-        self, rank: int, world_size: int, master_addr: str, master_port: int, setup: RoleSetup
+        self, rank: int, world_size: int, rendezvous: Rendezvous, setup: RoleSetup
     ) -> None:
         model = DeepSpeedModel(
             rank,
             world_size,
-            master_addr,
-            master_port,
+            rendezvous,
             setup.model_path,
             setup.config,
             setup.load_model,

@@ -12,8 +12,8 @@ from rlhf.data.batch import PreferenceBatch
 class _Rank:
     """A stand-in role: records how it was started and echoes what it receives."""
 
-    def __init__(self, rank: int, world_size: int, addr: str, port: int, tag: str) -> None:
-        self.started = (rank, world_size, addr, port, tag)
+    def __init__(self, rank: int, world_size: int, rendezvous, tag: str) -> None:
+        self.started = (rank, world_size, rendezvous, tag)
 
     def started_with(self) -> tuple:
         return self.started
@@ -28,8 +28,11 @@ def test_group_starts_ranks_with_rank0_address_and_shards(ray_cluster) -> None:
     try:
         started = ray_cluster.get(group.call("started_with"))
         assert [s[0] for s in started] == [0, 1, 2]
-        assert {s[1:] for s in started} == {(3, group.master_addr, group.master_port, "policy")}
-        assert 1024 <= group.master_port < 65536
+        assert {s[1:] for s in started} == {(3, group.rendezvous, "policy")}
+        assert group.rendezvous.host == ray_cluster.util.get_node_ip_address()
+        assert 1024 <= group.rendezvous.port < 65536
+        assert len(group.rendezvous.secret) == 32  # 128 bits, hex
+        assert group.rendezvous.secret not in repr(group.rendezvous)
 
         # 5 prompts x 2 responses: shards of 2, 2 and 1 prompts, whole groups per rank.
         ids = torch.arange(10).unsqueeze(1).repeat(1, 3)
@@ -50,8 +53,8 @@ def test_group_that_cannot_be_placed_says_why(ray_cluster) -> None:
 
 @pytest.mark.integration
 def test_spawn_still_starts_one_actor(ray_cluster) -> None:
-    actor = spawn(_Rank, 0, 1, "127.0.0.1", 1, "solo", num_cpus=0.5)
-    assert ray_cluster.get(actor.started_with.remote()) == (0, 1, "127.0.0.1", 1, "solo")
+    actor = spawn(_Rank, 0, 1, None, "solo", num_cpus=0.5)
+    assert ray_cluster.get(actor.started_with.remote()) == (0, 1, None, "solo")
     ray_cluster.kill(actor)
 
 
