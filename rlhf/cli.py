@@ -313,6 +313,7 @@ USER_ERRORS = (
     ("rlhf.run_dir", "RunDirectoryError", "run directory error"),
     ("rlhf.driver.setup", "RunDirectoryError", "run directory error"),
     ("rlhf.driver.checks", "TrainingDivergedError", "training stopped"),
+    ("rlhf.driver.online_loop", "NoTrainingDataError", "training stopped"),
 )
 
 

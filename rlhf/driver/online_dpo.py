@@ -144,7 +144,16 @@ def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
         print_table=print_rounds,
         moves_reference=r.reference_update == "previous_round",
         max_staleness=r.max_staleness,
+        empty_hint=NO_PREFERENCES,
     )
+
+
+# What to do when a round builds no preference (``rlhf.driver.online_loop.NoTrainingDataError``).
+NO_PREFERENCES = (
+    "every prompt's responses scored alike (within rounds.tie_tolerance), so no preference was "
+    "built; raise samplers.sampling.temperature or samplers.sampling.n, lower "
+    "rounds.tie_tolerance, or check that the reward tells the responses apart"
+)
 
 
 @register_loop("online_dpo", config=OnlineDPOConfig, **online_plan(online_dpo))

@@ -18,6 +18,14 @@ again (``rlhf.driver.retry``); a killed driver continues with ``--resume`` from 
 checkpoint. Prompts, sampling seeds and batch order are functions of (seed, round), so a resumed
 or retried round draws the same samples as an uninterrupted one.
 
+Rounds without training data: a round whose samples yield nothing to train on (online DPO:
+every prompt's responses tied, so no preference) trains no step; it is a logged warning and
+``empty_round: 1`` in its metrics, as a later round may sample differently. The run stops with a
+:class:`NoTrainingDataError` instead when :data:`MAX_EMPTY_ROUNDS` rounds in a row are empty
+(the policy those rounds sample from has not changed, so the next would most likely be empty
+too), or when its last round is empty and it has trained no step at all (it would save the
+untrained model). The count of rounds in a row starts again with a resumed run.
+
 Hooks: ``run_online(..., hooks=[fn])`` calls ``fn(PhaseEvent)`` when each phase of the job
 starts and when it has ended (see :data:`JOB_PHASES` and :data:`ROUND_PHASES`), with the
 job's actors once they exist. Benchmarks time phases with them; fault tests kill actors.
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -64,6 +73,8 @@ from rlhf.models.vllm_engine import Completion
 from rlhf.plots import plot_rounds
 from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
 
+log = logging.getLogger(__name__)
+
 # The job's phases, in order ("round" and "checkpoint" once per round, with its index).
 JOB_PHASES = (
     "ray start",
@@ -76,6 +87,12 @@ JOB_PHASES = (
 )
 # A round's phases, timed into its metrics as ``time/<phase>`` (an algorithm may add its own).
 ROUND_PHASES = ("generate", "score", "reference", "train", "sync")
+# Empty rounds (no training data) in a row that stop the run (see the module's docstring).
+MAX_EMPTY_ROUNDS = 3
+
+
+class NoTrainingDataError(RuntimeError):
+    """Rounds yield no training data, and later ones are unlikely to: the run stops."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +181,10 @@ class OnlineAlgorithm:
     max_staleness: int = 0
     # After the sync: adds metrics that need the whole round (round, batch, metrics).
     finish_round: Callable[[Round, Any, dict[str, float]], None] | None = None
+    # The training units of a round's batch (0: nothing to train on; see NoTrainingDataError),
+    # and what to do when a round has none.
+    units: Callable[[Any], int] = len
+    empty_hint: str = "check the reward and the sampling settings"
 
 
 @dataclass
@@ -183,6 +204,7 @@ class Job:
     hooks: Hooks
     # Sampling started ahead (rounds.max_staleness > 0), by round; checkpointed with the rounds.
     in_flight: dict[int, PendingSamples] = field(default_factory=dict)
+    empty_rounds: int = 0  # rounds in a row, up to the last one, without training data
 
     def prompts(self, round_index: int) -> list[Prompt]:
         """The training prompts of round ``round_index``."""
@@ -373,8 +395,10 @@ def run_round(job: Job) -> dict[str, float]:
     with engines_asleep(workers.sleepers):  # the GPU is the trainers' until the sync
         train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
         batch, metrics = algorithm.build_batch(rnd, train_groups, eval_groups, ref)
-        with rnd.phase("train"):
-            metrics.update(algorithm.train(rnd, batch))
+        metrics["empty_round"] = int(is_empty_round(job, rnd, batch))
+        if not metrics["empty_round"]:
+            with rnd.phase("train"):
+                metrics.update(algorithm.train(rnd, batch))
     with rnd.phase("sync"):
         moved = workers.reference if algorithm.moves_reference else None
         metrics["sync_bytes"] = retry(
@@ -389,6 +413,32 @@ def run_round(job: Job) -> dict[str, float]:
     if algorithm.finish_round is not None:
         algorithm.finish_round(rnd, batch, metrics)
     return metrics
+
+
+def is_empty_round(job: Job, rnd: Round, batch: Any) -> bool:
+    """Whether the round's batch holds no training data (``algorithm.units``): then a logged
+    warning, or a :class:`NoTrainingDataError` when the run should stop (see the module's
+    docstring); counts the empty rounds in a row in ``job.empty_rounds``."""
+    if job.algorithm.units(batch) > 0:
+        job.empty_rounds = 0
+        return False
+    job.empty_rounds += 1
+    last = rnd.index == job.algorithm.sizes.rounds - 1
+    hint = job.algorithm.empty_hint
+    if job.empty_rounds >= MAX_EMPTY_ROUNDS:
+        raise NoTrainingDataError(
+            f"rounds {rnd.index - job.empty_rounds + 1} to {rnd.index} yielded no training data "
+            f"({job.empty_rounds} in a row); the run stopped, as the next ones would most likely "
+            f"be empty too: {hint}"
+        )
+    what = f"round {rnd.index} yielded no training data"
+    if last and job.state.step == 0:
+        raise NoTrainingDataError(
+            f"{what}, and no round of the run has trained a step; the run stopped rather than "
+            f"save the untrained model: {hint}"
+        )
+    log.warning("%s, so it trains no step: %s", what, hint)
+    return True
 
 
 def round_seed(cfg: Any, index: int) -> int:

@@ -196,6 +196,8 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
         train=partial(train_epochs, cfg),
         finish_round=partial(end_iteration, cfg),
         print_table=print_iterations,
+        units=lambda batch: batch.num_tokens,  # response tokens: what the losses average over
+        empty_hint="every sampled response is empty (no token to train on); check samplers.sampling",
         max_staleness=cfg.rounds.max_staleness,
     )
 
