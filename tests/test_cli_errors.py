@@ -117,3 +117,23 @@ def test_model_and_device_mistakes_are_one_line_before_ray(tmp_path, model_dir):
             "rlhf train: config error: device: cuda, but this machine has no CUDA GPU"
         )
     assert ray.is_initialized() == ray_was_up  # the mistakes stopped the run before Ray
+
+
+def test_an_empty_config_and_skipped_rows_are_told_before_ray(tmp_path, model_dir, capsys):
+    import ray
+
+    ray_was_up = ray.is_initialized()  # by an earlier test's session fixture, in a full run
+
+    empty = _config(tmp_path, "", "empty.yaml")
+    assert _one_line("train", empty) == (
+        f"rlhf train: config error: {empty}: data: path is required: a .parquet or .jsonl "
+        "preference file"
+    )
+    rows = [{"prompt": "w1 w2", "chosen": "w3", "rejected": "w4"}, {"prompt": "w1", "chosen": "w3"}]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    main(["train", _dpo(tmp_path, model_dir, data), "data.on_bad_row=skip", "--dry-run"])
+    printed = capsys.readouterr().out
+    assert f"{data}: kept 1 of 2 rows\n  skipped 1 row(s): " in printed  # when read, before Ray
+    assert "nothing was started or trained (--dry-run)" in printed
+    assert ray.is_initialized() == ray_was_up
