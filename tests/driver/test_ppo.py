@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration
 PHASES = ("generate", "score", "reference", "experience", "train", "sync")
 
 
-def ppo_config(out_dir, model_path, advantage, **ppo):
+def ppo_config(out_dir, model_path, advantage, max_staleness=0, **ppo):
     from rlhf.driver.ppo import PPOConfig
 
     return from_dict(
@@ -31,6 +31,7 @@ def ppo_config(out_dir, model_path, advantage, **ppo):
             },
             "trainer": {"num_ranks": 1, "micro_batch_sequences": 32, "lr": 1e-3},
             "critic": {"num_ranks": 1, "micro_batch_sequences": 32, "lr": 1e-3},
+            "rounds": {"max_staleness": max_staleness},
         },
     )
 
@@ -65,6 +66,12 @@ def test_ppo_with_a_critic_raises_reward(ray_cluster, tmp_path, embedded_model_p
         assert key in iterations[-1], key
     assert all(iterations[-1][f"time/{phase}"] > 0 for phase in PHASES)
     assert 0 < iterations[-1]["policy/entropy"] < 10
+    # Synchronous iterations: the samplers held the trainer's weights, so the importance
+    # ratio pi_old / mu of every sampled token is 1 up to the engines' numerics.
+    for r in iterations:
+        assert r["rollout/policy_version_lag"] == 0
+        assert r["ppo_is/ratio_mean"] == pytest.approx(1.0, abs=1e-3)
+        assert r["ppo_is/ratio_max"] < 1.05 and r["ppo_is/capped_fraction"] == 0
     # 3 iterations x 4 epochs x (256 samples / 64 per mini-batch) optimizer steps, logged once.
     records = read_metrics(run_dir)
     steps = [r["step"] for r in records if "policy/grad_norm" in r and "round" not in r]
@@ -78,16 +85,25 @@ def test_ppo_with_a_critic_raises_reward(ray_cluster, tmp_path, embedded_model_p
     assert (run_dir / "model" / "config.json").exists()
 
 
-@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+@pytest.mark.parametrize("advantage, max_staleness", [("grpo", 0), ("rloo", 1)])
 def test_critic_free_estimators_raise_reward_without_a_critic(
-    ray_cluster, tmp_path, embedded_model_path, advantage
+    ray_cluster, tmp_path, embedded_model_path, advantage, max_staleness
 ):
+    """RLOO runs with rounds.max_staleness 1: each iteration after the first trains on samples
+    of the weights before the last update, importance-weighted (ppo.is_cap)."""
     from rlhf.driver import ppo
 
-    run_dir = ppo.run(ppo_config(tmp_path / "run", embedded_model_path, advantage))
+    cfg = ppo_config(tmp_path / "run", embedded_model_path, advantage, max_staleness)
+    run_dir = ppo.run(cfg)
     iterations = _iterations(run_dir)
     rewards = [r["eval/reward/mean"] for r in iterations]
     assert rewards[-1] > rewards[0] + 0.05, rewards
+    lags = [r["rollout/policy_version_lag"] for r in iterations]
+    assert lags == [0] + [max_staleness] * 2
+    if max_staleness:  # off-policy: the weights moved since the samples, the ratio shows it
+        assert all(0 < r["ppo_is/ratio_mean"] < 2 for r in iterations)
+        assert iterations[-1]["ppo_is/ratio_max"] > 1.0 + 1e-3
+        assert 0 <= iterations[-1]["ppo_is/capped_fraction"] < 0.5
     assert not any(key.startswith("critic/") for key in iterations[-1])
     latest = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
     assert "critic" not in {p.name for p in latest.iterdir()}
