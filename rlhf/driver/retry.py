@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import ray
@@ -39,9 +39,20 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# An actor's process died or is restarting (RayActorError: ActorDiedError, ActorUnavailableError),
-# or it came back from a restart with the initial weights (StaleWeightsError).
-ACTOR_FAILURES = (ray.exceptions.RayActorError, StaleWeightsError)
+
+class ActorLostError(RuntimeError):
+    """An actor died (or became unreachable) while the driver waited for its call; the message
+    names it. Raised from Ray's ``RayActorError``, whose message holds the actor's id."""
+
+
+class CallTimeoutError(TimeoutError):
+    """Calls of a round did not answer within their bound; the message names the actors."""
+
+
+# An actor's process died or is restarting (RayActorError: ActorDiedError, ActorUnavailableError;
+# ActorLostError: the same, named by bounded_get), or it came back from a restart with the initial
+# weights (StaleWeightsError).
+ACTOR_FAILURES = (ray.exceptions.RayActorError, ActorLostError, StaleWeightsError)
 
 
 class PhaseFailedError(RuntimeError):
@@ -99,6 +110,50 @@ class PhaseRetry:
                     failures,
                     self.retries,
                 )
+
+
+def bounded_get(
+    refs: Sequence[ray.ObjectRef], names: Sequence[str], timeout_s: float | None, what: str
+) -> list:
+    """``ray.get(refs)`` with a bound: the results, in order.
+
+    ``names[i]`` names the actor behind ``refs[i]`` ("trainer rank 1"). Unlike a plain
+    ``ray.get`` of a list, which waits for the refs in order, this stops at the first call that
+    fails: a dead actor is an :class:`ActorLostError` naming it (at once, while the others may
+    still wait for it in a collective); an error the call itself raised comes out unchanged.
+    Calls still running after ``timeout_s`` are a :class:`CallTimeoutError` naming them (None:
+    no bound, for jobs that have none to give).
+    ``what`` (e.g. "train step") and the config key (``ray.call_timeout_s``) head the message.
+    """
+    refs = list(refs)
+    if len(names) != len(refs):
+        raise ValueError(f"{what}: {len(refs)} calls but {len(names)} names")
+    name_of = {ref: name for ref, name in zip(refs, names, strict=True)}
+    pending, start = list(refs), time.monotonic()
+    while pending:
+        left = None if timeout_s is None else max(timeout_s - (time.monotonic() - start), 0.0)
+        ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+        if not ready:
+            busy = ", ".join(name_of[ref] for ref in pending)
+            raise CallTimeoutError(
+                f"{what}: {busy} did not answer within {timeout_s:g} s (ray.call_timeout_s); "
+                f"look in its log for what it waits on (a peer that died, a hung collective), "
+                f"or raise ray.call_timeout_s if it is only slow"
+            )
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayActorError as error:
+            actor_id = getattr(error, "actor_id", None) or "?"
+            raise ActorLostError(
+                f"{what}: {name_of[ready[0]]} (actor {actor_id}) died or is unreachable: "
+                f"{describe(error)}. Look for the cause in that actor's log"
+            ) from error
+    return ray.get(refs)
+
+
+def ranks(role: str, count: int) -> list[str]:
+    """``["<role> rank 0", ...]``: the names of a group's ranks in :func:`bounded_get`."""
+    return [f"{role} rank {i}" for i in range(count)]
 
 
 def named_actors(role: str, handles: list) -> dict[str, Any]:

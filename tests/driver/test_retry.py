@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -26,6 +27,11 @@ class Engine:
 
     def fail(self) -> None:
         raise ValueError("a bug in the actor's own code")
+
+    def hang(self, seconds: float) -> int:
+        """A call stuck in a collective whose peer is gone, as far as the driver can tell."""
+        time.sleep(seconds)
+        return self.version
 
 
 def _start(max_restarts):
@@ -101,3 +107,27 @@ def test_errors_raised_by_the_actors_code_are_not_retried(ray_cluster):
         retry("score", lambda: ray_cluster.get(actor.fail.remote()), {"reward": actor})
     assert retry.count == 0
     ray_cluster.kill(actor)
+
+
+def test_bounded_get_names_a_dead_or_stuck_actor_within_its_bound(ray_cluster):
+    """Results in order; an actor's own error as ray.get raises it; a call still running at the
+    timeout named; a rank that dies mid-call named at once, though its peer still hangs."""
+    from rlhf.driver.retry import ActorLostError, CallTimeoutError, bounded_get
+
+    a, b = _start(max_restarts=0), _start(max_restarts=0)
+    ray_cluster.get([a.load.remote(1), b.load.remote(2)])
+    pid = ray_cluster.get(b.__ray_call__.remote(lambda self: os.getpid()))
+    assert bounded_get([a.hang.remote(0), b.hang.remote(0)], ["a", "b"], 30, "step") == [1, 2]
+    with pytest.raises(ValueError, match="a bug in the actor's own code"):
+        bounded_get([a.fail.remote()], ["a"], 30, "score")
+    start = time.monotonic()
+    with pytest.raises(CallTimeoutError, match=r"^sync: b did not answer within 2 s \(ray.call"):
+        bounded_get([a.hang.remote(0), b.hang.remote(60)], ["a", "b"], 2, "sync")
+    assert time.monotonic() - start < 10
+    refs = [a.hang.remote(60), b.hang.remote(60)]
+    os.kill(pid, signal.SIGKILL)  # mid-call (b is still in the call above)
+    start = time.monotonic()
+    with pytest.raises(ActorLostError, match=r"^train step: rank 1 \(actor [0-9a-f]+\) died"):
+        bounded_get(refs, ["rank 0", "rank 1"], 30, "train step")
+    assert time.monotonic() - start < 20
+    ray_cluster.kill(a)
