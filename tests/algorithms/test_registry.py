@@ -312,3 +312,24 @@ def test_rlhf_plugins_lists_every_builtin_loss_with_its_origin(capsys):
     for module, names in expected.items():
         for name in names:
             assert listed.get(name, "").startswith(f"rlhf.algorithms.{module}:"), (name, listed)
+
+
+def test_rlhf_plugins_lists_every_preference_loss_with_its_origin(capsys):
+    import argparse
+
+    from rlhf.cli import cmd_plugins
+
+    cmd_plugins(argparse.Namespace())
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index(next(x for x in lines if x.startswith("preference_loss ")))
+    end = next(i for i, x in enumerate(lines) if i > start and not x.startswith("  "))
+    listed = {line.split()[0]: line.split()[1] for line in lines[start + 1 : end]}
+    expected = {
+        "sigmoid", "ipo", "hinge", "plackett_luce", "robust", "exo_pair", "nca_pair", "bco_pair",
+        "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "rpo", "simpo",
+        "cpo", "orpo", "sft", "kto",
+    }  # fmt: skip
+    assert expected <= set(listed)
+    assert listed["kto"] == "rlhf.algorithms.kto:kto"
+    assert listed["simpo"] == "rlhf.algorithms.reference_free:simpo_loss"
+    assert all(listed[name] == get_preference_loss(name).origin for name in listed)
