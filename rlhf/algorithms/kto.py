@@ -3,7 +3,9 @@
 Its input is B single responses, each desirable or undesirable, plus a reference point
 estimated from mismatched (prompt, response) pairs of the same batch. ``kto_loss`` takes them as
 [B] tensors; the registered ``kto`` reads them from a ``RankedLogps`` of unpaired feedback
-(column 0 the response, column 1 its mismatched pair, ``labels``).
+(column 0 the response, column 1 its mismatched pair, ``labels``); ``unpaired_metrics`` are
+its metrics. Offline DPO reads such feedback as ``{prompt, completion, label}`` rows, each with
+its mismatched pair (``rlhf.data.records.add_mismatched``).
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ class RankedLogps:
 
     Column 0 is the most preferred response, column K-1 the least. A preference pair is K == 2.
     Unpaired feedback (KTO, losses registered ``unpaired=True``) has K == 2 too: column 0 is the
-    labelled response, column 1 the same prompt with another row's response (a mismatched pair,
-    ``kto.mismatched_indices``), and ``labels`` says which responses are desirable.
+    labelled response, column 1 the same prompt with another row's response (a mismatched pair:
+    offline DPO's data layer picks it, ``rlhf.data.records.add_mismatched``; within a batch,
+    ``kto.mismatched_indices`` does), and ``labels`` says which responses are desirable.
     """
 
     policy: Tensor  # [B, K] summed response log-probs under the policy (differentiable)
