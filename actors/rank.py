@@ -236,14 +236,17 @@ class TrainerRank:
         """
         return self.model.full_state_dict()
 
-    def open_weight_broadcast(self, backend: str) -> tuple[tuple[str, int], Manifest] | None:
+    def open_weight_broadcast(
+        self, backend: str, timeout_s: float = 600.0
+    ) -> tuple[tuple[str, int], Manifest] | None:
         """Rank 0 starts the weight group's rendezvous; returns its address and the manifest of
-        the weights (None on other ranks). Every rank must be called (ZeRO-3 gathers)."""
+        the weights (None on other ranks). The group's collectives wait ``timeout_s`` at most.
+        Every rank must be called (ZeRO-3 gathers)."""
         state = self.model.full_state_dict()
         if self.model.rank != 0:
             return None
-        self._sender = WeightSender(backend)
-        self._manifest = manifest_of(state.items())
+        self._sender = WeightSender(backend, timeout_s)
+        self._manifest = manifest_of(state.items(), timeout_s)
         return (self._sender.host, self._sender.port), self._manifest
 
     def join_weight_group(self, group_id: str, world: int) -> None:

@@ -100,6 +100,11 @@ class Sampler:
         self.adapter_id, self.weights_version = new_id, version
         return count
 
+    def held_version(self) -> int | None:
+        """The version of the weights this engine holds (0: the initial model; None: loaded
+        unlabelled); the sync probe names it."""
+        return self.weights_version
+
     def load_weights(
         self, named_tensors: dict[str, torch.Tensor], version: int | None = None
     ) -> int:

@@ -142,10 +142,16 @@ class RayConfig:
     # How long the driver waits for the job's actors to finish starting (loading models,
     # building DeepSpeed's ops) before it stops with an error naming the ones still starting.
     start_timeout_s: float = 900.0
+    # The longest the driver waits for one call of a round (a training step, a weight sync or
+    # the broadcast group forming, the sync probe) and the timeout of the weight group's
+    # collectives: past it the round stops with an error naming the actors still busy. A rank
+    # that dies is named at once (rlhf.driver.retry.bounded_get). Raise it for large models.
+    call_timeout_s: float = 600.0
 
     def validate(self) -> None:
-        if not self.start_timeout_s > 0:
-            raise ConfigError(f"start_timeout_s must be > 0, got {self.start_timeout_s}")
+        for key in ("start_timeout_s", "call_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("max_restarts", "phase_retries"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")

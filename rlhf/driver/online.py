@@ -15,8 +15,10 @@ import ray
 
 from rlhf.config import ConfigError
 from rlhf.driver.common import start_reward, start_samplers
+from rlhf.driver.retry import bounded_get, named_actors, ranks
 from rlhf.driver.rollout import ScoredGroup, actor_scorer
 from rlhf.driver.setup import start_reference
+from rlhf.driver.sync_probe import SyncProbeConfig
 from rlhf.driver.weight_sync import open_broadcast
 from rlhf.schema import EngineConfig, SamplingConfig
 
@@ -32,6 +34,9 @@ class SamplersConfig:
     # CPUs, NCCL on GPUs, untested here; see rlhf.driver.weight_sync; 1.7x faster than the object
     # store here) or object_store (the trainer's state dict through Ray's object store).
     sync: Literal["broadcast", "object_store"] = "broadcast"
+    # After every sync, a sampler and trainer rank 0 score fixed sequences; a difference above
+    # the tolerance stops the round (rlhf.driver.sync_probe). Also the round's mismatch KL.
+    sync_probe: SyncProbeConfig = field(default_factory=SyncProbeConfig)
 
     def validate(self) -> None:
         if self.num_engines < 1:
@@ -65,24 +70,34 @@ def start_rollout_actors(cfg, model_path: str, scope, placements: dict) -> tuple
     return samplers, reference, reward
 
 
-def sync_weights(group, samplers: list, reference=None, version: int | None = None) -> int:
+def sync_weights(
+    group,
+    samplers: list,
+    reference=None,
+    version: int | None = None,
+    timeout_s: float = 600.0,
+) -> int:
     """Pushes the trainer's weights into every sampler (and the reference, if it moves);
     returns the bytes of one copy of the weights.
 
     With a broadcast group open for ``group`` (``samplers.sync=broadcast``) and these
     receivers, trainer rank 0 broadcasts them; otherwise they go into the object store once and
     every engine reads the same copy. ``version`` labels them in the samplers (see
-    ``Sampler.generate``'s ``weights_version``).
+    ``Sampler.generate``'s ``weights_version``). Every wait is bounded by ``timeout_s``
+    (``ray.call_timeout_s``; the broadcast has its own, set when it opened).
     """
     broadcast = open_broadcast(group)
     if broadcast is not None and broadcast.serves(samplers, reference):
         return broadcast.sync(version)
-    weights = ray.get(group.call("state_dict_for_sync"))[0]
+    refs = group.call("state_dict_for_sync")
+    weights = bounded_get(refs, ranks("trainer", len(refs)), timeout_s, "weight sync")[0]
     handle = ray.put(weights)
     refs = [sampler.load_weights.remote(handle, version) for sampler in samplers]
+    names = list(named_actors("sampler", samplers))
     if reference is not None:
         refs.append(reference.load_weights.remote(handle))
-    ray.get(refs)
+        names.append("reference")
+    bounded_get(refs, names, timeout_s, "weight sync")
     return sum(t.numel() * t.element_size() for t in weights.values())
 
 

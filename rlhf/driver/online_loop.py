@@ -68,6 +68,7 @@ from rlhf.driver.setup import (
     sleeping_engines,
     wait_for_roles,
 )
+from rlhf.driver.sync_probe import SyncProbe, round_mismatch_kl
 from rlhf.driver.weight_sync import BroadcastSync
 from rlhf.models.vllm_engine import Completion
 from rlhf.plots import plot_rounds
@@ -85,8 +86,9 @@ JOB_PHASES = (
     "save model",
     "teardown",
 )
-# A round's phases, timed into its metrics as ``time/<phase>`` (an algorithm may add its own).
-ROUND_PHASES = ("generate", "score", "reference", "train", "sync")
+# A round's phases, timed into its metrics as ``time/<phase>`` (an algorithm may add its own;
+# mismatch_kl and sync_probe run when samplers.sync_probe asks for them).
+ROUND_PHASES = ("generate", "score", "reference", "mismatch_kl", "train", "sync", "sync_probe")
 # Empty rounds (no training data) in a row that stop the run (see the module's docstring).
 MAX_EMPTY_ROUNDS = 3
 
@@ -205,6 +207,7 @@ class Job:
     # Sampling started ahead (rounds.max_staleness > 0), by round; checkpointed with the rounds.
     in_flight: dict[int, PendingSamples] = field(default_factory=dict)
     empty_rounds: int = 0  # rounds in a row, up to the last one, without training data
+    probe: SyncProbe | None = None  # checks every sync (samplers.sync_probe)
 
     def prompts(self, round_index: int) -> list[Prompt]:
         """The training prompts of round ``round_index``."""
@@ -329,14 +332,15 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
                 rollout["reward"] = reward.actor
             wait_for_roles(cfg, rollout | groups)  # bounded: names an actor still starting
         moved = reference if algorithm.moves_reference else None
+        timeout_s = cfg.ray.call_timeout_s
         if cfg.samplers.sync == "broadcast":
-            scope.own(BroadcastSync.open(workers.policy, samplers, moved, cfg.device))
+            scope.own(BroadcastSync.open(workers.policy, samplers, moved, cfg.device, timeout_s))
         checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
         restored = restore_checkpoint(groups, checkpoints, algorithm.state_type) if resume else None
         state = restored or algorithm.state_type()
         in_flight = read_in_flight(checkpoints.latest()) if restored else {}
         if state.round > 0:  # resumed: the samplers must sample from the restored policy
-            sync_weights(workers.policy, samplers, moved, version=state.round)
+            sync_weights(workers.policy, samplers, moved, state.round, timeout_s)
         logger = MetricsLogger(
             run_dir,
             resume_step=state.step if resume else None,
@@ -356,9 +360,19 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
             logger,
             hooks,
             in_flight,
+            probe=job_probe(cfg),
         )
         hooks.emit("teardown", None, ended=False)  # the actors end, and a Ray this job started
     hooks.emit("teardown", None, ended=True)
+
+
+def job_probe(cfg: Any) -> SyncProbe | None:
+    """The job's sync probe (``samplers.sync_probe``); None when it is disabled."""
+    probe = cfg.samplers.sync_probe
+    if not probe.enabled:
+        return None
+    tolerance = probe.tolerance_for(cfg.model.dtype)
+    return SyncProbe(tolerance, probe.sequences, cfg.ray.call_timeout_s)
 
 
 def run_round(job: Job) -> dict[str, float]:
@@ -372,6 +386,7 @@ def run_round(job: Job) -> dict[str, float]:
     the trainers train; the sync queues behind them.
     """
     cfg, algorithm, workers = job.cfg, job.algorithm, job.workers
+    timeout_s = cfg.ray.call_timeout_s  # every wait of the round is bounded
     rnd = Round(job, job.state.round, seed=round_seed(cfg, job.state.round))
     prompts = job.prompts(rnd.index)
     asked = prompts + job.eval_prompts  # the reward gets each as given (text or messages)
@@ -382,7 +397,9 @@ def run_round(job: Job) -> dict[str, float]:
             "generate",
             lambda: round_samples(job, rnd),
             samplers,
-            recover=lambda: sync_weights(workers.policy, workers.samplers, version=rnd.index),
+            recover=lambda: sync_weights(
+                workers.policy, workers.samplers, None, rnd.index, timeout_s
+            ),
         )
     start_ahead(job, rnd.index)
     with rnd.phase("score"):
@@ -395,6 +412,10 @@ def run_round(job: Job) -> dict[str, float]:
     with engines_asleep(workers.sleepers):  # the GPU is the trainers' until the sync
         train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
         batch, metrics = algorithm.build_batch(rnd, train_groups, eval_groups, ref)
+        if cfg.samplers.sync_probe.mismatch_kl:  # before training: the weights that sampled
+            with rnd.phase("mismatch_kl"):
+                mismatch = round_mismatch_kl(workers.policy, train_groups, timeout_s)
+            metrics["rollout/mismatch_kl"] = mismatch
         metrics["empty_round"] = int(is_empty_round(job, rnd, batch))
         if not metrics["empty_round"]:
             with rnd.phase("train"):
@@ -403,9 +424,13 @@ def run_round(job: Job) -> dict[str, float]:
         moved = workers.reference if algorithm.moves_reference else None
         metrics["sync_bytes"] = retry(
             "sync",
-            lambda: sync_weights(workers.policy, workers.samplers, moved, rnd.index + 1),
+            lambda: sync_weights(workers.policy, workers.samplers, moved, rnd.index + 1, timeout_s),
             samplers | ({"reference": moved} if moved is not None else {}),
         )
+    if job.probe is not None:  # did the sync reach the engines? (rlhf.driver.sync_probe)
+        with rnd.phase("sync_probe"):
+            job.probe.fix(eval_groups)
+            metrics.update(job.probe.check(workers.policy, workers.samplers, rnd.index))
     metrics["retries"] = retry.count
     metrics["rollout/policy_version"] = rnd.policy_version
     metrics["rollout/policy_version_lag"] = rnd.index - rnd.policy_version

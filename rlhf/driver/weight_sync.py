@@ -8,6 +8,11 @@ sync sees it (each receiver reports the group it joined) and forms a new group w
 before sending, so ``rlhf.driver.retry``'s recover-and-retry works unchanged. The group ends
 with the job's actors (the job's scope kills them; :meth:`BroadcastSync.kill` forgets it).
 
+No wait without a bound: every call the driver waits for here, and the group's own rendezvous
+and collectives, time out after ``timeout_s`` (``ray.call_timeout_s``), and a receiver or trainer
+rank that dies while the group forms or a sync runs is named at once
+(``rlhf.driver.retry.bounded_get``), not after gloo's timeout.
+
 The backend follows ``device``: gloo on CPUs, NCCL on GPUs (``weight_broadcast.BACKENDS``;
 the NCCL branch is untested here, these machines have no GPU).
 """
@@ -18,8 +23,7 @@ import logging
 import weakref
 from typing import Any
 
-import ray
-
+from rlhf.driver.retry import bounded_get, ranks
 from rlhf.models.weight_broadcast import BACKENDS, new_group_id
 
 log = logging.getLogger(__name__)
@@ -37,20 +41,41 @@ class BroadcastSync:
         samplers: the sampler actors; ``reference``: the reference server when it moves with the
             policy (None otherwise).
         device: "cpu" or "cuda", the job's device; it picks the backend.
+        timeout_s: the bound of every wait (``ray.call_timeout_s``), the group's too.
     """
 
-    def __init__(self, trainers, samplers: list, reference=None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        trainers,
+        samplers: list,
+        reference=None,
+        device: str = "cpu",
+        timeout_s: float = 600.0,
+    ) -> None:
         self.trainers, self.samplers, self.reference = trainers, list(samplers), reference
         self.backend = BACKENDS[device]
+        self.timeout_s = timeout_s
         self.generation = 0
         self.group_id: str | None = None
-        opened = ray.get(trainers.call("open_weight_broadcast", self.backend))
+        opened = bounded_get(
+            trainers.call("open_weight_broadcast", self.backend, timeout_s),
+            ranks("trainer", len(trainers)),
+            timeout_s,
+            "opening the weight broadcast",
+        )
         self.address, self.manifest = opened[0]
 
     @classmethod
-    def open(cls, trainers, samplers: list, reference=None, device: str = "cpu") -> BroadcastSync:
+    def open(
+        cls,
+        trainers,
+        samplers: list,
+        reference=None,
+        device: str = "cpu",
+        timeout_s: float = 600.0,
+    ) -> BroadcastSync:
         """Forms the group and registers it for ``sync_weights(trainers, ...)``."""
-        sync = cls(trainers, samplers, reference, device)
+        sync = cls(trainers, samplers, reference, device, timeout_s)
         sync.form()
         _OPEN[trainers] = sync
         return sync
@@ -58,6 +83,11 @@ class BroadcastSync:
     def receivers(self) -> list:
         """The receiving actors, in group rank order (rank i + 1)."""
         return self.samplers + ([self.reference] if self.reference is not None else [])
+
+    def receiver_names(self) -> list[str]:
+        """Their names in errors: "sampler 0", ..., "reference"."""
+        names = [f"sampler {i}" for i in range(len(self.samplers))]
+        return names + (["reference"] if self.reference is not None else [])
 
     def serves(self, samplers: list, reference=None) -> bool:
         """True when these are exactly the group's receivers (a sync to a subset, such as a
@@ -79,13 +109,20 @@ class BroadcastSync:
             )
             for rank, actor in enumerate(receivers, start=1)
         ]
-        ray.get(refs)
+        names = ["trainer rank 0", *self.receiver_names()]
+        bounded_get(refs, names, self.timeout_s, "forming the weight broadcast group")
         self.group_id = group_id
 
     def sync(self, version: int | None = None) -> int:
         """Broadcasts the trainer's weights; returns the bytes sent (once, whatever the count
         of receivers). Re-forms the group first if a receiver was restarted since."""
-        joined = ray.get([actor.weight_group.remote() for actor in self.receivers()])
+        names = self.receiver_names()
+        joined = bounded_get(
+            [actor.weight_group.remote() for actor in self.receivers()],
+            names,
+            self.timeout_s,
+            "weight sync",
+        )
         if any(group_id != self.group_id for group_id in joined):
             log.warning("weight sync: a receiver was restarted; forming a new broadcast group")
             self.form()
@@ -93,8 +130,10 @@ class BroadcastSync:
         if self.reference is not None:
             refs.append(self.reference.receive_weights.remote())
         sends = self.trainers.call("broadcast_weights")
-        ray.get(refs)  # first: a receiver that died is an actor failure the retry handles
-        return ray.get(sends)[0]
+        # One wait for all: the first to fail is named (a receiver that died is an actor
+        # failure the retry handles), while the others may wait for it in the broadcast.
+        names += ranks("trainer", len(sends))
+        return bounded_get(refs + sends, names, self.timeout_s, "weight sync")[len(refs)]
 
     def kill(self) -> None:
         """Forgets the group (its processes end with the job's actors)."""

@@ -11,8 +11,12 @@ group nor vLLM's own.
 The code is the same on CPUs and GPUs; only the backend differs (:data:`BACKENDS`). The NCCL
 branch is untested here: these machines have no GPU.
 
-What travels: a :class:`Manifest` (names, dtypes, shapes, offsets) once, when the group forms,
-then at each sync only the buffers.
+What travels: a :class:`Manifest` (names, dtypes, shapes, offsets, and the group's timeout) once,
+when the group forms, then at each sync only the buffers.
+
+No wait without a bound: the rendezvous and every collective of the group time out after the
+sender's ``timeout_s`` (the job's ``ray.call_timeout_s``), which the receivers take from the
+manifest, so a rank that died leaves the others an error instead of a hang.
 
 What listens: the store and each rank's gloo pairs bind the node's own address
 (:func:`node_address`: the address Ray runs on, 127.0.0.1 in a local run), never every
@@ -49,10 +53,12 @@ class TensorSlot:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The layout of the flat buffers: one per dtype, in ``sizes``' order."""
+    """The layout of the flat buffers: one per dtype, in ``sizes``' order; and how long the
+    group's rendezvous and collectives wait for a rank."""
 
     slots: tuple[TensorSlot, ...]
     sizes: dict[str, int]  # dtype -> elements in its buffer
+    timeout_s: float = 600.0
 
     @property
     def nbytes(self) -> int:
@@ -60,9 +66,9 @@ class Manifest:
         return sum(n * _dtype(d).itemsize for d, n in self.sizes.items())
 
 
-def manifest_of(named_tensors: Iterable[tuple[str, Tensor]]) -> Manifest:
-    """The layout of these tensors; a tensor seen under an earlier name (tied weights) is left
-    out, as the receiving model loads it once."""
+def manifest_of(named_tensors: Iterable[tuple[str, Tensor]], timeout_s: float = 600.0) -> Manifest:
+    """The layout of these tensors (a tensor seen under an earlier name, tied weights, is left
+    out, as the receiving model loads it once), with the group's ``timeout_s``."""
     slots, sizes, seen = [], {}, set()
     for name, tensor in named_tensors:
         key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
@@ -73,7 +79,7 @@ def manifest_of(named_tensors: Iterable[tuple[str, Tensor]]) -> Manifest:
         offset = sizes.get(dtype, 0)
         slots.append(TensorSlot(name, dtype, tuple(tensor.shape), offset))
         sizes[dtype] = offset + tensor.numel()
-    return Manifest(tuple(slots), sizes)
+    return Manifest(tuple(slots), sizes, timeout_s)
 
 
 def pack(named_tensors: dict[str, Tensor], manifest: Manifest, device: str = "cpu") -> list[Tensor]:
@@ -194,6 +200,7 @@ class WeightSender:
                 is_master=True,
                 wait_for_workers=False,
                 master_listen_fd=listener.fileno(),
+                timeout=datetime.timedelta(seconds=timeout_s),
             )
         except BaseException:
             listener.close()
@@ -238,10 +245,12 @@ class WeightReceiver:
         world: int,
         backend: str,
         manifest: Manifest,
-        timeout_s: float = 600.0,
+        timeout_s: float | None = None,
     ) -> None:
-        """Joins group ``group_id`` as ``rank`` through rank 0's store at ``address``."""
+        """Joins group ``group_id`` as ``rank`` through rank 0's store at ``address``; waits
+        ``timeout_s`` at most (None: the manifest's, the sender's timeout)."""
         host, port = address
+        timeout_s = manifest.timeout_s if timeout_s is None else timeout_s
         timeout = datetime.timedelta(seconds=timeout_s)
         store = dist.TCPStore(host, port, is_master=False, timeout=timeout)
         self.group = _group(store, group_id, rank, world, backend, timeout_s, node_address())

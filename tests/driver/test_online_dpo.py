@@ -59,8 +59,11 @@ def test_online_dpo_pairs_raises_reward(ray_cluster, tmp_path, embedded_model_pa
     assert last > sft + 0.05, [r["eval/reward/mean"] for r in rounds]
     assert all(math.isfinite(r["eval/kl"]) for r in rounds)
     assert abs(rounds[0]["eval/kl"]) < 0.05  # round 0 samples the SFT model == the reference
-    for phase in ("generate", "score", "reference", "train", "sync"):
+    for phase in ("generate", "score", "reference", "mismatch_kl", "train", "sync", "sync_probe"):
         assert rounds[-1][f"time/{phase}"] > 0
+    for r in rounds:  # every sync landed (the probe), and samplers and trainer agree in fp32
+        assert 0 <= r["sync/logp_max_abs_diff"] < 1e-4, r["round"]
+        assert 0 <= r["rollout/mismatch_kl"] < 1e-6, r["round"]
     samples = pq.read_table(run_dir / "rounds" / "round_0001" / "samples.parquet")
     assert samples.num_rows == (48 + 48) * 4
     prefs = pq.read_table(run_dir / "rounds" / "round_0001" / "preferences.parquet")
