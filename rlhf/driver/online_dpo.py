@@ -255,7 +255,7 @@ def train_on(cfg: OnlineDPOConfig, rnd: Round, table: pa.Table) -> dict[str, flo
         steps += [(indices, submit_step(group, "round", indices)) for indices in order]
     last: dict[str, float] = {}
     for indices, refs in steps:
-        last = step_metrics(refs)
+        last = step_metrics(refs, cfg.ray.call_timeout_s)  # a rank that died: named at once
         check_finite_loss(last, state.step + 1, source_of(table, indices[0]))
         state.step += 1
         state.tokens += int(last.get("tokens", 0))

@@ -19,6 +19,7 @@ from rlhf.data.loader import batches
 from rlhf.data.table import is_unpaired, num_responses, with_ref_logps
 from rlhf.driver.metrics import merge_rank_metrics
 from rlhf.driver.reference import response_logps
+from rlhf.driver.retry import bounded_get, ranks
 from rlhf.schema import EngineConfig
 
 
@@ -234,9 +235,11 @@ def submit_step(group, name: str, indices: list[int]) -> list:
     return group.call("train_rows", name, indices)
 
 
-def step_metrics(refs: list) -> dict[str, float]:
-    """The global metrics of a submitted step (waits for every rank)."""
-    return share_means(merge_rank_metrics(ray.get(refs)))
+def step_metrics(refs: list, timeout_s: float | None = None) -> dict[str, float]:
+    """The global metrics of a submitted step: waits for every rank, ``timeout_s`` at most
+    (None: no bound), and names a rank that dies at once (``rlhf.driver.retry.bounded_get``)."""
+    answers = bounded_get(refs, ranks("trainer", len(refs)), timeout_s, "train step")
+    return share_means(merge_rank_metrics(answers))
 
 
 def share_means(metrics: dict[str, float]) -> dict[str, float]:
