@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from rlhf.models import lora
 from rlhf.models.deepspeed_config import (
     DEFAULT_LOAD,
     ModelLoad,
@@ -197,6 +198,10 @@ class DeepSpeedModel:
             trust_remote_code=load.trust_remote_code,
             gradient_checkpointing=config.gradient_checkpointing,
         )
+        # With trainer.lora the base weights freeze and only the adapter reaches the optimizer.
+        self.lora = config.lora if config.lora.enabled else None
+        if self.lora is not None:
+            model = lora.wrap(model, self.lora)
         self.engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -211,8 +216,34 @@ class DeepSpeedModel:
     def full_state_dict(self) -> dict[str, Tensor] | None:
         """The whole model's weights (Hugging Face names) on rank 0's CPU; None on others.
 
+        With a LoRA adapter: base + adapter merged (``rlhf.models.lora.merged_state_dict``).
         Under ZeRO-3 every rank takes part in gathering each parameter in turn.
         """
+        state = self._gathered_state()
+        if state is not None and self.lora is not None:
+            return lora.merged_state_dict(self.engine.module, state)
+        return state
+
+    def adapter_state_dict(self) -> dict[str, Tensor] | None:
+        """The LoRA adapter's tensors under PEFT's file names (``adapter_model.safetensors``)
+        on rank 0's CPU; None on other ranks. Every rank must be called (ZeRO-3 gathers)."""
+        if self.lora is None:
+            raise RuntimeError("adapter_state_dict: this trainer has no adapter (trainer.lora.r 0)")
+        state: dict[str, Tensor] = {}
+        for name, param in self.engine.module.named_parameters():
+            if not lora.is_adapter_parameter(name):
+                continue
+            with self._deepspeed.zero.GatheredParameters([param], enabled=self.zero3):
+                if self.rank == 0:
+                    state[name] = param.detach().to("cpu", copy=True)
+        return lora.adapter_tensors(state) if self.rank == 0 else None
+
+    def adapter_config(self) -> dict:
+        """The adapter's ``adapter_config.json`` contents (any rank)."""
+        return lora.adapter_config(self.engine.module, self.model_path)
+
+    def _gathered_state(self) -> dict[str, Tensor] | None:
+        """Every parameter and persistent buffer under the module's own names, on rank 0."""
         module = self.engine.module
         keep = set(module.state_dict().keys())
         state: dict[str, Tensor] = {}

@@ -35,6 +35,7 @@ from torch import Tensor
 from actors.deepspeed_rank import DeepSpeedModel, Device, empty_pass, node_id, trainer_env
 from rlhf.data.batch import shard_bounds
 from rlhf.files import replace_dir
+from rlhf.models import lora
 from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, TrainerConfig, check_device
 from rlhf.models.hf import hf_token_logprobs
 from rlhf.models.weight_broadcast import Manifest, WeightSender, manifest_of
@@ -134,6 +135,7 @@ class TrainerRank:
         self.model = model
         self.step = make_step(model)
         self._tables: dict[str, tuple[pa.Table, int]] = {}
+        self._broadcast_adapter = False  # what the weight group carries (open_weight_broadcast)
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -236,13 +238,22 @@ class TrainerRank:
         """
         return self.model.full_state_dict()
 
+    def adapter_for_sync(self) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+        """The LoRA adapter from rank 0: its tensors under PEFT's file names and its
+        ``adapter_config.json`` dict (None from other ranks). Every rank must be called (ZeRO-3
+        gathers); an error when the role trains without an adapter."""
+        tensors = self.model.adapter_state_dict()
+        return None if tensors is None else (tensors, self.model.adapter_config())
+
     def open_weight_broadcast(
-        self, backend: str, timeout_s: float = 600.0
+        self, backend: str, timeout_s: float = 600.0, adapter: bool = False
     ) -> tuple[tuple[str, int], Manifest] | None:
         """Rank 0 starts the weight group's rendezvous; returns its address and the manifest of
         the weights (None on other ranks). The group's collectives wait ``timeout_s`` at most.
-        Every rank must be called (ZeRO-3 gathers)."""
-        state = self.model.full_state_dict()
+        ``adapter``: the group carries the LoRA adapter's tensors (``adapter_for_sync``), not
+        the full weights. Every rank must be called (ZeRO-3 gathers)."""
+        self._broadcast_adapter = adapter
+        state = self._weights_out()
         if self.model.rank != 0:
             return None
         self._sender = WeightSender(backend, timeout_s)
@@ -254,24 +265,44 @@ class TrainerRank:
         self._sender.join(group_id, world, self._manifest)
 
     def broadcast_weights(self) -> int:
-        """Rank 0 broadcasts the full weights to the group; returns the bytes (0 on others).
-        Every rank must be called (ZeRO-3 gathers)."""
-        state = self.model.full_state_dict()
+        """Rank 0 broadcasts the full weights (or the adapter, as the group was opened) to the
+        group; returns the bytes (0 on others). Every rank must be called (ZeRO-3 gathers)."""
+        state = self._weights_out()
         return self._sender.send(state) if self.model.rank == 0 else 0
+
+    def _weights_out(self) -> dict[str, Tensor] | None:
+        """What the weight group carries: the adapter's tensors or the full weights."""
+        if self._broadcast_adapter:
+            return self.model.adapter_state_dict()
+        return self.model.full_state_dict()
 
     def save_pretrained(self, path: str) -> None:
         """Writes a Hugging Face model directory (safetensors, config, tokenizer) at ``path``.
 
-        Rank 0 writes into a temporary sibling directory and renames it into place, so a
-        reader never sees half a model; every rank must be called (ZeRO-3 gathers).
+        With a LoRA adapter (``trainer.lora``) the directory holds the adapter in PEFT's format
+        (``adapter_config.json``, ``adapter_model.safetensors``; loaded by
+        ``peft.PeftModel.from_pretrained`` and by vLLM as a LoRA) and the tokenizer, and with
+        ``save_merged`` the merged model in ``merged/`` under it. Rank 0 writes into a temporary
+        sibling directory and renames it into place, so a reader never sees half a model; every
+        rank must be called (ZeRO-3 gathers).
         """
-        state = self.model.full_state_dict()
+        settings = self.model.lora
+        adapter = None if settings is None else self.model.adapter_state_dict()
+        merged = settings is None or settings.save_merged
+        state = self.model.full_state_dict() if merged else None
         if self.model.rank == 0:
             target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-            self.model.engine.module.save_pretrained(tmp, state_dict=state)
-            self._save_tokenizer(tmp)
+            if adapter is not None:
+                lora.save_adapter(tmp, adapter, self.model.adapter_config())
+                self._save_tokenizer(tmp)
+            if state is not None:
+                model_dir = tmp if adapter is None else tmp / "merged"
+                lora.base_model(self.model.engine.module).save_pretrained(
+                    model_dir, state_dict=state
+                )
+                self._save_tokenizer(model_dir)
             replace_dir(tmp, target)
         dist.barrier()
 
@@ -301,13 +332,25 @@ class TrainerRank:
     # --- checkpoints ------------------------------------------------------------------------
 
     def save_checkpoint(self, directory: str, tag: str, client_state: dict[str, Any]) -> None:
-        """Saves weights, optimizer and lr-scheduler state (DeepSpeed format); all ranks."""
-        self.model.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+        """Saves weights, optimizer and lr-scheduler state (DeepSpeed format); all ranks.
+
+        With a LoRA adapter only the trainable weights (the adapter) are saved: the frozen
+        base comes from the model directory again on resume."""
+        self.model.engine.save_checkpoint(
+            str(directory),
+            tag=tag,
+            client_state=client_state,
+            exclude_frozen_parameters=self.model.lora is not None,
+        )
 
     def load_checkpoint(self, directory: str, tag: str) -> dict[str, Any]:
         """Restores a ``save_checkpoint``; returns its ``client_state``. All ranks."""
         path, client_state = self.model.engine.load_checkpoint(
-            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(directory),
+            tag=tag,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+            load_module_strict=self.model.lora is None,  # an adapter's lacks the frozen base
         )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint with tag {tag!r} in {directory}")
