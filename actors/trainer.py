@@ -143,7 +143,7 @@ class PreferenceStep:
             if torch.is_grad_enabled():
                 raise ValueError(
                     f"loss {self.loss_fn.name!r} trains on unpaired feedback ({{prompt, "
-                    "completion, label}} rows); this batch holds preferences"
+                    "completion, label} rows); this batch holds preferences"
                 )
             return logps.policy.new_zeros(()), sums
         losses = self.loss_fn(logps, self.beta, **self.loss_options)
