@@ -18,6 +18,17 @@ optimizer step, beta 0.1, lr 5e-4, up to 48 new tokens at temperature 1, fp32:
   samplers add BOS, which the embedded model was trained with); the reward sees them without.
   Gradient checkpointing on (TRL's default) and off (as ours).
 
+Asynchronous rounds (``--max-staleness 0,1``: one job of ours per value, K the first of
+``--k``): prompts/s and the round's critical path, the phases the driver waits on (at staleness
+1 ``generate`` is what is left of the next round's sampling, started before training, when the
+round needs it, and ``sync`` includes waiting for it), and the held-out reward of the last round.
+``--disaggregate`` pins the samplers' processes to core 0 and everything else (trainer ranks,
+reference, reward) to core 1, one thread each, the shape in which the overlap shows on a 2-core
+machine; measure on an otherwise idle machine::
+
+    .venv/bin/python benchmarks/online_dpo.py --max-staleness 0,1 --disaggregate --trl none \
+        --no-sync-parts --ranks 1 --k 4
+
 Weight sync: bytes/s of each round's sync (``sync_bytes / time/sync``: rank 0 gathers the
 weights, Ray carries them, vLLM reloads them) against a plain in-memory copy of the same tensors
 in one process (``tensor.clone()`` of the model's state dict); ``--no-sync-parts`` skips timing
@@ -73,6 +84,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
             f"trainer.lr={job['lr']}",
             f"trainer.num_ranks={job['ranks']}",
             f"trainer.micro_batch_prompts={job['batch'] // job['ranks']}",
+            f"rounds.max_staleness={job.get('max_staleness', 0)}",
         ],
     )
     phases = Phases()
@@ -100,6 +112,11 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
             )
         elif event.phase == "trainers":
             ray.get(workers.policy.call("ping"))
+            if job.get("disaggregate"):
+                others = [workers.reference, *workers.policy.actors]
+                others += [workers.reward.actor] if hasattr(workers.reward, "actor") else []
+                ray.get([pin(actor, 0) for actor in workers.samplers])
+                ray.get([pin(actor, 1) for actor in others])
         seconds = time.perf_counter() - started.pop(key)
         if event.phase == "round":
             rounds.append(seconds)
@@ -110,16 +127,31 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     run_dir = online_dpo.run(cfg, hooks=[timing])
     total = time.perf_counter() - start - phases.seconds.pop("teardown")
     per_round = [m for m in read_metrics(run_dir) if "round" in m and "time/sync" in m]
+    keep = ("sync_bytes", "preferences", "eval/reward/mean", "rollout/policy_version_lag")
     return {
         "seconds": phases.seconds,
         "total": total,
         "rounds": rounds,
         "round_metrics": [
-            {k: m[k] for k in m if k.startswith("time/") or k in ("sync_bytes", "preferences")}
-            for m in per_round
+            {k: m[k] for k in m if k.startswith("time/") or k in keep} for m in per_round
         ],
         "prompts": job["rounds"] * job["prompts_per_round"],
     }
+
+
+def pin(actor, core: int):
+    """Pins every thread of the actor's process to ``core``, torch to one thread (a ref)."""
+    return actor.__ray_call__.remote(_pin_self, core)
+
+
+def _pin_self(_self, core: int) -> None:
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), {core})
 
 
 def trl_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -272,6 +304,8 @@ def ours_summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
             m["time/sync"] / (r + checkpoint) for m, r in zip(metrics, rounds, strict=True)
         ),
         "preferences": statistics.mean(m["preferences"] for m in metrics),
+        "reward": metrics[-1].get("eval/reward/mean"),
+        "lag": metrics[-1].get("rollout/policy_version_lag", 0),
         "result": result,
     }
 
@@ -336,6 +370,23 @@ def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], par
                 prompts / t["total"],
             ]
         )
+    if len({o["lag"] for o in ours}) > 1:
+        print("\nasynchronous rounds (rounds.max_staleness; last round's lag shown):")
+        base = ours[0]
+        print_table(
+            ["job", "lag", "prompts/s (work)", "vs staleness 0", "round s", "held-out reward"],
+            [
+                [
+                    o["name"],
+                    o["lag"],
+                    f"{prompts / o['loop']:.1f}",
+                    f"{base['loop'] / o['loop']:.2f}x",
+                    f"{o['round']:.2f}",
+                    f"{o['reward']:.3f}",
+                ]
+                for o in ours
+            ],
+        )
     print("\none-time start-up (not in 'work'):")
     for o in ours:
         sec = o["result"]["seconds"]
@@ -377,6 +428,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trl", default="gc,no-gc", help="TRL variants: gc, no-gc, or none")
     parser.add_argument("--no-sync-parts", action="store_true")
     parser.add_argument(
+        "--max-staleness", default="0", help="rounds.max_staleness values, one job of ours each"
+    )
+    parser.add_argument(
+        "--disaggregate", action="store_true", help="samplers on core 0, the rest on core 1"
+    )
+    parser.add_argument(
         "--sync-only", action="store_true", help="only the sync parts: object store vs broadcast"
     )
     parser.add_argument("--quick", action="store_true", help="2 x 32 prompts; K=2; TRL no-gc")
@@ -415,13 +472,21 @@ def main(argv: list[str] | None = None) -> None:
     jobs: list[tuple[str, dict[str, Any]]] = []
     trl_variants = [v for v in args.trl.split(",") if v and v != "none"]
     ks = [int(k) for k in args.k.split(",")]
+    stalenesses = [int(v) for v in args.max_staleness.split(",")]
+    if len(stalenesses) > 1:  # the comparison: one K, one job per staleness
+        ks = ks[:1] * len(stalenesses)
     for i in range(max(len(ks), len(trl_variants))):  # alternate ours and TRL
         if i < len(trl_variants):
             gc = trl_variants[i] == "gc"
             name = "TRL OnlineDPO, K=2" + (" (grad. ckpt: default)" if gc else " (no grad. ckpt)")
             jobs.append((name, {"kind": "trl", "gradient_checkpointing": gc}))
         if i < len(ks):
-            jobs.append((f"ours K={ks[i]}, {args.ranks} ranks", {"kind": "ours", "k": ks[i]}))
+            staleness = stalenesses[i] if len(stalenesses) > 1 else stalenesses[0]
+            name = f"ours K={ks[i]}, {args.ranks} ranks" + (
+                f", staleness {staleness}" if staleness or len(stalenesses) > 1 else ""
+            )
+            job = {"kind": "ours", "k": ks[i], "max_staleness": staleness}
+            jobs.append((name, {**job, "disaggregate": args.disaggregate}))
     results = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")  # fresh run dirs in a reused workdir
     for index, (name, job) in enumerate(jobs):
