@@ -97,3 +97,120 @@ def test_robust_dpo_plus_sft_raises_held_out_accuracy(
     history = [(r["eval/rewards/accuracies"], r["eval/rewards/margins"]) for r in evals]
     assert evals[-1]["eval/rewards/accuracies"] > 0.5, history
     assert evals[-1]["eval/rewards/margins"] > 0, history
+
+
+# --- unpaired feedback: KTO ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unpaired_task(tmp_path_factory, task_pairs):
+    """The task's pairs split by prompt (every 7th prompt held out, as pairs), the training
+    pairs made unpaired feedback by the data layer's conversion (chosen: desirable)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from rlhf.data import unpaired_from_pairs
+
+    out = tmp_path_factory.mktemp("unpaired")
+    pairs = pq.read_table(task_pairs)
+    prompts = sorted(set(pairs.column("prompt").to_pylist()))
+    held = pc.is_in(pairs.column("prompt"), value_set=pa.array(prompts[::7]))
+    pq.write_table(pairs.filter(pc.invert(held)), out / "train_pairs.parquet")
+    pq.write_table(pairs.filter(held), out / "held_out_pairs.parquet")
+    unpaired = unpaired_from_pairs(out / "train_pairs.parquet", out / "unpaired.parquet")
+    return unpaired, out / "held_out_pairs.parquet"
+
+
+def test_kto_on_unpaired_feedback_raises_held_out_pair_accuracy(
+    tmp_path, unpaired_task, embedded_model_path, table_cache
+):
+    """KTO on unpaired feedback ({prompt, completion, label} rows, each scored with a
+    mismatched pair for the reference point), evaluated on held-out pairs (the chosen
+    response's log-ratio above the rejected one's): a short run orders them better."""
+    from rlhf.driver import dpo
+
+    unpaired, held_out = unpaired_task
+    data = {"eval_path": str(held_out), "eval_fraction": 0.0}
+    loss = {"name": "kto", "beta": 0.1}
+    # One epoch: two rows per pair, each scored with its mismatched pair, make an epoch as long
+    # as two of the pair runs'.
+    schedule = {"epochs": 1, "eval_every": 0, "save_every": 0}
+    cfg = dpo_config(
+        unpaired,
+        tmp_path,
+        embedded_model_path,
+        table_cache,
+        data=data,
+        loss=loss,
+        schedule=schedule,
+    )
+    records = read_metrics(dpo.run(cfg))
+    first = next(r for r in records if "train/loss" in r)
+    # The policy is the reference at step 1: every log-ratio and the KL estimate are 0, and
+    # each completion's loss is 1 - sigmoid(0) = 0.5.
+    assert abs(first["train/loss"] - 0.5) < 1e-4 and abs(first["train/kl"]) < 1e-4
+    # The last steps' desirable completions gain on the undesirable ones (a step without one
+    # kind logs no mean for it).
+    last = [r for r in records if "train/rewards/undesirable" in r][-10:]
+    gap = [r["train/rewards/desirable"] - r["train/rewards/undesirable"] for r in last]
+    assert sum(gap) > 0, gap
+    evals = [r for r in records if "eval/rewards/accuracies" in r]
+    history = [(r["eval/rewards/accuracies"], r["eval/rewards/margins"]) for r in evals]
+    assert "eval/loss" not in evals[-1]  # held-out pairs: preference metrics only
+    assert evals[-1]["eval/rewards/accuracies"] > 0.5, history
+    assert evals[-1]["eval/rewards/margins"] > 0, history
+
+
+# --- reference-free: CPO -------------------------------------------------------------------------
+
+
+def held_out_log_ratios(cfg, model_dir: str, reference_dir: str):
+    """[pairs, 2] log pi - log pi_ref of the run's held-out pairs, by Hugging Face forwards here:
+    a reference-free run computes no reference log-probs, so its own eval metrics compare the
+    policy's log-probs alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.data import collate, split_by_prompt
+    from rlhf.driver.setup import read_preference_tables
+    from rlhf.models.hf import batch_logps
+
+    (train, _), tokenizer = read_preference_tables(cfg, reference_dir)
+    _, held_out = split_by_prompt(train.table, cfg.data.eval_fraction)
+    batch = collate(held_out, tokenizer.pad_token_id)
+    logps = []
+    for path in (model_dir, reference_dir):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        with torch.no_grad():
+            values, _ = batch_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        logps.append(values.view(-1, 2))
+    return logps[0] - logps[1]
+
+
+def test_reference_free_cpo_raises_held_out_accuracy(
+    tmp_path, task_pairs, embedded_model_path, table_cache
+):
+    """CPO (no reference model; its NLL term at alpha 1) for one epoch at lr 3e-3 orders the
+    held-out pairs' log-ratios against the SFT model (chosen above rejected), as the families
+    with a reference are judged. Settings found on this task with plain-torch runs (held-out
+    log-ratio accuracy after one epoch: CPO lr 1e-3 0.54, lr 3e-3 0.60; ORPO beta 0.1 0.61;
+    SimPO beta 2, gamma 0.5 0.41); the policy's log-probs alone (the run's own eval metric) move
+    within noise (0.550 -> 0.55-0.57 of 171 pairs) for every setting tried."""
+    from rlhf.driver import dpo
+
+    loss = {"name": "cpo", "beta": 0.1}
+    cfg = dpo_config(
+        task_pairs,
+        tmp_path,
+        embedded_model_path,
+        table_cache,
+        loss=loss,
+        trainer={"lr": 3e-3},
+        schedule={"epochs": 1, "eval_every": 0, "save_every": 0},
+    )
+    run_dir = dpo.run(cfg)
+    ratios = held_out_log_ratios(cfg, str(run_dir / "model"), embedded_model_path)
+    margins = ratios[:, 0] - ratios[:, 1]
+    accuracy = (margins > 0).float().mean().item()
+    assert accuracy > 0.5 and margins.mean().item() > 0, (accuracy, margins.mean().item())
