@@ -8,6 +8,7 @@ involve more than one field, and is called by :func:`rlhf.config.from_dict`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rlhf.cluster.resources import check_custom_resources
 from rlhf.config import ConfigError
@@ -163,7 +164,51 @@ class RayConfig:
 
 def check_job(cfg: object) -> None:
     """The checks every training job's config runs once its sections are read: each trainer
-    section's GPUs against the job's ``device`` (``trainer``; PPO's ``critic`` too)."""
+    section's GPUs against the job's ``device`` (``trainer``; PPO's ``critic`` too), and the
+    reference's backend against the job (:func:`check_reference_backend`)."""
     for name, value in vars(cfg).items():
         if isinstance(value, TrainerConfig):
             check_device(value, cfg.device, name)
+    if hasattr(cfg, "reference"):
+        check_reference_backend(cfg)
+
+
+def lora_rank(cfg: Any) -> int:
+    """The rank of the policy's LoRA adapter (``trainer.lora.r``; 0: no adapter)."""
+    return cfg.trainer.lora.r
+
+
+def adapter_sync(cfg: Any) -> bool:
+    """True when only the policy's LoRA adapter goes to the samplers at each sync (an online
+    job with ``trainer.lora.r > 0`` and ``samplers.lora_sync: adapter``)."""
+    samplers = getattr(cfg, "samplers", None)
+    return samplers is not None and lora_rank(cfg) > 0 and samplers.lora_sync == "adapter"
+
+
+def reference_backend(cfg: Any) -> str:
+    """What serves the job's reference: ``reference.backend``, or when unset, ``base`` (the
+    samplers' engines without the adapter) where :func:`adapter_sync` holds, else ``vllm``."""
+    if cfg.reference.backend is not None:
+        return cfg.reference.backend
+    return "base" if adapter_sync(cfg) else "vllm"
+
+
+def check_reference_backend(cfg: Any) -> None:
+    """``reference.backend: base`` needs the samplers to hold the base model and the adapter
+    apart: an online job (samplers), LoRA (``trainer.lora.r > 0``), ``samplers.lora_sync:
+    adapter``; and it has no engine of its own to put to sleep."""
+    if reference_backend(cfg) != "base":
+        return
+    why = None
+    if not hasattr(cfg, "samplers"):
+        why = "this job has no samplers (offline DPO): use vllm or hf"
+    elif lora_rank(cfg) == 0:
+        why = "trainer.lora.r is 0, so the samplers hold the trained policy: set trainer.lora.r"
+    elif not adapter_sync(cfg):
+        why = "samplers.lora_sync is merged, so the samplers hold base + adapter merged"
+    elif cfg.reference.engine.sleep_when_idle:
+        why = "reference.engine.sleep_when_idle is set, and it has no engine of its own"
+    if why is not None:
+        raise ConfigError(
+            f"reference.backend: base (the samplers' engines score the base model) but {why}"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from rlhf import logs
@@ -153,12 +154,15 @@ def start_samplers(
     seed: int,
     ray_cfg: RayConfig,
     shared=None,
+    lora: dict[str, Any] | None = None,
 ) -> list:
     """``count`` sampler actors, each with its own vLLM engine and seed.
 
     Ray restarts a sampler whose process died (``ray_cfg.max_restarts``); it comes back with
     the initial weights, which the driver's retry replaces (see ``rlhf.driver.retry``).
     ``shared``: a colocation group's ``SharedPlacement`` (engine i in bundle i), or None.
+    ``lora``: the engines' LoRA settings (``EngineSettings`` fields: ``max_lora_rank``,
+    ``lora_target_modules``); None: no LoRA.
     """
     from actors.group import spawn
     from actors.sampler import Sampler
@@ -166,7 +170,7 @@ def start_samplers(
     return [
         spawn(
             Sampler,
-            engine.settings(model, model_path, seed + i),
+            replace(engine.settings(model, model_path, seed + i), **(lora or {})),
             num_cpus=engine.num_cpus,
             num_gpus=engine.num_gpus,
             resources=engine.resources,

@@ -5,6 +5,7 @@ timer of a round's phases."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 import time
 from collections.abc import Iterator
@@ -15,12 +16,15 @@ import ray
 
 from rlhf.config import ConfigError
 from rlhf.driver.common import start_reward, start_samplers
+from rlhf.driver.reference import SamplersReference
 from rlhf.driver.retry import bounded_get, named_actors, ranks
 from rlhf.driver.rollout import ScoredGroup, actor_scorer
 from rlhf.driver.setup import start_reference
 from rlhf.driver.sync_probe import SyncProbeConfig
-from rlhf.driver.weight_sync import open_broadcast
-from rlhf.schema import EngineConfig, SamplingConfig
+from rlhf.driver.weight_sync import open_adapter_sync, open_broadcast
+from rlhf.schema import EngineConfig, SamplingConfig, adapter_sync, lora_rank, reference_backend
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +38,11 @@ class SamplersConfig:
     # CPUs, NCCL on GPUs, untested here; see rlhf.driver.weight_sync; 1.7x faster than the object
     # store here) or object_store (the trainer's state dict through Ray's object store).
     sync: Literal["broadcast", "object_store"] = "broadcast"
+    # With LoRA (trainer.lora.r > 0): adapter (only the adapter's tensors travel, the engines
+    # serve it on their base weights; rlhf.driver.weight_sync.AdapterSync) or merged (base +
+    # adapter merged and sent whole by ``sync``, for engines or models where vLLM cannot serve
+    # the adapter).
+    lora_sync: Literal["adapter", "merged"] = "adapter"
     # After every sync, a sampler and trainer rank 0 score fixed sequences; a difference above
     # the tolerance stops the round (rlhf.driver.sync_probe). Also the round's mismatch KL.
     sync_probe: SyncProbeConfig = field(default_factory=SyncProbeConfig)
@@ -54,7 +63,13 @@ def start_rollout_actors(cfg, model_path: str, scope, placements: dict) -> tuple
     ``placements``: the ``ray.colocate`` placement of each role (``place_colocated``); the
     actors end with ``scope``. ``reward`` is the reward actor behind a ``GroupScorer``.
     """
-    reference = scope.own(start_reference(cfg, model_path, placements.get("reference")))
+    if lora_rank(cfg) > 0 and not adapter_sync(cfg):
+        log.warning(
+            "samplers.lora_sync: merged: every sync sends base + adapter merged, the whole "
+            "model's weights, and the samplers serve them as a plain model"
+        )
+    if reference_backend(cfg) != "base":
+        reference = scope.own(start_reference(cfg, model_path, placements.get("reference")))
     samplers = scope.own(
         start_samplers(
             cfg.samplers.num_engines,
@@ -64,10 +79,34 @@ def start_rollout_actors(cfg, model_path: str, scope, placements: dict) -> tuple
             cfg.seed,
             cfg.ray,
             placements.get("samplers"),
+            lora=sampler_lora(cfg, model_path),
         )
     )
-    reward = actor_scorer(scope.own(start_reward(cfg.reward, cfg.ray, placements.get("reward"))))
+    if reference_backend(cfg) == "base":  # no server: the samplers score without the adapter
+        reference = SamplersReference(samplers)
+    reward_actor = scope.own(start_reward(cfg.reward, cfg.ray, placements.get("reward")))
+    reward = actor_scorer(reward_actor, cfg.ray.call_timeout_s)
     return samplers, reference, reward
+
+
+def sampler_lora(cfg, model_path: str) -> dict[str, Any] | None:
+    """The samplers' LoRA settings (``EngineSettings`` fields) when they take the adapter
+    (``rlhf.schema.adapter_sync``), else None: the largest rank and the adapted modules, as
+    the trainers resolve them (``trainer.lora.target_modules`` or the architecture's default,
+    read from the model's config alone)."""
+    if not adapter_sync(cfg):
+        return None
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlhf.models.lora import target_modules
+
+    remote = cfg.model.trust_remote_code
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=remote)
+    with torch.device("meta"):  # the layers' names, no weights
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=remote)
+    modules = tuple(target_modules(model, cfg.trainer.lora))
+    return {"max_lora_rank": lora_rank(cfg), "lora_target_modules": modules}
 
 
 def sync_weights(
@@ -86,6 +125,9 @@ def sync_weights(
     ``Sampler.generate``'s ``weights_version``). Every wait is bounded by ``timeout_s``
     (``ray.call_timeout_s``; the broadcast has its own, set when it opened).
     """
+    adapter = open_adapter_sync(group)  # LoRA: the adapter alone (samplers.lora_sync: adapter)
+    if adapter is not None:
+        return adapter.sync(samplers, reference, version, timeout_s)
     broadcast = open_broadcast(group)
     if broadcast is not None and broadcast.serves(samplers, reference):
         return broadcast.sync(version)

@@ -52,6 +52,7 @@ from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
 from rlhf.driver.checks import check_local_device
 from rlhf.driver.common import cluster_address, ray_session, resolve_model_path
 from rlhf.driver.online import PhaseTimer, start_rollout_actors, sync_weights
+from rlhf.driver.reference import moving_reference, reference_server
 from rlhf.driver.retry import PhaseRetry, named_actors
 from rlhf.driver.rollout import (
     ActorScorer,
@@ -69,10 +70,11 @@ from rlhf.driver.setup import (
     wait_for_roles,
 )
 from rlhf.driver.sync_probe import SyncProbe, round_mismatch_kl
-from rlhf.driver.weight_sync import BroadcastSync
+from rlhf.driver.weight_sync import AdapterSync, BroadcastSync
 from rlhf.models.vllm_engine import Completion
 from rlhf.plots import plot_rounds
 from rlhf.run_dir import Checkpoints, MetricsLogger, read_metrics
+from rlhf.schema import adapter_sync
 
 log = logging.getLogger(__name__)
 
@@ -327,13 +329,15 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
                 for name, g in algorithm.start_groups(model_path, placements).items()
             }
             hooks.workers = workers = replace(hooks.workers, groups=groups)
-            rollout = {"samplers": samplers, "reference": reference}
+            rollout = {"samplers": samplers, "reference": reference_server(reference) or []}
             if isinstance(reward, ActorScorer):
                 rollout["reward"] = reward.actor
             wait_for_roles(cfg, rollout | groups)  # bounded: names an actor still starting
-        moved = reference if algorithm.moves_reference else None
+        moved = moving_reference(reference) if algorithm.moves_reference else None
         timeout_s = cfg.ray.call_timeout_s
-        if cfg.samplers.sync == "broadcast":
+        if adapter_sync(cfg):  # LoRA: only the adapter travels (samplers.lora_sync: adapter)
+            scope.own(AdapterSync.open(workers.policy))
+        elif cfg.samplers.sync == "broadcast":
             scope.own(BroadcastSync.open(workers.policy, samplers, moved, cfg.device, timeout_s))
         checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
         restored = restore_checkpoint(groups, checkpoints, algorithm.state_type) if resume else None
@@ -421,7 +425,7 @@ def run_round(job: Job) -> dict[str, float]:
             with rnd.phase("train"):
                 metrics.update(algorithm.train(rnd, batch))
     with rnd.phase("sync"):
-        moved = workers.reference if algorithm.moves_reference else None
+        moved = moving_reference(workers.reference) if algorithm.moves_reference else None
         metrics["sync_bytes"] = retry(
             "sync",
             lambda: sync_weights(workers.policy, workers.samplers, moved, rnd.index + 1, timeout_s),

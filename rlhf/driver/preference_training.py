@@ -153,9 +153,12 @@ def check_tables(cfg: Any, train: pa.Table, held_out: pa.Table | None) -> None:
 
 @dataclass
 class ReferenceConfig:
-    """The reference server: vLLM (default) or the Hugging Face model."""
+    """The reference model's server: vLLM, the Hugging Face model, or (``base``, online jobs
+    training LoRA) the samplers' own engines scoring without the adapter, with no server of its
+    own. Unset: ``base`` in an online job with ``trainer.lora.r > 0`` and adapter sync, ``vllm``
+    otherwise (``rlhf.schema.reference_backend``)."""
 
-    backend: Literal["vllm", "hf"] = "vllm"
+    backend: Literal["vllm", "hf", "base"] | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
     chunk_size: int = 512  # sequences per request
 

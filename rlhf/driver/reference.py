@@ -36,3 +36,50 @@ def _chunked(method, columns: tuple[list, ...], chunk: int) -> list:
             out.extend(part)
             bar.update(len(part))
     return out
+
+
+class SamplersReference:
+    """The reference served by the samplers' own engines (``reference.backend: base``): with
+    LoRA the engines hold the base model and add the policy's adapter per request, so asked
+    without it they score the base model, which is the reference; no reference server starts.
+
+    It answers :func:`response_logps` and :func:`token_logps` as a server actor would, spreading
+    the chunks over the samplers. ``adapter=True`` scores with the samplers' current adapter
+    instead: the moving reference (``reference_update: previous_round``), which is the policy
+    that sampled the round, before it trains.
+    """
+
+    def __init__(self, samplers: list, adapter: bool = False) -> None:
+        self.samplers, self.adapter = list(samplers), adapter
+        self.token_logprobs = _Spread(self, "token_logprobs")
+        self.response_logps = _Spread(self, "response_logps")
+        self.calls = 0  # chunks asked so far: chunk i goes to sampler i mod the samplers
+
+
+class _Spread:
+    """``method.remote(*args)`` on the next sampler, with the reference's ``adapter``."""
+
+    def __init__(self, reference: SamplersReference, method: str) -> None:
+        self.reference, self.method = reference, method
+
+    def remote(self, *args):
+        ref = self.reference
+        sampler = ref.samplers[ref.calls % len(ref.samplers)]
+        ref.calls += 1
+        return getattr(sampler, self.method).remote(*args, adapter=ref.adapter)
+
+
+def reference_server(reference):
+    """The actor holding the reference's weights (one that a sync may move), or None when the
+    samplers serve the reference (:class:`SamplersReference`)."""
+    return None if isinstance(reference, SamplersReference) else reference
+
+
+def moving_reference(reference):
+    """The reference when it follows the policy (``reference_update: previous_round``): the
+    server actor, which every sync then updates; or None for the samplers' reference, which
+    from now on scores with the samplers' current adapter (the policy that sampled the round)."""
+    if isinstance(reference, SamplersReference):
+        reference.adapter = True
+        return None
+    return reference

@@ -22,6 +22,7 @@ from rlhf.data.table import report_of
 from rlhf.driver.preference_training import add_reference_logps
 from rlhf.logs import start_job_logs
 from rlhf.run_dir import RunDirectoryError, mark_run_dir
+from rlhf.schema import reference_backend
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -133,7 +134,7 @@ def table_settings(cfg: Any) -> dict[str, Any]:
     needs_reference = get_preference_loss(cfg.loss.name).metadata.get("needs_reference", True)
     return {
         **cfg.data.table_settings(),
-        "reference": needs_reference and cfg.reference.backend,
+        "reference": needs_reference and reference_backend(cfg),
         "dtype": cfg.model.dtype,
         "trust_remote_code": cfg.model.trust_remote_code,
     }
@@ -176,15 +177,17 @@ def add_reference_tables(
 
 
 def online_roles(cfg: Any) -> list[Role]:
-    """What an online job holds at once: trainer ranks, sampler engines, reference, reward.
+    """What an online job holds at once: trainer ranks, sampler engines, reference (none when
+    the samplers serve it, ``reference.backend: base``), reward.
 
     For ``ray_session(cfg.ray, online_roles(cfg))``; a job with more roles adds them (PPO:
     ``trainer_role("critic", cfg.critic)``).
     """
+    served = reference_backend(cfg) == "base"
     return [
         trainer_role("trainer", cfg.trainer),
         *engine_roles("samplers", cfg.samplers.engine, cfg.samplers.num_engines),
-        *engine_roles("reference", cfg.reference.engine),
+        *([] if served else engine_roles("reference", cfg.reference.engine)),
         actor_role("reward", cfg.reward.num_cpus, cfg.reward.num_gpus, cfg.reward.resources),
     ]
 
@@ -212,7 +215,7 @@ def check_colocation(cfg: Any, roles: list[Role]) -> None:
                 f"{key}: vLLM's CPU build has no sleep mode (LLM.sleep needs a GPU); set it "
                 "false, or run on GPUs with device: cuda"
             )
-        if name == "reference" and cfg.reference.backend != "vllm":
+        if name == "reference" and reference_backend(cfg) != "vllm":
             raise ConfigError(f"{key} needs reference.backend: vllm (the hf backend cannot sleep)")
         if not partners.get(name, set()) & set(TRAINER_ROLES):
             raise ConfigError(
@@ -265,7 +268,7 @@ def start_reference(cfg: Any, model_path: str, shared: Any = None):
     return spawn(
         ReferenceServer,
         engine.settings(cfg.model, model_path, cfg.seed),
-        cfg.reference.backend,
+        reference_backend(cfg),
         num_cpus=engine.num_cpus,
         num_gpus=engine.num_gpus,
         resources=engine.resources,

@@ -23,6 +23,8 @@ import logging
 import weakref
 from typing import Any
 
+import ray
+
 from rlhf.driver.retry import bounded_get, ranks
 from rlhf.models.weight_broadcast import BACKENDS, new_group_id
 
@@ -143,6 +145,62 @@ class BroadcastSync:
 def open_broadcast(trainers) -> BroadcastSync | None:
     """The broadcast formed for this trainer group, if any."""
     return _OPEN.get(trainers)
+
+
+class AdapterSync:
+    """The LoRA sync (``trainer.lora.r > 0``, ``samplers.lora_sync: adapter``): only the
+    policy's adapter travels, through the object store once (megabytes where the model is
+    gigabytes), and each sampler adds it to its engine, which keeps the base weights, as a new
+    adapter (``Sampler.load_adapter``).
+
+    A reference server that moves with the policy (``reference_update: previous_round`` with
+    ``reference.backend`` vllm or hf) holds no adapter: it gets the merged weights as before.
+    """
+
+    def __init__(self, trainers) -> None:
+        self.trainers = trainers
+
+    @classmethod
+    def open(cls, trainers) -> AdapterSync:
+        """Registers the adapter sync for ``sync_weights(trainers, ...)``."""
+        sync = cls(trainers)
+        _ADAPTERS[trainers] = sync
+        return sync
+
+    def sync(
+        self, samplers: list, reference=None, version: int | None = None, timeout_s: float = 600.0
+    ) -> int:
+        """Loads the trainer's adapter into every sampler (and merged weights into
+        ``reference``); returns the bytes sent: the adapter's, plus the merged weights'."""
+        tensors, config = self._gather("adapter_for_sync", timeout_s)
+        handle = ray.put(tensors)
+        refs = [sampler.load_adapter.remote(handle, config, version) for sampler in samplers]
+        names = [f"sampler {i}" for i in range(len(samplers))]
+        sent = [tensors]
+        if reference is not None:
+            sent.append(self._gather("state_dict_for_sync", timeout_s))
+            refs.append(reference.load_weights.remote(sent[-1]))
+            names.append("reference")
+        bounded_get(refs, names, timeout_s, "adapter sync")
+        return sum(t.numel() * t.element_size() for part in sent for t in part.values())
+
+    def _gather(self, method: str, timeout_s: float):
+        """Rank 0's answer to ``method``, called on every rank (ZeRO-3 gathers)."""
+        refs = self.trainers.call(method)
+        return bounded_get(refs, ranks("trainer", len(refs)), timeout_s, "adapter sync")[0]
+
+    def kill(self) -> None:
+        """Forgets the sync (the job's scope calls it at the end)."""
+        _ADAPTERS.pop(self.trainers, None)
+
+
+# The adapter sync of each trainer group that has one (what ``sync_weights`` looks up).
+_ADAPTERS: weakref.WeakKeyDictionary[Any, AdapterSync] = weakref.WeakKeyDictionary()
+
+
+def open_adapter_sync(trainers) -> AdapterSync | None:
+    """The adapter sync registered for this trainer group, if any."""
+    return _ADAPTERS.get(trainers)
 
 
 def _id(actor) -> str | None:

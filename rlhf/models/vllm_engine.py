@@ -37,6 +37,10 @@ class EngineSettings:
     # adapters one batch may use (the policy's, and the moving reference's).
     max_lora_rank: int = 0
     max_loras: int = 2
+    # The modules the adapters adapt (Hugging Face names, e.g. q_proj). Named, vLLM wraps only
+    # these; unnamed, it wraps the LM head too, and then its CPU build fails on prompt_logprobs
+    # of a batch of several sequences (its head's LoRA sees one row per sequence).
+    lora_target_modules: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ def start_engine(settings: EngineSettings) -> LLM:
             max_loras=settings.max_loras,
             max_cpu_loras=settings.max_loras,
         )
+        if settings.lora_target_modules is not None:
+            kwargs["lora_target_modules"] = list(settings.lora_target_modules)
     return LLM(**kwargs)
 
 
