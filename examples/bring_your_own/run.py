@@ -1,6 +1,7 @@
 """Online DPO and PPO on a model, prompt file and reward function of your own.
 
     python examples/bring_your_own/run.py [--workdir runs/bring_your_own] [--rounds 2]
+        [--jobs online_dpo,ppo]
 
 Builds what a user usually arrives with, then trains on it the way a user would:
 
@@ -141,13 +142,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("runs/bring_your_own"))
     parser.add_argument("--rounds", type=int, default=2, help="online DPO rounds, PPO iterations")
+    parser.add_argument(
+        "--jobs", default="online_dpo,ppo", help="which of the two jobs to run, in this order"
+    )
     args = parser.parse_args()
+    jobs = args.jobs.split(",")
+    if not jobs or not set(jobs) <= {"online_dpo", "ppo"}:
+        parser.error(f"--jobs: a comma-separated list of online_dpo and ppo, got {args.jobs!r}")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     build_model(workdir / "model")
     write_jsonl(chat_prompts(24), workdir / "prompts.jsonl")
-    for config, name in (("online_dpo.yaml", "online_dpo"), ("ppo.yaml", "ppo")):
-        train(config, workdir, name, args.rounds)
+    for name in jobs:
+        train(f"{name}.yaml", workdir, name, args.rounds)
 
 
 if __name__ == "__main__":

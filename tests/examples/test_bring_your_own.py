@@ -1,7 +1,7 @@
 """examples/bring_your_own/run.py, as a user runs it: its own Qwen2 with a BPE tokenizer and a
 chat template, a JSONL file of chat prompts, and a reward function from its own module
-(``my_reward:letter_share``), trained by ``rlhf train`` with online DPO and then PPO (one round
-each here). The reward reads the letter that each prompt's system message asks for, which only
+(``my_reward:letter_share``), trained by ``rlhf train`` with online DPO (one round here; the
+example's PPO job on the same kind of inputs is tests/architectures/test_jobs.py's Qwen2 run). The reward reads the letter that each prompt's system message asks for, which only
 the messages carry: every score written must be the reward of the prompt's messages as given.
 """
 
@@ -42,42 +42,44 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.integration
-def test_bring_your_own_runs_online_dpo_and_ppo(tmp_path):
+def test_bring_your_own_runs_online_dpo(tmp_path):
     from transformers import AutoTokenizer
 
     done = subprocess.run(
-        [sys.executable, str(EXAMPLE / "run.py"), "--workdir", str(tmp_path), "--rounds", "1"],
+        [sys.executable, str(EXAMPLE / "run.py"), "--workdir", str(tmp_path), "--rounds", "1"]
+        + ["--jobs", "online_dpo"],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
-    for name in ("online_dpo", "ppo"):
-        rounds = [r for r in _metrics(tmp_path / name) if "eval/reward/mean" in r]
-        assert [r["round"] for r in rounds] == [0], name
-        assert (tmp_path / name / "model" / "config.json").exists(), name
+    rounds = [r for r in _metrics(tmp_path / "online_dpo") if "eval/reward/mean" in r]
+    assert [r["round"] for r in rounds] == [0]
+    assert (tmp_path / "online_dpo" / "model" / "config.json").exists()
+    assert not (tmp_path / "ppo").exists()
     dpo_round = next(r for r in _metrics(tmp_path / "online_dpo") if "round" in r)
     assert dpo_round["preferences"] > 0  # the user's reward told responses apart
 
-    # The samples are of the user's prompts: each one is a prompt file row's messages as the
-    # model's chat template renders them, held-out rows for the eval split only.
+    # The samples are of the user's prompts: each one stores a prompt file row's messages as
+    # given and as the model's chat template renders them, held-out rows for the eval split only.
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     rows = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
-    by_text = {
-        tokenizer.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True): r
-        for r in rows
-    }
+    given = [r["messages"] for r in rows]
     samples = pq.read_table(tmp_path / "online_dpo/rounds/round_0000/samples.parquet").to_pylist()
     assert {s["split"] for s in samples} == {"train", "eval"}
-    assert all(s["prompt"] in by_text for s in samples)
-    train = {s["prompt"] for s in samples if s["split"] == "train"}
-    held_out = {s["prompt"] for s in samples if s["split"] == "eval"}
+    for s in samples:
+        assert s["prompt"] in given
+        assert s["prompt_text"] == tokenizer.apply_chat_template(
+            s["prompt"], tokenize=False, add_generation_prompt=True
+        )
+    train = {json.dumps(s["prompt"]) for s in samples if s["split"] == "train"}
+    held_out = {json.dumps(s["prompt"]) for s in samples if s["split"] == "eval"}
     assert len(train) == 8 and len(held_out) == 4 and not train & held_out
 
     # Each score is the user's reward of the messages as given (another letter scores otherwise).
     reward = _module("my_reward")
-    messages = [by_text[s["prompt"]]["messages"] for s in samples]
+    messages = [s["prompt"] for s in samples]
     responses = [s["response"] for s in samples]
     scores = [s["score"] for s in samples]
     assert scores == pytest.approx(reward.letter_share(messages, responses), abs=1e-12)
