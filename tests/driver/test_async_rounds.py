@@ -87,8 +87,10 @@ def test_staleness_1_samples_one_version_behind_and_resumes_as_the_whole_run(
     round 1 leaves: round 1's samples in flight, written with it) and must end the same."""
     from rlhf.driver import online_dpo
 
-    rounds = {"rounds": 2, "max_staleness": 1}
-    whole = online_dpo.run(small_config(tmp_path / "whole", embedded_model_path, rounds=rounds))
+    # The Hugging Face reference starts faster than a second vLLM engine (the test is about the
+    # samplers).
+    sections = {"rounds": {"rounds": 2, "max_staleness": 1}, "reference": {"backend": "hf"}}
+    whole = online_dpo.run(small_config(tmp_path / "whole", embedded_model_path, **sections))
     records = [r for r in read_metrics(whole) if "round" in r]
     assert [r["rollout/policy_version"] for r in records] == [0, 0]
     assert [r["rollout/policy_version_lag"] for r in records] == [0, 1]
@@ -113,7 +115,7 @@ def test_staleness_1_samples_one_version_behind_and_resumes_as_the_whole_run(
     (killed / "checkpoints" / "latest").write_text(at_round_1[0].name)
     shutil.rmtree(killed / "rounds" / "round_0001")
     shutil.rmtree(killed / "model")
-    resumed = online_dpo.run(small_config(killed, embedded_model_path, rounds=rounds), resume=True)
+    resumed = online_dpo.run(small_config(killed, embedded_model_path, **sections), resume=True)
     # Sampling round 1 again on the restored weights (version 1) would draw other responses.
     assert_same_run(resumed, whole, rounds=2)
     assert (resumed / "model" / "config.json").exists()
