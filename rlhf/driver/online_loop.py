@@ -53,7 +53,7 @@ from rlhf.driver.checks import check_local_device
 from rlhf.driver.common import cluster_address, ray_session, resolve_model_path
 from rlhf.driver.online import PhaseTimer, start_rollout_actors, sync_weights
 from rlhf.driver.reference import moving_reference, reference_server
-from rlhf.driver.retry import PhaseRetry, named_actors
+from rlhf.driver.retry import ACTOR_FAILURES, PhaseRetry, named_actors
 from rlhf.driver.rollout import (
     ActorScorer,
     GroupScorer,
@@ -515,18 +515,23 @@ def write_in_flight(in_flight: dict[int, PendingSamples], directory: Path) -> No
 
     They are finished (the sync queued behind them), and a resumed run takes them as they are:
     they came from weights the checkpoint no longer holds, so sampling again would draw others.
+    A round whose sampler died on the way is left out: its round samples again (a retry).
     """
-    if not in_flight:
-        return
-    rounds = [
-        {
-            "round": index,
-            "version": pending.version,
-            "groups": [[asdict(c) for c in group] for group in pending.get()],
-        }
-        for index, pending in sorted(in_flight.items())
-    ]
-    (directory / IN_FLIGHT).write_text(json.dumps(rounds))
+    rounds = []
+    for index, pending in sorted(in_flight.items()):
+        try:
+            groups = pending.get()
+        except ACTOR_FAILURES:
+            continue
+        rounds.append(
+            {
+                "round": index,
+                "version": pending.version,
+                "groups": [[asdict(c) for c in group] for group in groups],
+            }
+        )
+    if rounds:
+        (directory / IN_FLIGHT).write_text(json.dumps(rounds))
 
 
 def read_in_flight(checkpoint: Path | None) -> dict[int, PendingSamples]:
