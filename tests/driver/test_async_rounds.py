@@ -14,6 +14,7 @@ from rlhf.driver import experience as xp
 from rlhf.driver.online_loop import IN_FLIGHT, read_in_flight, write_in_flight
 from rlhf.driver.rollout import PendingSamples, ScoredGroup
 from rlhf.models.vllm_engine import Completion
+from rlhf.models.vllm_sync import StaleWeightsError
 from rlhf.run_dir import Checkpoints, read_metrics
 from tests.driver.test_online_faults import assert_same_run, small_config
 
@@ -33,6 +34,23 @@ def test_samples_in_flight_are_written_with_a_checkpoint_and_read_back(tmp_path)
     assert read_in_flight(tmp_path / "none") == {} and read_in_flight(None) == {}
     write_in_flight({}, tmp_path / "empty")  # synchronous rounds: no file at all
     assert not (tmp_path / "empty" / IN_FLIGHT).exists()
+
+
+class _DiedSampling:
+    """Samples whose sampler died on the way (the round samples again when it comes)."""
+
+    version = 1
+
+    def get(self):
+        raise StaleWeightsError("restarted")
+
+
+def test_samples_whose_sampler_died_are_left_out_of_the_checkpoint(tmp_path):
+    groups = [[_completion([1], [2], [-0.5])]]
+    write_in_flight({1: _DiedSampling(), 2: PendingSamples.done(groups, 1)}, tmp_path)
+    assert list(read_in_flight(tmp_path)) == [2]
+    write_in_flight({1: _DiedSampling()}, tmp_path / "none")
+    assert not (tmp_path / "none" / IN_FLIGHT).exists()
 
 
 def test_behaviour_logps_align_with_the_rollout_batch():
