@@ -169,6 +169,12 @@ def check_job(cfg: object) -> None:
     for name, value in vars(cfg).items():
         if isinstance(value, TrainerConfig):
             check_device(value, cfg.device, name)
+    critic = getattr(cfg, "critic", None)
+    if isinstance(critic, TrainerConfig) and critic.lora.enabled:
+        raise ConfigError(
+            f"critic.lora.r is {critic.lora.r}: the critic trains in full (its value head "
+            "starts fresh); set critic.lora.r: 0 (trainer.lora adapts the policy)"
+        )
     if hasattr(cfg, "reference"):
         check_reference_backend(cfg)
 

@@ -181,3 +181,11 @@ def test_prompt_sharing_runs_through_the_wrapped_model():
     plain, _ = batch_logps(wrapped, ids, attention, loss_mask)
     assert torch.allclose(shared, plain, atol=1e-5)
     assert not math.isclose(float(shared[0]), 0.0)
+
+
+def test_a_critic_with_an_adapter_is_a_config_error():
+    from rlhf.driver.ppo import PPOConfig
+
+    with pytest.raises(ConfigError, match="critic.lora.r is 4: the critic trains in full"):
+        from_dict(PPOConfig, {"critic": {"lora": {"r": 4}}})
+    assert from_dict(PPOConfig, {"trainer": {"lora": {"r": 4}}}).trainer.lora.r == 4
