@@ -43,6 +43,7 @@ from rlhf.driver.setup import (
     wait_for_roles,
 )
 from rlhf.models.deepspeed_config import PreferenceTrainerConfig
+from rlhf.models.lora import check_target_modules
 from rlhf.run_dir import Checkpoints, MetricsLogger
 from rlhf.schema import ModelConfig, RayConfig, check_job
 
@@ -107,6 +108,8 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
     model_path = resolve_model_path(cfg.model)
     run_dir = open_run(cfg, resume)
     prepared, tokenizer = read_preference_tables(cfg, model_path)  # data errors before Ray
+    if cfg.trainer.lora.enabled:  # a target module the model lacks, before Ray too
+        check_target_modules(model_path, cfg.trainer.lora, cfg.model.trust_remote_code)
     check_tables(cfg, prepared[0].table, prepared[1] and prepared[1].table)
     with ray_session(cfg.ray, *offline_stages(cfg)) as scope:
         train, held_out = add_reference_tables(cfg, model_path, prepared, scope)

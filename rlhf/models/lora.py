@@ -91,6 +91,20 @@ def target_modules(model: torch.nn.Module, settings: LoraSettings) -> list[str]:
     return list(settings.target_modules)
 
 
+def check_target_modules(
+    model_path: str, settings: LoraSettings, trust_remote_code: bool = False
+) -> list[str]:
+    """``target_modules`` for the causal LM at ``model_path``, read from its config alone (the
+    layers built on the meta device, no weights): the driver's check before any actor starts.
+    A ``ConfigError`` as ``target_modules`` raises it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return target_modules(model, settings)
+
+
 def peft_config(model: torch.nn.Module, settings: LoraSettings):
     """PEFT's ``LoraConfig`` for ``model`` (a causal LM) from ``trainer.lora``."""
     from peft import LoraConfig

@@ -79,6 +79,13 @@ def test_unknown_target_module_names_the_modules_the_model_has():
     assert "c_attn, c_fc, c_proj, lm_head" in message
 
 
+def test_the_driver_checks_target_modules_from_the_config_alone(tmp_path):
+    tiny("gpt2").config.save_pretrained(tmp_path)  # no weights
+    assert lora.check_target_modules(str(tmp_path), LoraSettings(r=4)) == ["c_attn", "c_proj"]
+    with pytest.raises(ConfigError, match="GPT2LMHeadModel has no layer named o_proj"):
+        lora.check_target_modules(str(tmp_path), LoraSettings(r=4, target_modules=["o_proj"]))
+
+
 def test_a_model_without_known_projections_has_no_default():
     model = torch.nn.Sequential()
     model.add_module("up", torch.nn.Linear(2, 2))
