@@ -7,7 +7,7 @@ needs no Ray: a test or a script builds one directly.
 
 What listens: the ranks' process group (``join_ranks``) binds rank 0's store and every rank's
 gloo pairs to the node's own address (127.0.0.1 in a local run), never every interface, and
-keeps its keys under the group's secret (``actors.group.Rendezvous``).
+keeps its keys under the group's secret (``Rendezvous``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import secrets
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import psutil
 import torch
@@ -35,10 +37,24 @@ from rlhf.models.deepspeed_config import (
 )
 from rlhf.models.torch_extensions import extensions_dir
 
-if TYPE_CHECKING:  # annotations only: a rank is built without Ray
-    from actors.group import Rendezvous
-
 Device = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the ranks of one group meet: a port free on rank 0's node address, and a secret.
+
+    Rank 0 hosts the group's store on ``host:port`` (``actors.deepspeed_rank.join_ranks``),
+    listening on that address alone (127.0.0.1 in a local run, where Ray runs on loopback).
+    The store has no authentication of its own, so every key of the group lies under
+    ``secret`` (a fresh 128-bit one per group, handed to the ranks by Ray in their constructor
+    arguments): a process that reaches the port without it cannot meet the ranks. Plain data
+    (no Ray): a script builds one, e.g. ``Rendezvous("127.0.0.1", port)`` for one rank.
+    """
+
+    host: str
+    port: int
+    secret: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
 
 
 # On a CPU, torch's OpenMP threads wait this many spins for the next parallel region before
@@ -137,7 +153,7 @@ class DeepSpeedModel:
 
     Args:
         rank, world_size, rendezvous: this rank, the group's size and where it meets
-            (``actors.group.Rendezvous``; see ``join_ranks``).
+            (``Rendezvous``; see ``join_ranks``).
         model_path: the Hugging Face directory the model comes from (its tokenizer is copied
             into saved models).
         config: the trainer settings (ZeRO stage, optimizer, schedule, batch sizes).

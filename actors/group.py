@@ -9,16 +9,15 @@ each role goes to its bundle i.
 
 from __future__ import annotations
 
-import secrets
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.deepspeed_rank import Rendezvous
 from rlhf.logs import actor_runtime_env
 
 # vLLM keeps its engine in the actor's own process (no engine subprocess) inside Ray actors.
@@ -105,22 +104,6 @@ def placement_here() -> tuple[str | None, int | None]:
         if name.startswith(prefix) and name.endswith(suffix) and index.isdigit():
             return group_id, int(index)
     return group_id, None
-
-
-@dataclass(frozen=True)
-class Rendezvous:
-    """Where the ranks of one group meet: a port free on rank 0's node address, and a secret.
-
-    Rank 0 hosts the group's store on ``host:port`` (``actors.deepspeed_rank.join_ranks``),
-    listening on that address alone (127.0.0.1 in a local run, where Ray runs on loopback).
-    The store has no authentication of its own, so every key of the group lies under
-    ``secret`` (a fresh 128-bit one per group, handed to the ranks by Ray in their constructor
-    arguments): a process that reaches the port without it cannot meet the ranks.
-    """
-
-    host: str
-    port: int
-    secret: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
 
 
 def _free_address() -> tuple[str, int]:

@@ -41,7 +41,8 @@ from rlhf.models.hf import hf_token_logprobs
 from rlhf.models.weight_broadcast import Manifest, WeightSender, manifest_of
 
 if TYPE_CHECKING:  # annotations only: a rank is built and stepped without Ray
-    from actors.group import ActorGroup, Rendezvous, SharedPlacement
+    from actors.deepspeed_rank import Rendezvous
+    from actors.group import ActorGroup, SharedPlacement
 
 
 class RoleStep(Protocol):
