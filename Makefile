@@ -8,7 +8,7 @@ EXTRA  ?= cpu
 
 SOURCES = $(wildcard rlhf actors tests benchmarks examples)
 
-.PHONY: demo test test-fast lint format setup build clean
+.PHONY: demo test test-fast test-gpu lint format setup build clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,20 @@ test: lint
 # Day-to-day: the tests that start no Ray, vLLM or DeepSpeed (under two minutes).
 test-fast: lint
 	$(BIN)/python -m pytest -m "not integration"
+
+# The GPU tier (tests/gpu, marked gpu; see docs/platform.md): on a machine with CUDA. Installs
+# the gpu extra (vLLM's CUDA build) into its own environment where a registry is reachable;
+# otherwise runs with $(PYTHON) as it is, and the tests that need what is missing are skipped
+# with the reason (scripts/gpu_layer1.sh runs layer 1 on a machine without a registry).
+GPU_VENV := .venv-gpu
+test-gpu:
+	@if { test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV); } \
+		&& $(GPU_VENV)/bin/pip install --quiet --retries 1 --timeout 15 -e ".[gpu,test]"; then \
+		$(GPU_VENV)/bin/python -m pytest -m gpu tests/gpu -rs; \
+	else \
+		echo "test-gpu: the gpu extra did not install; running with $(PYTHON) as it is"; \
+		PYTHONPATH=$(CURDIR) $(PYTHON) -m pytest -m gpu tests/gpu -rs -p no:cacheprovider; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -33,6 +33,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "these tests start Ray, vLLM or DeepSpeed (or build the embedded model) but are not "
             "marked integration; add @pytest.mark.integration:\n  " + "\n  ".join(unmarked)
         )
+    # The GPU tier (tests/gpu) runs by ``make test-gpu`` (``-m gpu``) and is skipped without CUDA;
+    # a test there without the marker would run in the CPU suite instead.
+    off_tier = [
+        item.nodeid
+        for item in items
+        if item.nodeid.startswith("tests/gpu/") and item.get_closest_marker("gpu") is None
+    ]
+    if off_tier:
+        raise pytest.UsageError(
+            "these tests under tests/gpu are not marked gpu; add pytestmark = pytest.mark.gpu "
+            "(with tests.gpu.conftest's needs_cuda or needs_layer2 skip):\n  "
+            + "\n  ".join(off_tier)
+        )
 
 
 @pytest.fixture(scope="session")
