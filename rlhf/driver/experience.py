@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import ray
 import torch
 from torch import Tensor
 
@@ -22,8 +21,10 @@ from rlhf.algorithms import (
     masked_whiten,
     truncated_is_weights,
 )
+from rlhf.algorithms.kl import kl_estimate
 from rlhf.data.batch import RolloutBatch
 from rlhf.driver.metrics import merge_rank_metrics
+from rlhf.driver.retry import bounded_get, ranks
 from rlhf.driver.rollout import ScoredGroup
 
 
@@ -80,6 +81,14 @@ def importance_weights(
         return batch, {}
     batch.is_weights, stats = truncated_is_weights(batch.old_logps, behaviour, batch.loss_mask, cap)
     return batch, {f"ppo_is/{k}": float(v) for k, v in stats.items()}
+
+
+def mismatch_kl(batch: RolloutBatch, behaviour: Tensor) -> float:
+    """``rollout/mismatch_kl``: the mean over response tokens of the k3 estimate of
+    KL(mu || pi_old), the samplers' log-probs ``behaviour`` [N, T] against the trainer's
+    ``batch.old_logps`` of the same tokens (``rlhf.driver.sync_probe``; docs/algorithms.md)."""
+    kl = kl_estimate(behaviour.double(), batch.old_logps.double(), "k3")
+    return float(masked_mean(kl, batch.loss_mask))
 
 
 def micro_batches(rows: int, world_size: int, micro_batch_size: int) -> int:
@@ -140,19 +149,30 @@ def combine(results: list[dict[str, Any]], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{key}": value for key, value in merged.items()}
 
 
-def train_minibatch(policy, critic, batch: RolloutBatch, micro_batch_sizes: tuple[int, int]):
+def train_minibatch(
+    policy,
+    critic,
+    batch: RolloutBatch,
+    micro_batch_sizes: tuple[int, int],
+    timeout_s: float | None = None,
+):
     """One optimizer step of the policy and (if any) the critic on the same mini-batch.
 
-    Both groups run at once; returns the combined metrics.
+    Both groups run at once; returns the combined metrics. Waits ``timeout_s`` at most (None:
+    no bound) and names a rank that dies at once (``rlhf.driver.retry.bounded_get``).
     """
     total = batch.num_tokens
     policy_refs = sharded_train(policy, batch, total, micro_batch_sizes[0])
     critic_refs = (
         None if critic is None else sharded_train(critic, batch, total, micro_batch_sizes[1])
     )
-    metrics = combine(ray.get(policy_refs), "policy")
+    refs, names = policy_refs, ranks("policy trainer", len(policy_refs))
     if critic_refs is not None:
-        metrics |= combine(ray.get(critic_refs), "critic")
+        refs, names = refs + critic_refs, names + ranks("critic", len(critic_refs))
+    answers = bounded_get(refs, names, timeout_s, "train step")
+    metrics = combine(answers[: len(policy_refs)], "policy")
+    if critic_refs is not None:
+        metrics |= combine(answers[len(policy_refs) :], "critic")
     return metrics
 
 

@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import ray
 from tqdm import tqdm
 
 from rlhf.cluster.resources import Role
@@ -53,7 +52,7 @@ from rlhf.driver.checks import check_local_device
 from rlhf.driver.common import cluster_address, ray_session, resolve_model_path
 from rlhf.driver.online import PhaseTimer, start_rollout_actors, sync_weights
 from rlhf.driver.reference import moving_reference, reference_server
-from rlhf.driver.retry import ACTOR_FAILURES, PhaseRetry, named_actors
+from rlhf.driver.retry import ACTOR_FAILURES, PhaseRetry, bounded_get, named_actors, ranks
 from rlhf.driver.rollout import (
     ActorScorer,
     GroupScorer,
@@ -69,7 +68,7 @@ from rlhf.driver.setup import (
     sleeping_engines,
     wait_for_roles,
 )
-from rlhf.driver.sync_probe import SyncProbe, round_mismatch_kl
+from rlhf.driver.sync_probe import SyncProbe, start_mismatch_kl
 from rlhf.driver.weight_sync import AdapterSync, BroadcastSync
 from rlhf.models.vllm_engine import Completion
 from rlhf.plots import plot_rounds
@@ -181,6 +180,9 @@ class OnlineAlgorithm:
     train: Callable[[Round, Any], dict[str, float]]
     print_table: Callable[[Path], None]  # the rounds' table, read from the run directory
     moves_reference: bool = False  # the reference takes the policy's weights at every sync
+    # build_batch's metrics hold rollout/mismatch_kl (PPO: from its old log-probs); otherwise
+    # the loop measures it with a forward pass on the trainers (samplers.sync_probe.mismatch_kl).
+    reports_mismatch_kl: bool = False
     # rounds.max_staleness: rounds sampled ahead, while the trainers train, on older weights.
     max_staleness: int = 0
     # After the sync: adds metrics that need the whole round (round, batch, metrics).
@@ -260,7 +262,9 @@ def run_online(
             )
         bar.close()
         with job.hooks.phase("save model"):
-            ray.get(job.workers.policy.call("save_pretrained", str(job.run_dir / "model")))
+            refs = job.workers.policy.call("save_pretrained", str(job.run_dir / "model"))
+            names = ranks("trainer", len(refs))
+            bounded_get(refs, names, cfg.ray.call_timeout_s, "saving the model")
     run_dir = job.run_dir
     plot = plot_rounds(read_metrics(run_dir), run_dir / "rounds.png", algorithm.name)
     algorithm.print_table(run_dir)
@@ -413,13 +417,15 @@ def run_round(job: Job) -> dict[str, float]:
         )
     with rnd.phase("reference"):
         ref = algorithm.reference_logps(workers.reference, scored)
-    with engines_asleep(workers.sleepers):  # the GPU is the trainers' until the sync
+    with engines_asleep(workers.sleepers, timeout_s):  # the GPU is the trainers' until the sync
         train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
+        # Scored by the trainers while the driver builds the batch, before they train.
+        measure = cfg.samplers.sync_probe.mismatch_kl and not algorithm.reports_mismatch_kl
+        mismatch = start_mismatch_kl(workers.policy, train_groups) if measure else None
         batch, metrics = algorithm.build_batch(rnd, train_groups, eval_groups, ref)
-        if cfg.samplers.sync_probe.mismatch_kl:  # before training: the weights that sampled
+        if mismatch is not None:
             with rnd.phase("mismatch_kl"):
-                mismatch = round_mismatch_kl(workers.policy, train_groups, timeout_s)
-            metrics["rollout/mismatch_kl"] = mismatch
+                metrics["rollout/mismatch_kl"] = mismatch.get(timeout_s)
         metrics["empty_round"] = int(is_empty_round(job, rnd, batch))
         if not metrics["empty_round"]:
             with rnd.phase("train"):
@@ -492,7 +498,7 @@ def round_samples(job: Job, rnd: Round) -> list:
     """The round's completions: the ones an earlier round started, or sampled now (also when
     those failed: a retry samples again on the weights the samplers now hold)."""
     pending = job.in_flight.pop(rnd.index, None) or start_round_sampling(job, rnd.index, rnd.index)
-    groups = pending.get()
+    groups = pending.get(job.cfg.ray.call_timeout_s)
     rnd.policy_version = pending.version
     return groups
 
@@ -548,8 +554,10 @@ def read_in_flight(checkpoint: Path | None) -> dict[int, PendingSamples]:
 
 
 @contextlib.contextmanager
-def engines_asleep(engines: list) -> Iterator[None]:
-    """The engines sleep (freeing their GPU memory) in the block and are awake after it."""
-    ray.get([engine.sleep.remote() for engine in engines])
+def engines_asleep(engines: list, timeout_s: float | None = None) -> Iterator[None]:
+    """The engines sleep (freeing their GPU memory) in the block and are awake after it (each
+    wait ``timeout_s`` at most)."""
+    names = [f"sleeping engine {i}" for i in range(len(engines))]
+    bounded_get([engine.sleep.remote() for engine in engines], names, timeout_s, "sleep")
     yield
-    ray.get([engine.wake_up.remote() for engine in engines])
+    bounded_get([engine.wake_up.remote() for engine in engines], names, timeout_s, "wake up")

@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import ray
 import torch
 
 from rlhf.algorithms import (
@@ -51,6 +50,7 @@ from rlhf.driver.online_loop import (
 from rlhf.driver.plan import online_plan
 from rlhf.driver.preference_training import ReferenceConfig
 from rlhf.driver.reference import token_logps
+from rlhf.driver.retry import bounded_get, ranks
 from rlhf.driver.rollout import ScoredGroup
 from rlhf.driver.setup import online_roles
 from rlhf.models.deepspeed_config import PPOTrainerConfig
@@ -196,6 +196,7 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
         train=partial(train_epochs, cfg),
         finish_round=partial(end_iteration, cfg),
         print_table=print_iterations,
+        reports_mismatch_kl=True,  # from the old log-probs (experience's metrics)
         units=lambda batch: batch.num_tokens,  # response tokens: what the losses average over
         empty_hint="every sampled response is empty (no token to train on); check samplers.sampling",
         max_staleness=cfg.rounds.max_staleness,
@@ -261,9 +262,15 @@ def experience(
         value_refs = "critic" in groups and xp.sharded_forward(
             groups["critic"], "values", batch, cfg.critic.micro_batch_sequences
         )
-        batch.old_logps = xp.gather_rows(ray.get(logp_refs), width)
+        timeout_s = cfg.ray.call_timeout_s
+        names = ranks("policy trainer", len(logp_refs))
+        batch.old_logps = xp.gather_rows(
+            bounded_get(logp_refs, names, timeout_s, "experience"), width
+        )
         if value_refs:
-            batch.old_values = xp.gather_rows(ray.get(value_refs), width)
+            names = ranks("critic", len(value_refs))
+            values = bounded_get(value_refs, names, timeout_s, "experience")
+            batch.old_values = xp.gather_rows(values, width)
     behaviour = xp.behaviour_logps(train_groups, width)
     batch, is_stats = xp.importance_weights(batch, behaviour, p.is_cap)
     batch, rewards = xp.advantages_and_returns(
@@ -282,6 +289,7 @@ def experience(
         "round": rnd.index,
         **xp.experience_metrics(batch, ref, scores, rewards),
         **is_stats,
+        "rollout/mismatch_kl": xp.mismatch_kl(batch, behaviour),  # the loop's, from old_logps
         **sample_metrics("eval", eval_groups, eval_ref),
         "kl_coef": kl_coef,
     }
@@ -296,7 +304,11 @@ def train_epochs(cfg: PPOConfig, rnd: Round, batch: RolloutBatch) -> dict[str, f
     for epoch in range(p.epochs):
         for rows in xp.minibatches(len(batch), p.minibatch_size, rnd.seed * 31 + epoch):
             metrics = xp.train_minibatch(
-                groups["policy"], groups.get("critic"), batch.select(rows), sizes
+                groups["policy"],
+                groups.get("critic"),
+                batch.select(rows),
+                sizes,
+                cfg.ray.call_timeout_s,
             )
             first = f"round {rnd.index}'s training sample {int(rows[0])}"
             check_finite_loss(metrics, state.step + 1, first)

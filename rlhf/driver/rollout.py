@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 
+from rlhf.driver.retry import bounded_get
 from rlhf.models.vllm_engine import Completion
 from rlhf.schema import SamplingConfig
 
@@ -43,12 +44,14 @@ class PendingSamples:
     version: int | None  # the weights version the samplers hold (None: not checked)
     groups: list[list[Completion]] | None = None  # the completions, once collected
 
-    def get(self) -> list[list[Completion]]:
-        """K completions per prompt, in prompt order (waits for the samplers)."""
+    def get(self, timeout_s: float | None = None) -> list[list[Completion]]:
+        """K completions per prompt, in prompt order: waits for the samplers, ``timeout_s`` at
+        most (None: no bound), and names one that died at once (``retry.bounded_get``)."""
         if self.groups is None:
             n = len(self.refs)
             groups: list[list[Completion]] = [[] for _ in range(self.num_prompts)]
-            for i, result in enumerate(ray.get(self.refs)):
+            names = [f"sampler {i}" for i in range(n)]
+            for i, result in enumerate(bounded_get(self.refs, names, timeout_s, "generate")):
                 for j, group in enumerate(result):
                     groups[i + j * n] = group
             self.groups = groups
@@ -151,11 +154,13 @@ class ActorScorer:
     """A :data:`GroupScorer` that calls a reward actor's ``score_groups`` remotely."""
 
     actor: Any  # the reward actor's handle (a retry waits for it after a restart)
+    timeout_s: float | None = None  # how long a call may take (ray.call_timeout_s; None: no bound)
 
     def __call__(self, prompts: list[str], groups: list[list[str]]) -> list[list[float]]:
-        return ray.get(self.actor.score_groups.remote(prompts, groups))
+        ref = self.actor.score_groups.remote(prompts, groups)
+        return bounded_get([ref], ["reward"], self.timeout_s, "score")[0]
 
 
-def actor_scorer(reward_actor) -> ActorScorer:
-    """The reward actor's ``score_groups``, called remotely."""
+def actor_scorer(reward_actor, timeout_s: float | None = None) -> ActorScorer:
+    """The reward actor's ``score_groups``, called remotely (``timeout_s`` at most)."""
     return ActorScorer(reward_actor)

@@ -22,10 +22,12 @@ pass of a few sequences (the probe) and of the round's training samples (the mis
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from rlhf.algorithms.kl import kl_estimate
 from rlhf.config import ConfigError
 from rlhf.driver.retry import bounded_get, ranks
 
@@ -80,15 +82,18 @@ def mismatch_kl(sampler_logps: list[list[float]], trainer_logps: list[list[float
 
     ``sampler_logps[i][t]``: log mu of response i's token t (the sampler's, as it sampled);
     ``trainer_logps[i][t]``: log pi of the same token under the trainer's weights. With
-    r = log pi - log mu, k3 = exp(r) - 1 - r >= 0 (0 when the two agree); its mean over tokens
-    drawn from mu is an unbiased estimate of KL(mu || pi) per token.
+    r = log pi - log mu, k3 = exp(r) - 1 - r >= 0 (0 when the two agree; ``kl_estimate``'s k3
+    with mu in the place of the policy); its mean over tokens drawn from mu estimates
+    KL(mu || pi) per token without bias.
     """
-    terms = []
-    for mu, pi in zip(sampler_logps, trainer_logps, strict=True):
-        for log_mu, log_pi in zip(mu, pi, strict=True):
-            r = log_pi - log_mu
-            terms.append(math.expm1(r) - r)
-    return sum(terms) / len(terms) if terms else 0.0
+    for i, (row_mu, row_pi) in enumerate(zip(sampler_logps, trainer_logps, strict=True)):
+        if len(row_mu) != len(row_pi):
+            raise ValueError(
+                f"response {i}: {len(row_mu)} sampler log-probs but {len(row_pi)} trainer ones"
+            )
+    mu = torch.tensor([x for row in sampler_logps for x in row], dtype=torch.float64)
+    pi = torch.tensor([x for row in trainer_logps for x in row], dtype=torch.float64)
+    return float(kl_estimate(mu, pi, "k3").mean()) if len(mu) else 0.0
 
 
 def response_logps(per_token: list[float], response_length: int) -> list[float]:
@@ -149,16 +154,32 @@ class SyncProbe:
         return {"sync/logp_max_abs_diff": diff}
 
 
-def round_mismatch_kl(trainers, groups: list[Any], timeout_s: float) -> float:
-    """``rollout/mismatch_kl`` of these scored groups' completions: the trainers score every
-    completion's prompt + response, compared with the sampler's own log-probs of its tokens."""
+@dataclass
+class PendingMismatch:
+    """``rollout/mismatch_kl`` of a round, scored by the trainers in the background
+    (:func:`start_mismatch_kl`); :meth:`get` waits for it."""
+
+    refs: list  # one per trainer rank (rank 0's holds the log-probs)
+    completions: list  # the completions scored, in order
+
+    def get(self, timeout_s: float) -> float:
+        """The mismatch KL, once the trainers have answered (``timeout_s`` at most)."""
+        if not self.completions:
+            return 0.0
+        names = ranks("trainer", len(self.refs))
+        per_token = bounded_get(self.refs, names, timeout_s, "mismatch KL")[0]
+        trainer = [
+            response_logps(lp, len(c.token_ids))
+            for lp, c in zip(per_token, self.completions, strict=True)
+        ]
+        return mismatch_kl([c.token_logprobs for c in self.completions], trainer)
+
+
+def start_mismatch_kl(trainers, groups: list[Any]) -> PendingMismatch:
+    """Starts the trainers scoring every completion (prompt + response) of these scored groups,
+    to compare with the sampler's own log-probs of its tokens. The ranks run calls in order, so
+    the log-probs are those of the weights before any call submitted after this one."""
     completions = [c for g in groups for c in g.completions if c.token_ids and c.token_logprobs]
-    if not completions:
-        return 0.0
     sequences = [list(c.prompt_ids) + list(c.token_ids) for c in completions]
-    refs = trainers.call("token_logprobs", sequences)
-    per_token = bounded_get(refs, ranks("trainer", len(refs)), timeout_s, "mismatch KL")[0]
-    trainer = [
-        response_logps(lp, len(c.token_ids)) for lp, c in zip(per_token, completions, strict=True)
-    ]
-    return mismatch_kl([c.token_logprobs for c in completions], trainer)
+    refs = trainers.call("token_logprobs", sequences) if completions else []
+    return PendingMismatch(refs, completions)

@@ -65,13 +65,18 @@ def dpo_config(data_path, out_dir, model_path, table_cache, **sections):
     return from_dict(DPOConfig, data)
 
 
-def train_on_one_pair(ray_cluster, trainers, steps: int) -> None:
-    """``steps`` optimizer steps of a trainer group on one pair built from ``SEQ``."""
+def one_pair():
+    """A preference batch of one pair built from ``SEQ``."""
     from rlhf.data.batch import PreferenceBatch
 
     ids = torch.tensor([SEQ, SEQ[:-2] + [16, 2]])
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]] * 2)
-    batch = PreferenceBatch(ids, torch.ones_like(ids), mask, torch.tensor([-10.0, -10.0]), 2)
+    return PreferenceBatch(ids, torch.ones_like(ids), mask, torch.tensor([-10.0, -10.0]), 2)
+
+
+def train_on_one_pair(ray_cluster, trainers, steps: int) -> None:
+    """``steps`` optimizer steps of a trainer group on one pair built from ``SEQ``."""
+    batch = one_pair()
     for _ in range(steps):
         ray_cluster.get(trainers.call_sharded("train_step", batch, batch.num_prompts))
 

@@ -1,5 +1,6 @@
 """The sync probe's and the mismatch KL's arithmetic, against hand-computed values; the probe's
-settings. (The probe on real engines rides in the online DPO and fault tests.)"""
+settings. (On real engines: a sync that did not land is caught in tests/driver/test_weight_sync.py,
+and every online DPO round's probe and mismatch KL are checked in tests/driver/test_online_dpo.py.)"""
 
 import math
 from dataclasses import dataclass
@@ -76,3 +77,22 @@ def test_probe_settings_tolerance_by_dtype_and_checked_at_load():
         from_dict(OnlineDPOConfig, {"samplers": {"sync_probe": {"tolerance": 0}}})
     with pytest.raises(ConfigError, match=r"ray: call_timeout_s must be > 0, got 0"):
         from_dict(OnlineDPOConfig, {"ray": {"call_timeout_s": 0}})
+
+
+def test_ppo_mismatch_kl_takes_the_response_tokens_of_its_batch():
+    """PPO's version (from the trainer's old log-probs) averages k3 over the loss mask only."""
+    import torch
+
+    from rlhf.data.batch import RolloutBatch
+    from rlhf.driver.experience import mismatch_kl as batch_mismatch_kl
+
+    ids = torch.zeros((2, 3), dtype=torch.int64)
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0]])
+    batch = RolloutBatch(ids, torch.ones_like(ids), mask)
+    behaviour = torch.tensor([[0.0, -1.0, -2.0], [0.0, -3.0, 0.0]])
+    # off the mask: anything (here 5.0) must not count
+    batch.old_logps = torch.tensor(
+        [[5.0, -1.0, -2.0 + math.log(2)], [5.0, -3.0 - math.log(2), 5.0]]
+    )
+    expected = (0.0 + 0.306853 + 0.193147) / 3  # as in the list version above
+    assert batch_mismatch_kl(batch, behaviour) == pytest.approx(expected, abs=1e-6)
