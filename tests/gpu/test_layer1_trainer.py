@@ -46,11 +46,28 @@ def _on(batch: PreferenceBatch, device: str) -> PreferenceBatch:
     return dataclasses.replace(batch, **moved)
 
 
+def _plain_model(path, dtype: str = "float32") -> torch.nn.Module:
+    """A whole Hugging Face model, also while a ZeRO-3 rank lives in this process.
+
+    Transformers partitions every ``from_pretrained`` while a ZeRO-3 ``HfDeepSpeedConfig`` is
+    alive (a process-wide hook), so a reference loaded next to a ZeRO-3 rank would be empty;
+    the hook is set aside for this load.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        return load_causal_lm(path, dtype=dtype)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def _hf_logps(model_or_path, batch: PreferenceBatch, dtype: str = "float32") -> torch.Tensor:
     """[N] summed response log-probs of a plain Hugging Face forward on ``DEVICE``."""
     model = model_or_path
     if not isinstance(model, torch.nn.Module):
-        model = load_causal_lm(model_or_path, dtype=dtype)
+        model = _plain_model(model_or_path, dtype)
     model = model.to(DEVICE).eval()
     on = _on(batch, DEVICE)
     with torch.no_grad():
@@ -162,7 +179,7 @@ def test_deepspeed_step_on_the_device(
     gpu_results[f"trainer/{case}/loss_after_10_steps"] = losses[-1]
     assert losses[-1] < losses[0] - 0.1, losses
 
-    original = load_causal_lm(tiny_llama_path).state_dict()
+    original = _plain_model(tiny_llama_path).state_dict()
     state = rank.state_dict_for_sync()
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in original.items()}
     assert all(t.device.type == "cpu" and torch.isfinite(t.float()).all() for t in state.values())
@@ -202,14 +219,14 @@ def test_lora_step_on_the_device(
     assert adapter and all(lora.is_adapter_parameter(name) for name in adapter)
     assert any(t.abs().max() > 0 for n, t in adapter.items() if ".lora_B." in n)
     merged = rank.state_dict_for_sync()
-    original = load_causal_lm(tiny_llama_path, dtype=dtype).state_dict()
+    original = _plain_model(tiny_llama_path, dtype).state_dict()
     assert merged.keys() == original.keys()
     changed = {n for n in merged if not torch.equal(merged[n], original[n])}
     adapted = {"q_proj", "k_proj", "v_proj", "o_proj"}  # Llama's default targets
     assert changed and all(n.rsplit(".", 2)[-2] in adapted for n in changed), changed
     assert torch.equal(merged["lm_head.weight"], original["lm_head.weight"])  # frozen base
 
-    model = load_causal_lm(tiny_llama_path, dtype=dtype)
+    model = _plain_model(tiny_llama_path, dtype)
     model.load_state_dict(merged)
     now, _ = _rank_logps(rank, batch)
     merged_diff = float((_hf_logps(model, batch) - now).abs().max())
@@ -219,9 +236,7 @@ def test_lora_step_on_the_device(
     from peft import PeftModel
 
     rank.save_pretrained(str(tmp_path / "adapter"))
-    loaded = PeftModel.from_pretrained(
-        load_causal_lm(tiny_llama_path, dtype=dtype), tmp_path / "adapter"
-    )
+    loaded = PeftModel.from_pretrained(_plain_model(tiny_llama_path, dtype), tmp_path / "adapter")
     peft_diff = float((_hf_logps(loaded, batch) - now).abs().max())
     gpu_results[f"lora/{case}/saved_adapter_logp_vs_rank_max_abs"] = peft_diff
     assert peft_diff < (FP32_TOL if dtype == "float32" else BF16_BOUND), peft_diff
