@@ -215,3 +215,34 @@ def test_reference_free_orpo_raises_held_out_accuracy(
     margins = ratios[:, 0] - ratios[:, 1]
     accuracy = (margins > 0).float().mean().item()
     assert accuracy > 0.5 and margins.mean().item() > 0, (accuracy, margins.mean().item())
+
+
+# --- a run that diverges ---------------------------------------------------------------------------
+
+
+def test_a_diverging_run_stops_at_the_step_before_saving_from_it(
+    tmp_path, task_pairs, embedded_model_path, table_cache
+):
+    """A learning rate far too large (finite, so the config accepts it) sends the weights to
+    overflow within a few steps: the run stops at the first NaN or infinite loss, naming the step
+    and the batch's first row, with every checkpoint from an earlier step and no model saved."""
+    from rlhf.driver import dpo
+    from rlhf.driver.checks import TrainingDivergedError
+
+    trainer = {"lr": 1e30, "warmup_steps": 0}
+    schedule = {"epochs": 1, "eval_every": 0, "save_every": 1}
+    cfg = dpo_config(
+        task_pairs, tmp_path, embedded_model_path, table_cache, trainer=trainer, schedule=schedule
+    )
+    with pytest.raises(TrainingDivergedError) as stopped:
+        dpo.run(cfg)
+    message = str(stopped.value)
+    step = int(message.split(":", 1)[0].removeprefix("step "))
+    assert "loss is nan" in message or "loss is inf" in message or "loss is -inf" in message
+    assert str(task_pairs) in message  # the batch's first row, by file
+    logged = [r for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert [r["step"] for r in logged] == list(range(1, step))  # nothing logged from the step
+    assert all(math.isfinite(r["train/loss"]) for r in logged)
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert saved and all(int(name.removeprefix("step_")) < step for name in saved), saved
+    assert not (tmp_path / "model").exists()
