@@ -61,3 +61,16 @@ def test_judge_scores_are_mean_win_probabilities_in_both_orders():
     assert sum(scores) == pytest.approx(1.5)  # each of the 3 pairs hands out 2 in total, /(2*2)
     with pytest.raises(ValueError, match="not a probability"):
         judge_scores(lambda p, a, b: 2.0, "p", ["x", "y"])
+
+
+def test_a_lost_reward_actor_is_passed_on_for_a_retry_not_blamed_on_the_function():
+    """A reward actor that died (named by ``bounded_get``) is an actor failure the loop retries
+    once Ray has restarted the actor, not an error of the user's reward function."""
+    from rlhf.driver.retry import ACTOR_FAILURES, ActorLostError
+
+    def lost(prompts, texts):
+        raise ActorLostError("score: reward (actor 1f) died or is unreachable")
+
+    with pytest.raises(ActorLostError, match="score: reward") as raised:
+        score(_groups(), lost)
+    assert isinstance(raised.value, ACTOR_FAILURES)
