@@ -42,7 +42,7 @@ class AdapterSyncCheck:
     def __init__(self, ray, model_path: str) -> None:
         self.ray, self.model_path = ray, model_path
         self.seen: dict[str, list[float]] = {}
-        self.actor_classes: set[str] = set()
+        self.actor_classes: dict[str, str] = {}  # actor id -> class, of the live actors
 
     def __call__(self, event) -> None:
         if event.phase != "sync" or event.round != 0:
@@ -57,8 +57,10 @@ class AdapterSyncCheck:
             # The GCS actor table (what `ray list actors` shows; that CLI needs a dashboard).
             from ray._private.state import actors
 
-            alive = actors(actor_state_name="ALIVE").values()
-            self.actor_classes = {a["ActorClassName"] for a in alive}
+            self.actor_classes = {
+                actor_id: actor["ActorClassName"]
+                for actor_id, actor in actors(actor_state_name="ALIVE").items()
+            }
 
 
 def test_online_dpo_with_lora_syncs_the_adapter_and_serves_the_reference_from_the_samplers(
@@ -72,8 +74,14 @@ def test_online_dpo_with_lora_syncs_the_adapter_and_serves_the_reference_from_th
         trainer={"lr": 1e-2, "lora": {"r": 8, "alpha": 16}},
         samplers={"sync": "object_store"},
     )
+    from ray._private.state import actors
+
     check = AdapterSyncCheck(ray_cluster, embedded_model_path)
+    # Actors of earlier tests may live on in the session's Ray (a session-scoped reference
+    # server among them): the job's own are those that were not alive before it.
+    earlier = set(actors(actor_state_name="ALIVE"))
     run_dir = online_dpo.run(cfg, hooks=[check])
+    ours = {name for actor_id, name in check.actor_classes.items() if actor_id not in earlier}
 
     base = base_logprobs(embedded_model_path)
     trained, seen = check.seen["trainer"], check.seen
@@ -84,7 +92,7 @@ def test_online_dpo_with_lora_syncs_the_adapter_and_serves_the_reference_from_th
     assert gap(seen["after/adapter"], trained) < 1e-4
     assert gap(seen["after/base"], base) < 1e-4 and gap(seen["before/base"], base) < 1e-4
     # The reference came from the samplers: Ray ran no reference server.
-    assert "Sampler" in check.actor_classes and "ReferenceServer" not in check.actor_classes
+    assert "Sampler" in ours and "ReferenceServer" not in ours, ours
 
     rounds = [r for r in read_metrics(run_dir) if "eval/reward/mean" in r]
     assert abs(rounds[0]["eval/kl"]) < 0.05  # round 0 samples base + a zero adapter = reference
