@@ -9,7 +9,7 @@ from typing import Any
 
 import ray
 
-from rlhf.driver.retry import ActorLostError, bounded_get
+from rlhf.driver.retry import ACTOR_FAILURES, bounded_get
 from rlhf.models.vllm_engine import Completion
 from rlhf.schema import SamplingConfig
 
@@ -121,7 +121,7 @@ def score(
     texts = [[c.text for c in group] for group in groups]
     try:
         scores = score_groups(prompts, texts)
-    except (ray.exceptions.RayActorError, ActorLostError):
+    except ACTOR_FAILURES:
         raise  # the reward actor's process died: the caller may retry once Ray restarted it
     except Exception as error:
         cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) else error
