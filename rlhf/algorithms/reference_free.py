@@ -133,3 +133,29 @@ def orpo_loss(logps: RankedLogps, beta: float) -> Tensor:
     better, worse = _ordered_pairs(log_odds)
     odds_ratio = -F.logsigmoid(better - worse).mean(dim=1)
     return -p[:, 0] + beta * odds_ratio
+
+
+@register_preference_loss(
+    "unlikelihood", needs_reference=False, uses_lengths=True, uses_nll=True, ranking=True
+)
+def unlikelihood_loss(logps: RankedLogps, beta: float, alpha: float = 1.0) -> Tensor:
+    """Unlikelihood (Welleck et al. 2019, "Neural Text Generation with Unlikelihood
+    Training"; the DPO paper's baseline, its section 6 and appendix C): raise the chosen
+    response's likelihood and lower the rejected ones', with weight ``alpha`` on the second:
+
+        loss = -p(y_w) - alpha * log(1 - exp(p(y_l)))
+
+    with p(y) the mean log-prob per token, so exp(p(y)) is the response's per-token
+    (geometric mean) likelihood, as ORPO's odds use it. Welleck et al. sum log(1 - pi(token))
+    over the rejected tokens; a preference loss sees summed log-probs only, so this is the
+    same penalty on the geometric mean token. A whole sequence's probability would be so small
+    that log(1 - P(y_l)) gives no gradient. p(y_l) is clamped to <= -1e-6 (probability 1 would
+    make the term infinite). ``beta`` is not read (the DPO paper sweeps alpha in [0, 1]).
+    Rankings: the mean of the unlikelihood term over the K - 1 worse responses.
+
+    Shapes: logps.policy, logps.lengths [B, K] -> losses [B].
+    """
+    _check_number("unlikelihood", "alpha", alpha, minimum=0.0)
+    p = mean_logps(logps)
+    unlikely = _log1mexp(p[:, 1:].clamp(max=-1e-6)).mean(dim=1)
+    return -p[:, 0] - alpha * unlikely

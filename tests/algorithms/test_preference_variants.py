@@ -197,7 +197,29 @@ def test_orpo_is_finite_at_probability_one():
     assert all(math.isfinite(x) for x in loss("orpo", ranked([[0.0, 0.0]])))
 
 
-REFERENCE_FREE = ["sft", "simpo", "cpo", "orpo"]
+def test_unlikelihood_by_hand_with_gradient():
+    # PAIRS, both rows: mean log-probs p_w = -2.5 (-10/4, -5/2), p_l = -2 (-14/7, -6/3);
+    #   loss = 2.5 - alpha * log(1 - e^-2) = 2.5 + alpha * 0.1454134578...
+    assert loss("unlikelihood", PAIRS, alpha=0.5) == pytest.approx([2.5727067289] * 2)
+    assert loss("unlikelihood", PAIRS, alpha=0.0) == pytest.approx([2.5, 2.5])  # plain SFT
+    # K = 3: p = -2, -0.5, -0.5; the mean of the two unlikelihood terms -log(1 - e^-0.5)
+    k3 = ranked([[-6.0, -1.0, -1.5]], lengths=[[3, 2, 3]])
+    assert loss("unlikelihood", k3) == pytest.approx([2.0 + 0.9327521296])
+    # Gradient: p_w = -4/2, p_l = -2/2. d/dlogp_w = -1/2;
+    #   d/dlogp_l = (1/2) * e^-1 / (1 - e^-1) = 0.2909883534 (alpha 1).
+    policy = torch.tensor([[-4.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    logps = RankedLogps(policy, None, torch.tensor([[2, 2]]))
+    get_preference_loss("unlikelihood")(logps, 0.1).sum().backward()
+    assert policy.grad.tolist()[0] == pytest.approx([-0.5, 0.2909883534])
+
+
+def test_unlikelihood_is_finite_at_probability_one_and_checks_alpha():
+    assert all(math.isfinite(x) for x in loss("unlikelihood", ranked([[0.0, 0.0]])))
+    with pytest.raises(ValueError, match="unlikelihood: alpha"):
+        loss("unlikelihood", PAIRS, alpha=-0.5)
+
+
+REFERENCE_FREE = ["sft", "simpo", "cpo", "orpo", "unlikelihood"]
 
 
 @pytest.mark.parametrize("name", REFERENCE_FREE)
@@ -257,7 +279,7 @@ def test_bad_options_name_the_loss_and_option(name, options, match):
 
 def test_metadata_declares_what_each_loss_reads():
     uses_nll = {e.name for e in preference_losses.items() if e.uses_nll}
-    assert {"rpo", "sft", "cpo", "orpo"} <= uses_nll and "sigmoid" not in uses_nll
+    assert {"rpo", "sft", "cpo", "orpo", "unlikelihood"} <= uses_nll and "sigmoid" not in uses_nll
     ranking = {e.name for e in preference_losses.items() if e.ranking}
     assert {"plackett_luce", "sft", "simpo", "cpo", "orpo"} <= ranking
     assert not ranking & {"sigmoid", "ipo", "hinge", *PAIR_LOSSES}

@@ -306,7 +306,7 @@ def test_rlhf_plugins_lists_every_builtin_loss_with_its_origin(capsys):
         "preference": ["sigmoid", "ipo", "hinge", "plackett_luce"],
         "dpo_variants": ["robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot"]
         + ["aot_unpaired", "apo_zero", "apo_down", "discopop", "rpo"],
-        "reference_free": ["sft", "simpo", "cpo", "orpo"],
+        "reference_free": ["sft", "simpo", "cpo", "orpo", "unlikelihood"],
         "kto": ["kto"],
     }
     for module, names in expected.items():
