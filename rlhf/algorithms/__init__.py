@@ -11,7 +11,8 @@ reused anywhere. The math follows docs/algorithms.md; every function documents i
   ``unpaired_metrics``
 - ``advantages``: ``gae``, ``grpo_advantages``, ``rloo_advantages``, ``reinforce_pp_advantages``
 - ``ppo``: ``ppo_policy_loss``, ``ppo_value_loss``, ``truncated_is_weights``
-- ``kl``: ``kl_estimate`` (k1, k2, k3), ``kl_penalized_rewards``, KL controllers
+- ``kl``: ``kl_estimate`` (k1, k2, k3), ``sequence_kl`` (exact, from logits),
+  ``kl_penalized_rewards``, KL controllers
 - ``logprobs``: ``sequence_logps``, ``target_logps``, ``entropy_from_logits``
 - ``masked``: ``masked_mean``, ``masked_var``, ``masked_whiten``
 - ``registry``: ``get_preference_loss`` (a name, or a weighted sum of losses) /
@@ -46,6 +47,7 @@ from rlhf.algorithms.kl import (
     KLController,
     kl_estimate,
     kl_penalized_rewards,
+    sequence_kl,
 )
 from rlhf.algorithms.kto import kto_loss, mismatched_indices, reference_point, unpaired_metrics
 from rlhf.algorithms.logprobs import entropy_from_logits, sequence_logps, target_logps
@@ -113,6 +115,7 @@ __all__ = [
     "grpo_advantages",
     "kl_estimate",
     "kl_penalized_rewards",
+    "sequence_kl",
     "kto_loss",
     "load_plugins",
     "masked_mean",

@@ -36,6 +36,35 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: KLKind = "k1") -> Tensor:
     raise ValueError(f"kind must be one of {', '.join(KL_KINDS)}, got {kind!r}")
 
 
+def sequence_kl(logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Tensor:
+    """KL(pi || pi_ref) of whole responses, one estimate per sampled response, from full logits.
+
+        sequence_kl = sum_t mask_t * KL( pi(.|x, y_<t) || pi_ref(.|x, y_<t) )
+
+    By the chain rule its mean over responses y ~ pi is the sequence-level KL, like the mean of
+    summed k1, but each term is an exact KL over the vocabulary instead of the log-ratio of the
+    one sampled token: every estimate is >= 0 and a few unlikely sampled tokens cannot dominate
+    the mean (the variance left is only that of the prefixes). Needs both models' logits.
+
+    Args:
+        logits, ref_logits: [B, T, V] next-token logits of the policy and the reference at the
+            positions that predict response tokens.
+        mask: [B, T] 1 where the position predicts a response token, 0 elsewhere.
+
+    Returns:
+        [B] summed per-token KL, detached from neither input (call under ``no_grad`` to save).
+    """
+    if logits.shape != ref_logits.shape or mask.shape != logits.shape[:2]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} must be the "
+            f"same [B, T, V], mask {tuple(mask.shape)} their [B, T]"
+        )
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
+    per_token = (logp.exp() * (logp - ref_logp)).sum(dim=-1).clamp(min=0.0)  # rounding below 0
+    return (per_token * mask.to(per_token.dtype)).sum(dim=1)
+
+
 def kl_penalized_rewards(
     scores: Tensor,
     logp: Tensor,

@@ -10,6 +10,7 @@ from rlhf.algorithms import (
     FixedKLController,
     kl_estimate,
     kl_penalized_rewards,
+    sequence_kl,
 )
 
 
@@ -34,6 +35,43 @@ def test_k3_is_nonnegative_and_unbiased():
     for kind in ("k1", "k3"):
         expectation = (logp_table.exp() * kl_estimate(logp_table, ref_table, kind)).sum()
         torch.testing.assert_close(expectation, exact)
+
+
+def test_sequence_kl_by_hand():
+    # One response, two positions, vocabulary of 2. The reference is uniform at both; the policy
+    # is uniform at t=0 (KL 0) and (3/4, 1/4) at t=1 (logits ln 3, 0):
+    #   KL = 3/4 ln(3/4 / 1/2) + 1/4 ln(1/4 / 1/2) = 0.75 ln 1.5 - 0.25 ln 2 = 0.1308120...
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])
+    ref_logits = torch.zeros(1, 2, 2)
+    expected = 0.75 * math.log(1.5) - 0.25 * math.log(2.0)
+    assert sequence_kl(logits, ref_logits, torch.tensor([[1, 1]])).item() == pytest.approx(expected)
+    assert sequence_kl(logits, ref_logits, torch.tensor([[1, 0]])).item() == 0.0  # masked out
+    # Logits shifted by a constant are the same distribution: KL 0 (clamped at rounding)
+    assert sequence_kl(logits + 5.0, logits, torch.ones(1, 2)).item() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="mask"):
+        sequence_kl(logits, ref_logits, torch.ones(1, 3))
+
+
+def test_sequence_kl_is_the_mean_of_summed_k1_over_every_response():
+    # Two steps over a vocabulary of 3 with a prefix-dependent second step: the exact sequence
+    # KL is the probability-weighted sum of summed k1 over all 9 responses; the mean of
+    # sequence_kl weighted the same way must equal it (chain rule), each term being >= 0.
+    torch.manual_seed(0)
+    first, ref_first = torch.randn(3), torch.randn(3)
+    second, ref_second = torch.randn(3, 3), torch.randn(3, 3)  # row: the first token
+    lp1, rp1 = first.log_softmax(0), ref_first.log_softmax(0)
+    lp2, rp2 = second.log_softmax(1), ref_second.log_softmax(1)
+    exact = rb = 0.0
+    for a in range(3):
+        for b in range(3):
+            p = (lp1[a] + lp2[a, b]).exp()
+            exact += p * ((lp1[a] - rp1[a]) + (lp2[a, b] - rp2[a, b]))
+            logits = torch.stack([first, second[a]])[None]
+            ref_logits = torch.stack([ref_first, ref_second[a]])[None]
+            estimate = sequence_kl(logits, ref_logits, torch.ones(1, 2))
+            assert estimate.item() >= 0
+            rb += p * estimate[0]
+    torch.testing.assert_close(rb, exact)
 
 
 def test_unknown_kind():
