@@ -35,7 +35,7 @@ from rlhf.models.deepspeed_config import (
     deepspeed_config,
     scheduler_start,
 )
-from rlhf.models.torch_extensions import extensions_dir
+from rlhf.models.torch_extensions import extensions_dir, use_environment_ninja
 
 Device = Literal["cpu", "cuda"]
 
@@ -191,6 +191,7 @@ class DeepSpeedModel:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0")
         for key, value in trainer_env(device).items():
             os.environ.setdefault(key, value)
+        use_environment_ninja()  # the ninja make setup built the ops with
         import deepspeed
 
         self._deepspeed = deepspeed

@@ -7,6 +7,12 @@ different torch or DeepSpeed versions would rebuild each other's ops there, and 
 midway leaves its ``lock`` file, which makes every later build wait for it forever. So trainer
 ranks get a directory of this environment's own (:func:`extensions_dir`), and a lock that no
 process holds is reported (:func:`stale_build_locks`).
+
+Every build runs the environment's own ``ninja`` (:func:`use_environment_ninja`): ninja keeps a
+hash of each command in its log, and two ninja versions hash alike commands differently, so a
+process that found the system's ninja on its ``PATH`` and one that found the environment's
+(an activated virtual environment, a Ray node started from it) rebuilt each other's ops, minutes
+each time.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import sysconfig
 import time
 from importlib import metadata
 from pathlib import Path
@@ -79,6 +86,16 @@ def stale_lock_message(root: str | Path) -> str | None:
     )
 
 
+def use_environment_ninja() -> None:
+    """Puts this environment's scripts directory first on ``PATH`` when it holds ``ninja`` (pip
+    installs it with DeepSpeed), so that every op build of the environment runs the same ninja
+    whatever ``PATH`` the process started with."""
+    scripts = sysconfig.get_path("scripts")
+    path = os.environ.get("PATH", "")
+    if os.access(os.path.join(scripts, "ninja"), os.X_OK) and path.split(os.pathsep)[0] != scripts:
+        os.environ["PATH"] = os.pathsep.join(filter(None, [scripts, path]))
+
+
 # The ops a CPU trainer rank compiles on first use: Adam for offloaded and for resident
 # optimizer states, and the shared-memory collectives of a multi-rank group.
 CPU_OPS = ("CPUAdamBuilder", "FusedAdamBuilder", "ShareMemCommBuilder")
@@ -89,6 +106,7 @@ def build_ops(names: tuple[str, ...] = CPU_OPS) -> list[str]:
     :func:`extensions_dir`, so that the first trainer start does not spend minutes on it (``make
     setup`` calls this; an op already built is only loaded). Returns the ops it loaded."""
     os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()
+    use_environment_ninja()
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()

@@ -3,7 +3,12 @@
 import os
 import time
 
-from rlhf.models.torch_extensions import extensions_dir, stale_build_locks, stale_lock_message
+from rlhf.models.torch_extensions import (
+    extensions_dir,
+    stale_build_locks,
+    stale_lock_message,
+    use_environment_ninja,
+)
 
 
 def test_extensions_dir_is_this_environments_own(monkeypatch, tmp_path):
@@ -43,3 +48,19 @@ def test_only_old_locks_that_no_process_holds_are_stale(tmp_path):
         os.close(fd)
     assert stale_build_locks(tmp_path / "none") == []
     assert stale_lock_message(tmp_path / "none") is None
+
+
+def test_op_builds_run_this_environments_ninja(monkeypatch, tmp_path):
+    """Two ninja versions rebuild each other's ops (their logs hash commands differently), so
+    every build runs the environment's own, whatever PATH the process started with."""
+    scripts = tmp_path / "venv" / "bin"
+    scripts.mkdir(parents=True)
+    monkeypatch.setattr("sysconfig.get_path", lambda name: str(scripts))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    use_environment_ninja()
+    assert os.environ["PATH"] == "/usr/bin:/bin"  # no ninja of its own: PATH as it was
+    (scripts / "ninja").write_text("")
+    (scripts / "ninja").chmod(0o755)
+    use_environment_ninja()
+    use_environment_ninja()
+    assert os.environ["PATH"] == f"{scripts}:/usr/bin:/bin"  # first, and once
