@@ -1,12 +1,17 @@
-"""Reward vs KL(policy || reference) for offline DPO, online DPO and PPO: the DPO paper's
-central experiment (its Figure 2, left), in miniature on the embedded sentiment task.
+"""Reward vs KL(policy || SFT reference) along training, for the DPO paper's algorithms: its
+Figure 2 (left), in miniature on the embedded sentiment task.
 
-    python examples/frontier/frontier.py examples/frontier/frontier.yaml [--only ppo]
+    python examples/frontier/frontier.py examples/frontier/frontier.yaml [--only dpo ppo]
+    python examples/frontier/frontier.py examples/frontier/frontier.yaml --report-only
 
-Runs every algorithm at every value of its KL knob (a finished run is reused, so the script
-can be interrupted and started again), evaluates each final policy and the SFT model on the
-same held-out prompts, and writes ``frontier.csv``, ``frontier.json`` and ``frontier.png``
-into the output directory, with a table on the console.
+Trains every setting of every algorithm in the YAML (a finished run is reused, so the script can
+be stopped and started again), keeping a checkpoint every few steps or rounds; then every
+checkpoint, and the SFT model, samples the same held-out prompts (``points.py``: Hugging Face
+on this process, no Ray) and gives one point (KL, reward) with standard errors. Writes into the
+output directory: ``frontier.csv`` (algorithm, setting, step, kl, kl_stderr, reward,
+reward_stderr), ``frontier_detail.csv`` (plus the summed-k1 KL with its spread and the mean
+response length), ``frontier.png`` and a table of the reward each algorithm's frontier reaches
+at KL <= 2, 5 and 10.
 """
 
 from __future__ import annotations
@@ -14,151 +19,164 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import json
+import time
 from pathlib import Path
 
-import ray
+import points
 import yaml
 
-from rlhf.config import load_config
-from rlhf.driver.common import ActorScope, resolve_model_path
-from rlhf.driver.evaluate import evaluate_policies
-from rlhf.driver.loops import BUILTIN_LOOPS, get_loop
-from rlhf.schema import ModelConfig, SamplingConfig
+KL_BUDGETS = (2.0, 5.0, 10.0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="the frontier YAML (see examples/frontier/frontier.yaml)")
     parser.add_argument("--only", nargs="*", help="run only these algorithms")
-    parser.add_argument("--report-only", action="store_true", help="redraw from frontier.json")
+    parser.add_argument("--report-only", action="store_true", help="redraw frontier_detail.csv")
     args = parser.parse_args()
     spec = yaml.safe_load(Path(args.config).read_text())
     out = Path(spec["output_dir"])
     if args.report_only:
-        report(json.loads((out / "frontier.json").read_text()), out)
+        report(read_rows(out / "frontier_detail.csv"), out)
         return
     out.mkdir(parents=True, exist_ok=True)
-    for module in BUILTIN_LOOPS:
-        importlib.import_module(module)
-    sft = resolve_model_path(ModelConfig())
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    try:
-        pairs = make_pairs(spec, out)
-        policies = {("sft", 0.0): sft}
-        for name, algo in spec["algorithms"].items():
-            if args.only and name not in args.only:
-                continue
-            for value in algo["values"]:
-                policies[(name, value)] = train(name, algo, value, spec, out, pairs)
-        results = evaluate(spec, policies, sft)
-    finally:
-        ray.shutdown()
-    report(results, out)
+    runs = train_all(spec, out, args.only)
+    report(evaluate(spec, runs, out), out)
 
 
-def make_pairs(spec: dict, out: Path) -> Path:
-    """The offline DPO data: SFT samples labelled by the reward (made once)."""
-    from rlhf.driver import make_data
-
-    path = out / "pairs.parquet"
-    if not path.exists():
-        overrides = [*spec["data"]["overrides"], f"output={path}", f"seed={spec['seed']}"]
-        make_data.run(load_config(make_data.MakeDataConfig, spec["data"]["config"], overrides))
-    return path
+def settings_of(algo: dict) -> list[tuple[str, list[str]]]:
+    """(label, overrides) of each setting of an algorithm's sweep, e.g. ("beta=0.1", [...])."""
+    return [
+        (" ".join(f"{k.split('.')[-1]}={v}" for k, v in setting.items()),
+        [f"{k}={v}" for k, v in setting.items()])
+        for setting in algo["sweep"]
+    ]  # fmt: skip
 
 
-def train(name: str, algo: dict, value: float, spec: dict, out: Path, pairs: Path) -> str:
-    """One run of one algorithm at one knob value; returns its final model directory."""
-    loop, cfg = job(name, algo, value, spec, out, pairs)
-    model = Path(cfg.output_dir) / "model"
-    if not model.exists():  # else finished earlier
-        resume = (Path(cfg.output_dir) / "metrics.jsonl").exists()  # interrupted: continue it
-        loop(cfg, resume=resume)
-    return str(model)
+def job(name: str, algo: dict, label: str, overrides: list[str], spec: dict, out: Path):
+    """The training loop and its validated config for one setting of one algorithm."""
+    from rlhf.config import load_config
+    from rlhf.driver.loops import get_loop
 
-
-def job(name: str, algo: dict, value: float, spec: dict, out: Path, pairs: Path):
-    """The training loop and its validated config for one algorithm at one knob value."""
-    run_dir = out / f"{name}_{algo['knob'].split('.')[-1]}_{value}"
+    run_dir = out / "runs" / f"{name}_{label.replace(' ', '_').replace('=', '')}"
+    data = algo.get("data")
     overrides = [
-        *algo.get("overrides", []),
-        f"{algo['knob']}={value}",
+        *_flat(algo.get("overrides", [])),
+        *overrides,
+        *([f"data.path={out / spec['data'][data]['file']}"] if data else []),
+        "keep_checkpoints=1000",  # every checkpoint is a point of the frontier
         f"output_dir={run_dir}",
         f"seed={spec['seed']}",
     ]
-    if name == "dpo":
-        overrides.append(f"data.path={pairs}")
     raw = yaml.safe_load(Path(algo["config"]).read_text())
     loop = get_loop(raw["algorithm"])
     return loop, load_config(loop.metadata["config"], algo["config"], overrides)
 
 
-def evaluate(spec: dict, policies: dict, sft: str) -> list[dict]:
+def _flat(items: list) -> list[str]:
+    """Overrides with YAML aliases expanded ([*offline, x] reads as a nested list)."""
+    return [x for item in items for x in (_flat(item) if isinstance(item, list) else [item])]
+
+
+def train_all(spec: dict, out: Path, only: list[str] | None) -> dict[tuple[str, str], Path]:
+    """Trains every setting (unless finished); returns {(algorithm, setting): run directory}."""
+    import ray
+
+    from rlhf.driver.loops import BUILTIN_LOOPS
+
+    for module in BUILTIN_LOOPS:
+        importlib.import_module(module)
+    runs = {}
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        make_data(spec, out)
+        for name, algo in spec["algorithms"].items():
+            if only and name not in only:
+                continue
+            for label, overrides in settings_of(algo):
+                loop, cfg = job(name, algo, label, overrides, spec, out)
+                run_dir = Path(cfg.output_dir)
+                if not (run_dir / "model").exists():  # else finished earlier
+                    started = time.perf_counter()
+                    loop(cfg, resume=(run_dir / "metrics.jsonl").exists())
+                    print(f"{name} {label}: trained in {time.perf_counter() - started:.0f} s")
+                runs[(name, label)] = run_dir
+    finally:
+        ray.shutdown()
+    return runs
+
+
+def make_data(spec: dict, out: Path) -> None:
+    """The offline data sets: SFT samples labelled by the reward, the paper's way (made once)."""
+    from rlhf.config import load_config
+    from rlhf.driver import make_data as make
+
+    for data in spec["data"].values():
+        path = out / data["file"]
+        if not path.exists():
+            overrides = [*data["overrides"], f"output={path}", f"seed={spec['seed']}"]
+            make.run(load_config(make.MakeDataConfig, data["config"], overrides))
+
+
+def evaluate(spec: dict, runs: dict[tuple[str, str], Path], out: Path) -> list[dict]:
+    """One row per checkpoint of every run, and one for the SFT model, on the same prompts."""
+    from rlhf.driver.common import resolve_model_path
+    from rlhf.rewards import sentiment
+    from rlhf.schema import ModelConfig
     from rlhf.task import make_prompts
+    from rlhf.task.model import load_tokenizer
 
     ev = spec["eval"]
+    sft = resolve_model_path(ModelConfig())
     prompts = make_prompts(ev["prompts"], seed=spec["seed"] + 1, split="eval")
-    sampling = SamplingConfig(n=ev["samples_per_prompt"], max_tokens=ev["max_tokens"])
-    scope = ActorScope()
-    try:
-        named = {f"{name} {value}": path for (name, value), path in policies.items()}
-        scores = evaluate_policies(named, sft, prompts, sampling, scope, seed=spec["seed"])
-    finally:
-        scope.close()
-    return [
-        {"algorithm": name, "knob": value, **scores[f"{name} {value}"]}
-        for (name, value) in policies
-    ]
+    settings = points.EvalSettings(ev["samples_per_prompt"], ev["max_tokens"], seed=spec["seed"])
+    return evaluate_runs(runs, sft, load_tokenizer(Path(sft)), prompts, sentiment, settings)
 
 
-def report(results: list[dict], out: Path) -> None:
-    with (out / "frontier.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(results[0]))
-        writer.writeheader()
-        writer.writerows(results)
-    (out / "frontier.json").write_text(json.dumps(results, indent=2))
-    print(f"\n{'algorithm':<11} {'beta':>5}  {'reward':>13}  {'KL (nats)':>13}  length")
-    for r in results:
-        print(
-            f"{r['algorithm']:<11} {r['knob']:>5}  {r['reward']:.3f} ± {r['reward_sem']:.3f}  "
-            f"{r['kl']:6.2f} ± {r['kl_sem']:4.2f}  {r['response_length']:6.1f}"
+def evaluate_runs(runs, reference_dir, tokenizer, prompts, reward_fn, settings) -> list[dict]:
+    """The rows of ``runs`` ({(algorithm, setting): run dir}) and of the reference itself."""
+    reference = points.load_policy(reference_dir, None)
+    sft = points.measure(reference, reference, tokenizer, prompts, reward_fn, settings)
+    rows = [{"algorithm": "sft", "setting": "-", "step": 0, **sft}]
+    for (name, label), run_dir in runs.items():
+        started = time.perf_counter()
+        rows += points.evaluate_run(
+            name, label, run_dir, reference, reference_dir, tokenizer, prompts, reward_fn, settings
         )
-    plot(results, out / "frontier.png")
+        print(f"evaluated {name} {label} in {time.perf_counter() - started:.0f} s")
+    return rows
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a ``frontier_detail.csv`` back, numbers as numbers."""
+    with path.open() as f:
+        return [
+            {k: v if k in ("algorithm", "setting") else float(v) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+
+
+def report(rows: list[dict], out: Path) -> None:
+    """frontier.csv, frontier_detail.csv, frontier.png, and the table on the console."""
+    points.write_csv(rows, out / "frontier.csv")
+    points.write_csv(rows, out / "frontier_detail.csv", points.DETAIL_COLUMNS)
+    points.plot(rows, out / "frontier.png")
+    print(table(rows))
     print(f"\nwritten: {out / 'frontier.csv'}, {out / 'frontier.png'}")
 
 
-def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name in dict.fromkeys(r["algorithm"] for r in results):
-        rows = sorted((r for r in results if r["algorithm"] == name), key=lambda r: r["kl"])
-        ax.errorbar(
-            [r["kl"] for r in rows],
-            [r["reward"] for r in rows],
-            xerr=[r["kl_sem"] for r in rows],
-            yerr=[r["reward_sem"] for r in rows],
-            marker="o",
-            capsize=2,
-            label=name,
-        )
-        for r in rows:
-            if name != "sft":
-                ax.annotate(f"{r['knob']}", (r["kl"], r["reward"]), fontsize=7)
-    ax.set_xscale("symlog", linthresh=1.0)  # KL spans two orders of magnitude
-    ax.set(
-        xlabel="KL(policy || SFT reference), nats per response (symlog)",
-        ylabel="mean reward on held-out prompts",
-        title="reward vs KL frontier (embedded sentiment task)",
-    )
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def table(rows: list[dict]) -> str:
+    """Markdown: the best reward of each algorithm's points with KL <= each budget."""
+    head = "| algorithm | " + " | ".join(f"KL <= {b:g}" for b in KL_BUDGETS) + " | points |"
+    lines = [head, "|" + "---|" * (len(KL_BUDGETS) + 2)]
+    for name in dict.fromkeys(r["algorithm"] for r in rows):
+        mine = [r for r in rows if r["algorithm"] == name]
+        cells = []
+        for budget in KL_BUDGETS:
+            value = points.reward_at_kl(mine, budget)
+            cells.append("—" if value is None else f"{value:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(mine)} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
