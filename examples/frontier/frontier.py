@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("config", help="the frontier YAML (see examples/frontier/frontier.yaml)")
     parser.add_argument("--only", nargs="*", help="run only these algorithms")
     parser.add_argument("--report-only", action="store_true", help="redraw frontier_detail.csv")
+    parser.add_argument(
+        "--no-train", action="store_true", help="evaluate the checkpoints the runs have so far"
+    )
     args = parser.parse_args()
     spec = yaml.safe_load(Path(args.config).read_text())
     out = Path(spec["output_dir"])
@@ -40,8 +43,24 @@ def main() -> None:
         report(read_rows(out / "frontier_detail.csv"), out)
         return
     out.mkdir(parents=True, exist_ok=True)
-    runs = train_all(spec, out, args.only)
+    runs = existing_runs(spec, out, args.only) if args.no_train else train_all(spec, out, args.only)
     report(evaluate(spec, runs, out), out)
+
+
+def existing_runs(spec: dict, out: Path, only: list[str] | None) -> dict[tuple[str, str], Path]:
+    """{(algorithm, setting): run directory} of the runs that have a checkpoint already."""
+    runs = {}
+    for name, algo in spec["algorithms"].items():
+        for label, _ in settings_of(algo):
+            run_dir = run_dir_of(out, name, label)
+            if (not only or name in only) and points.checkpoints(run_dir):
+                runs[(name, label)] = run_dir
+    return runs
+
+
+def run_dir_of(out: Path, name: str, label: str) -> Path:
+    """Where one setting of one algorithm trains."""
+    return out / "runs" / f"{name}_{label.replace(' ', '_').replace('=', '')}"
 
 
 def settings_of(algo: dict) -> list[tuple[str, list[str]]]:
@@ -58,7 +77,7 @@ def job(name: str, algo: dict, label: str, overrides: list[str], spec: dict, out
     from rlhf.config import load_config
     from rlhf.driver.loops import get_loop
 
-    run_dir = out / "runs" / f"{name}_{label.replace(' ', '_').replace('=', '')}"
+    run_dir = run_dir_of(out, name, label)
     data = algo.get("data")
     overrides = [
         *_flat(algo.get("overrides", [])),

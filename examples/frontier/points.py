@@ -19,6 +19,8 @@ of one prompt are not independent of each other's prompt.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -235,10 +237,19 @@ def evaluate_run(
             f"{run_dir}: no checkpoints/step_*/<policy|trainer>/**/{MODEL_STATES}; train it with "
             "a save interval and keep_checkpoints large enough to keep them all"
         )
+    cache_file = Path(run_dir) / "frontier_points.json"  # measured points, by checkpoint
+    key = json.dumps([list(prompts), dataclasses.asdict(settings)])
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    if cache.get("key") != key:
+        cache = {"key": key, "points": {}}
     rows = []
     for step, weights in found:
-        policy = load_policy(reference_dir, weights)
-        point = measure(policy, reference, tokenizer, prompts, reward_fn, settings)
+        point = cache["points"].get(str(step))
+        if point is None:
+            policy = load_policy(reference_dir, weights)
+            point = measure(policy, reference, tokenizer, prompts, reward_fn, settings)
+            cache["points"][str(step)] = point
+            cache_file.write_text(json.dumps(cache))
         rows.append({"algorithm": algorithm, "setting": setting, "step": step, **point})
     return rows
 
