@@ -136,6 +136,7 @@ class TrainerRank:
         self.model = model
         self.step = make_step(model)
         self._tables: dict[str, tuple[pa.Table, int]] = {}
+        self._batches: dict[str, Any] = {}
         self._broadcast_adapter = False  # what the weight group carries (open_weight_broadcast)
 
     # --- steps ------------------------------------------------------------------------------
@@ -229,6 +230,29 @@ class TrainerRank:
         table, pad_token_id = self._tables[name]
         lo, hi = shard_bounds(len(indices), self.model.rank, self.model.world_size)
         return self.step.collate(table, indices[lo:hi], pad_token_id)
+
+    # --- steps over rows of a held batch -------------------------------------------------------
+
+    def hold_batch(self, name: str, batch: Any) -> None:
+        """Keeps a whole batch of every rank's rows (a round's ``RolloutBatch``) under ``name``
+        for ``train_held``, replacing any batch of that name.
+
+        The driver puts the batch into the object store once per round and every rank maps it
+        from there; each step then carries its row indices, not its rows pickled again.
+        """
+        self._batches[name] = batch
+
+    def train_held(
+        self, name: str, rows: list[int], total: int, num_micro: int | None = None
+    ) -> dict[str, Any]:
+        """``train_step`` on this rank's shard (``batch.shard``) of rows ``rows`` of the held
+        batch ``name``: the same shard the driver's ``call_sharded`` of those rows would send."""
+        if name not in self._batches:
+            raise KeyError(
+                f"no batch {name!r} held (held: {sorted(self._batches)}); hold_batch first"
+            )
+        step = self._batches[name].select(torch.as_tensor(rows, dtype=torch.long))
+        return self.train_step(step.shard(self.model.rank, self.model.world_size), total, num_micro)
 
     # --- weights out ------------------------------------------------------------------------
 

@@ -158,6 +158,34 @@ def test_critic_step_over_uneven_shards_is_the_token_mean(value_model, rows, num
     assert sorted(whole["sums"]) == ["value_clip_fraction", "value_loss", "values"]
 
 
+def test_a_step_over_rows_of_a_held_batch_is_the_step_over_those_rows_sent(policy):
+    """``train_held``: each rank of two holds the whole batch and takes its shard of the step's
+    rows; the gradient and metrics equal ``train_step`` on the rows the driver would send."""
+    batch = _rollout(7, seed=3, policy=policy)
+    rows = torch.tensor([5, 0, 3, 6, 2])  # a shuffled mini-batch, as the driver's
+    sent = batch.select(rows)
+    make_step = functools.partial(PPOPolicyStep, clip_eps=CLIP)
+    held, direct = [], []
+    for rank in (0, 1):
+        model = LocalModel(policy, rank, 2)
+        trainer = TrainerRank.around(model, make_step)
+        trainer.hold_batch("rollout", batch)
+        held.append((model, trainer.train_held("rollout", rows.tolist(), sent.num_tokens, 2)))
+        model = LocalModel(policy, rank, 2)
+        part = TrainerRank.around(model, make_step).train_step(
+            sent.shard(rank, 2), sent.num_tokens, 2
+        )
+        direct.append((model, part))
+    _same_grads(
+        data_parallel_grads([m for m, _ in held]), data_parallel_grads([m for m, _ in direct])
+    )
+    for (_, got), (_, expected) in zip(held, direct, strict=True):
+        assert got["sums"] == pytest.approx(expected["sums"], rel=1e-6)
+        assert got["tokens"] == expected["tokens"] > 0
+    with pytest.raises(KeyError, match="no batch 'other' held"):
+        trainer.train_held("other", [0], 1, 1)
+
+
 @pytest.mark.parametrize("role", ["policy", "critic"])
 def test_score_over_shards_equals_one_forward_of_the_batch(policy, value_model, role):
     """``token_logps`` / ``values``: micro batches of consecutive rows, padded back to the
