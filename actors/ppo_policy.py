@@ -1,9 +1,10 @@
 """The PPO policy: a ``TrainerRank`` whose step is ``PPOPolicyStep``.
 
-The driver shards each mini-batch of experience by rows (``group.call_sharded``) and tells
-every rank the mini-batch's total response tokens and its number of micro batches, so the loss
-is the token mean over the whole mini-batch and every rank runs the same number of passes
-(ZeRO's collectives run inside them) without any metadata collective. Each rank answers with
+Every rank holds the round's whole experience (``TrainerRank.hold_batch``, put into the object
+store once); each step names its mini-batch's rows (``train_held``), and each rank trains on its
+shard of them. The driver tells every rank the mini-batch's total response tokens and its number
+of micro batches, so the loss is the token mean over the whole mini-batch and every rank runs
+the same number of passes (ZeRO's collectives run inside them) without any metadata collective. Each rank answers with
 token sums of its metrics (see ``actors.rank``); the driver divides.
 """
 
@@ -86,7 +87,7 @@ class PPOPolicyStep:
         )
         # Logged always; part of the graph only when the bonus trains on it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.entropy_coef)):
-            entropy = _masked_token_mean(entropy_from_logits(logits[:, :-1]), mask)
+            entropy = _response_entropy(logits, mask)
         if self.entropy_coef:
             loss = loss - self.entropy_coef * entropy
         tokens = int(mask.sum())
@@ -103,11 +104,11 @@ class PPOPolicyStep:
         return {"tokens": float(batch.num_tokens)}
 
 
-def _masked_token_mean(per_position: Tensor, mask: Tensor) -> Tensor:
-    """Mean over response tokens of a [N, T - 1] quantity of the logits predicting token t."""
+def _response_entropy(logits: Tensor, mask: Tensor) -> Tensor:
+    """Mean over response tokens of the entropy of the logits predicting each (those at t - 1
+    for the token at t); only the response positions' logits are taken."""
     valid = mask[:, 1:].bool()
-    total = torch.where(valid, per_position, torch.zeros_like(per_position)).sum()
-    return total / valid.sum().clamp(min=1)
+    return entropy_from_logits(logits[:, :-1][valid]).sum() / valid.sum().clamp(min=1)
 
 
 class PPOPolicy(TrainerRank):
