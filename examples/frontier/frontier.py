@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument(
         "--no-train", action="store_true", help="evaluate the checkpoints the runs have so far"
     )
+    parser.add_argument(
+        "--no-eval", action="store_true", help="train only (measure later with --no-train)"
+    )
     args = parser.parse_args()
     spec = yaml.safe_load(Path(args.config).read_text())
     out = Path(spec["output_dir"])
@@ -44,7 +47,8 @@ def main() -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     runs = existing_runs(spec, out, args.only) if args.no_train else train_all(spec, out, args.only)
-    report(evaluate(spec, runs, out), out)
+    if not args.no_eval:
+        report(evaluate(spec, existing_runs(spec, out, None) | runs, out), out)
 
 
 def existing_runs(spec: dict, out: Path, only: list[str] | None) -> dict[tuple[str, str], Path]:
