@@ -7,8 +7,10 @@ Everything here runs in the driver on CPU tensors; the groups only see ``Rollout
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
+import ray
 import torch
 from torch import Tensor
 
@@ -149,36 +151,63 @@ def combine(results: list[dict[str, Any]], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{key}": value for key, value in merged.items()}
 
 
-def train_minibatch(
+def train_steps(
     policy,
     critic,
     batch: RolloutBatch,
+    steps: list[Tensor],
     micro_batch_sizes: tuple[int, int],
     timeout_s: float | None = None,
-):
-    """One optimizer step of the policy and (if any) the critic on the same mini-batch.
+) -> Iterator[dict[str, float]]:
+    """Optimizer steps of the policy and (if any) the critic, one per mini-batch of ``steps``
+    (row indices of ``batch``); yields each step's combined metrics, in order.
 
-    Both groups run at once; returns the combined metrics. Waits ``timeout_s`` at most (None:
-    no bound) and names a rank that dies at once (``rlhf.driver.retry.bounded_get``).
+    The batch travels once: every rank holds it (``TrainerRank.hold_batch``) and a step carries
+    its row indices. Every step is queued at once (a rank runs its calls in order), so a rank
+    starts its next step while the driver logs the last, and the critic never waits for the
+    policy. Each step's answers are waited for ``timeout_s`` at most (None: no bound), naming a
+    rank that dies at once (``rlhf.driver.retry.bounded_get``).
     """
-    total = batch.num_tokens
-    policy_refs = sharded_train(policy, batch, total, micro_batch_sizes[0])
-    critic_refs = (
-        None if critic is None else sharded_train(critic, batch, total, micro_batch_sizes[1])
-    )
-    refs, names = policy_refs, ranks("policy trainer", len(policy_refs))
-    if critic_refs is not None:
-        refs, names = refs + critic_refs, names + ranks("critic", len(critic_refs))
-    answers = bounded_get(refs, names, timeout_s, "train step")
-    metrics = combine(answers[: len(policy_refs)], "policy")
-    if critic_refs is not None:
-        metrics |= combine(answers[len(policy_refs) :], "critic")
-    return metrics
+    roles = [("policy trainer", policy, micro_batch_sizes[0])]
+    if critic is not None:
+        roles.append(("critic", critic, micro_batch_sizes[1]))
+    held = ray.put(batch)
+    for _, group, _ in roles:
+        group.call("hold_batch", HELD_BATCH, held)
+    lengths = batch.attention_mask.sum(-1)
+    queued = []
+    for rows in steps:
+        total = int(batch.loss_mask[rows].sum())
+        refs, names = [], []
+        for role, group, size in roles:
+            num_micro = micro_batches(len(rows), len(group), size)
+            mine = by_length(rows, lengths, len(group)).tolist()
+            refs += group.call("train_held", HELD_BATCH, mine, total, num_micro)
+            names += ranks(role, len(group))
+        queued.append((refs, names))
+    for refs, names in queued:
+        answers = bounded_get(refs, names, timeout_s, "train step")
+        n = len(policy)
+        metrics = combine(answers[:n], "policy")
+        if critic is not None:
+            metrics |= combine(answers[n:], "critic")
+        yield metrics
 
 
-def sharded_train(group, batch: RolloutBatch, total_tokens: int, micro_batch_size: int):
-    num_micro = micro_batches(len(batch), len(group), micro_batch_size)
-    return group.call_sharded("train_step", batch, total_tokens, num_micro)
+HELD_BATCH = "rollout"  # the name the ranks hold a round's batch under
+
+
+def by_length(rows: Tensor, lengths: Tensor, world_size: int) -> Tensor:
+    """A mini-batch's rows in the order that gives each rank (a contiguous shard:
+    ``RolloutBatch.shard``) rows of every length, dealt in turn from the shortest, and its
+    shard sorted shortest first, so that its micro batches (consecutive runs) pad little.
+
+    The same rows reach the same step: only which rank and which micro batch take a row
+    changes, and the step's loss is a sum over its tokens divided by the step's total, so the
+    gradient is the same up to float rounding. ``lengths`` [N]: every row's real tokens.
+    """
+    ordered = rows[torch.argsort(lengths[rows], stable=True)]
+    return torch.cat([ordered[rank::world_size] for rank in range(world_size)])
 
 
 def experience_metrics(

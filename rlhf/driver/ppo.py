@@ -300,20 +300,20 @@ def train_epochs(cfg: PPOConfig, rnd: Round, batch: RolloutBatch) -> dict[str, f
     returns the last step's metrics."""
     p, groups, state = cfg.ppo, rnd.job.workers.groups, rnd.job.state
     sizes = (cfg.trainer.micro_batch_sequences, cfg.critic.micro_batch_sequences)
+    steps = [
+        rows
+        for epoch in range(p.epochs)
+        for rows in xp.minibatches(len(batch), p.minibatch_size, rnd.seed * 31 + epoch)
+    ]
+    answers = xp.train_steps(
+        groups["policy"], groups.get("critic"), batch, steps, sizes, cfg.ray.call_timeout_s
+    )
     metrics: dict[str, float] = {}
-    for epoch in range(p.epochs):
-        for rows in xp.minibatches(len(batch), p.minibatch_size, rnd.seed * 31 + epoch):
-            metrics = xp.train_minibatch(
-                groups["policy"],
-                groups.get("critic"),
-                batch.select(rows),
-                sizes,
-                cfg.ray.call_timeout_s,
-            )
-            first = f"round {rnd.index}'s training sample {int(rows[0])}"
-            check_finite_loss(metrics, state.step + 1, first)
-            state.step += 1
-            rnd.job.logger.log(state.step, metrics)
+    for rows, metrics in zip(steps, answers, strict=True):
+        first = f"round {rnd.index}'s training sample {int(rows[0])}"
+        check_finite_loss(metrics, state.step + 1, first)
+        state.step += 1
+        rnd.job.logger.log(state.step, metrics)
     return metrics
 
 

@@ -26,6 +26,7 @@ from rlhf.algorithms import (
     sequence_logps,
 )
 from rlhf.data.batch import RolloutBatch
+from rlhf.driver import experience as xp
 from rlhf.driver.metrics import merge_rank_metrics
 from rlhf.models.hf import batch_logps, load_causal_lm, load_value_model, positions, token_values
 from tests.actors.local_model import LocalModel, data_parallel_grads
@@ -184,6 +185,61 @@ def test_a_step_over_rows_of_a_held_batch_is_the_step_over_those_rows_sent(polic
         assert got["tokens"] == expected["tokens"] > 0
     with pytest.raises(KeyError, match="no batch 'other' held"):
         trainer.train_held("other", [0], 1, 1)
+
+
+class _InProcessGroup:
+    """An ``ActorGroup``'s face over ranks in this process: ``call`` answers at once."""
+
+    def __init__(self, ranks: list[TrainerRank]) -> None:
+        self.ranks = ranks
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def call(self, method: str, *args):
+        return [getattr(rank, method)(*args) for rank in self.ranks]
+
+
+def test_the_driver_s_queued_steps_give_each_step_s_metrics_in_order(
+    policy, value_model, monkeypatch
+):
+    """``experience.train_steps`` (held batch, rows by length, every step queued): each step's
+    merged metrics equal those of the step's rows sent to the ranks as before."""
+    monkeypatch.setattr(xp.ray, "put", lambda value: value)
+    monkeypatch.setattr(xp, "bounded_get", lambda refs, names, timeout_s, what: list(refs))
+    batch = _rollout(7, seed=5, policy=policy)
+    steps = [torch.tensor([5, 0, 3, 6, 2]), torch.tensor([1, 4])]
+    roles = [
+        (policy, functools.partial(PPOPolicyStep, clip_eps=CLIP), 2),
+        (value_model, functools.partial(ValueStep, value_clip_eps=CLIP), 1),
+    ]
+    groups = [
+        _InProcessGroup([TrainerRank.around(LocalModel(m, r, n), make) for r in range(n)])
+        for m, make, n in roles
+    ]
+    got = list(xp.train_steps(*groups, batch, steps, (1, 2)))
+    assert len(got) == len(steps) and got[0]["policy/tokens"] == batch.select(steps[0]).num_tokens
+    for rows, metrics in zip(steps, got, strict=True):
+        sent = batch.select(rows)
+        expected = {}
+        for (m, make, n), prefix in zip(roles, ("policy", "critic"), strict=True):
+            num_micro = xp.micro_batches(len(rows), n, 1 if prefix == "policy" else 2)
+            parts = [
+                TrainerRank.around(LocalModel(m, r, n), make).train_step(
+                    sent.shard(r, n), sent.num_tokens, num_micro
+                )
+                for r in range(n)
+            ]
+            expected |= xp.combine(parts, prefix)
+        # Time, and the stand-in's per-rank norm of a gradient it never zeroes.
+        for key in ("tokens_per_s", "grad_norm"):
+            for prefix in ("policy", "critic"):
+                got_value, expected_value = (
+                    metrics.pop(f"{prefix}/{key}"),
+                    expected.pop(f"{prefix}/{key}"),
+                )
+                assert got_value > 0 and expected_value > 0
+        assert metrics == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("role", ["policy", "critic"])

@@ -58,6 +58,17 @@ def test_micro_batches_agree_across_ranks():
     assert xp.micro_batches(rows=0, world_size=2, micro_batch_size=8) == 1
 
 
+def test_by_length_deals_each_rank_rows_of_every_length_shortest_first():
+    lengths = torch.tensor([4, 9, 2, 7, 3, 8, 1])  # real tokens of rows 0..6
+    rows = torch.tensor([5, 0, 3, 6, 2])  # a shuffled mini-batch: lengths 8, 4, 7, 1, 2
+    # Shortest first: rows 6, 2, 0, 3, 5; dealt in turn to 2 ranks: [6, 0, 5] and [2, 3].
+    two = xp.by_length(rows, lengths, world_size=2)
+    assert two.tolist() == [6, 0, 5, 2, 3]
+    assert [s.tolist() for s in two.tensor_split(2)] == [[6, 0, 5], [2, 3]]  # the shards
+    assert xp.by_length(rows, lengths, world_size=1).tolist() == [6, 2, 0, 3, 5]
+    assert xp.by_length(rows[:1], lengths, world_size=3).tolist() == [5]  # two empty shards
+
+
 def test_advantages_are_gae_of_kl_penalised_rewards():
     batch, ref, scores = xp.rollout_batch(_groups(), [[-1.0] * 4, [-1.0] * 2, [-1.0] * 2], 0)
     batch.old_logps = torch.where(batch.loss_mask.bool(), -0.5, 0.0)  # k1 = 0.5 per token
