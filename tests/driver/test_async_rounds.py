@@ -1,10 +1,8 @@
-"""Asynchronous rounds (``rounds.max_staleness``): the versions that sample each round, the
-samples in flight at a checkpoint, PPO's behaviour log-probs; and a staleness-1 online DPO run
-that a resumed run reproduces."""
+"""Asynchronous rounds (``rounds.max_staleness``): the samples in flight at a checkpoint, PPO's
+behaviour log-probs, the config check. The staleness-1 online DPO run (the versions that sample
+each round, the bound, and a driver killed with samples in flight that resumes as the
+uninterrupted run) is in ``test_online_faults.py``, sharing its kill and resume."""
 
-import shutil
-
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -15,8 +13,7 @@ from rlhf.driver.online_loop import IN_FLIGHT, read_in_flight, write_in_flight
 from rlhf.driver.rollout import PendingSamples, ScoredGroup
 from rlhf.models.vllm_engine import Completion
 from rlhf.models.vllm_sync import StaleWeightsError
-from rlhf.run_dir import Checkpoints, read_metrics
-from tests.driver.test_online_faults import assert_same_run, small_config
+from tests.driver.test_online_faults import small_config
 
 
 def _completion(prompt_ids, token_ids, token_logprobs):
@@ -94,46 +91,3 @@ def test_max_staleness_is_checked_at_load(tmp_path):
             rounds={"max_staleness": 1},
             samplers={"engine": {"sleep_when_idle": True}},
         )
-
-
-@pytest.mark.integration
-def test_staleness_1_samples_one_version_behind_and_resumes_as_the_whole_run(
-    ray_cluster, tmp_path, embedded_model_path
-):
-    """Online DPO with max_staleness 1, 2 rounds: round 1 samples on version 0, the SFT model,
-    while round 0 trains. Then the run is resumed from its round-0 checkpoint (what a kill in
-    round 1 leaves: round 1's samples in flight, written with it) and must end the same."""
-    from rlhf.driver import online_dpo
-
-    # The Hugging Face reference starts faster than a second vLLM engine (the test is about the
-    # samplers).
-    sections = {"rounds": {"rounds": 2, "max_staleness": 1}, "reference": {"backend": "hf"}}
-    whole = online_dpo.run(small_config(tmp_path / "whole", embedded_model_path, **sections))
-    records = [r for r in read_metrics(whole) if "round" in r]
-    assert [r["rollout/policy_version"] for r in records] == [0, 0]
-    assert [r["rollout/policy_version_lag"] for r in records] == [0, 1]
-    for index in range(2):
-        path = whole / "rounds" / f"round_{index:04d}" / "samples.parquet"
-        versions = set(pq.read_table(path).column("policy_version").to_pylist())
-        assert versions == {0}, index  # round 1: one version behind, the bound
-    # Round 1 trained on samples of the SFT model: online DPO takes them as data as they are.
-    assert records[1]["preferences"] > 0 and "train/loss" in records[1]
-
-    # The run directory as a driver killed in round 1 leaves it: its round-0 checkpoint
-    # (state.round 1, round 1's samples in flight) is the latest.
-    killed = tmp_path / "killed"
-    shutil.copytree(whole, killed)
-    checkpoints = Checkpoints(killed)
-    at_round_1 = [
-        p
-        for p in sorted((killed / "checkpoints").glob("step_*"))
-        if checkpoints.driver_state(p)["round"] == 1
-    ]
-    assert len(at_round_1) == 1 and (at_round_1[0] / IN_FLIGHT).exists()
-    (killed / "checkpoints" / "latest").write_text(at_round_1[0].name)
-    shutil.rmtree(killed / "rounds" / "round_0001")
-    shutil.rmtree(killed / "model")
-    resumed = online_dpo.run(small_config(killed, embedded_model_path, **sections), resume=True)
-    # Sampling round 1 again on the restored weights (version 1) would draw other responses.
-    assert_same_run(resumed, whole, rounds=2)
-    assert (resumed / "model" / "config.json").exists()

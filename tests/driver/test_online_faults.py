@@ -1,8 +1,10 @@
 """Online DPO survives dead actors and a killed driver, and ends where an uninterrupted run does.
 
-Every scenario is compared with one uninterrupted run of the same small config: prompts,
+Every scenario is compared with an uninterrupted run of the same small config: prompts,
 sampling seeds and batch order depend on (seed, round) only, and vLLM on the CPU samples the
-same tokens from the same weights, so a recovered run must log the same numbers.
+same tokens from the same weights, so a recovered run must log the same numbers. The killed
+driver's run samples asynchronously (rounds.max_staleness 1), so that one kill and resume also
+show that the samples in flight at a checkpoint are resumed as they are.
 """
 
 import os
@@ -124,13 +126,15 @@ def test_dead_sampler_and_reward_actor_are_restarted_and_the_phase_retried(
 CALLS = {"n": 0}
 
 
-def _sentiment_hanging_in_round_2(prompts, responses):
-    """The task's reward; its third call (round 2 of a fresh run) tells the test, then hangs."""
+def _sentiment_hanging_in_round_1(prompts, responses):
+    """The task's reward; in a fresh run (no gate file yet) its second call, round 1's scores,
+    tells the test and hangs; a resumed run scores as usual."""
     from rlhf.task import sentiment_reward
 
     CALLS["n"] += 1
-    if CALLS["n"] == 3:
-        Path(os.environ["RLHF_TEST_GATE"]).touch()
+    gate = Path(os.environ["RLHF_TEST_GATE"])
+    if CALLS["n"] == 2 and not gate.exists():
+        gate.touch()
         time.sleep(600)
     return sentiment_reward(prompts, responses)
 
@@ -144,17 +148,42 @@ def _train(config_path, log_path, *extra):
         )
 
 
-def test_killed_driver_resumes_round_2_as_the_uninterrupted_run(
-    tmp_path, embedded_model_path, uninterrupted
+# The Hugging Face reference starts faster than a second vLLM engine (neither test is about it).
+STALENESS_1 = {"rounds": {"max_staleness": 1}, "reference": {"backend": "hf"}}
+
+
+def test_killed_driver_at_staleness_1_resumes_its_samples_in_flight_as_the_uninterrupted_run(
+    ray_cluster, tmp_path, embedded_model_path
 ):
-    """SIGKILL of the whole ``rlhf train`` process group in round 2 (after round 1's checkpoint,
-    while the reward is scoring), then ``rlhf train --resume``."""
-    gate = tmp_path / "round_2_scoring"
+    """Online DPO with rounds.max_staleness 1. Uninterrupted (in this process), round r > 0
+    samples on weights version r - 1 while round r - 1 trains: one version behind, the bound.
+    Then ``rlhf train`` is SIGKILLed (its whole process group) while round 1 scores, after round
+    0's checkpoint, which holds round 1's samples in flight (version 0); ``rlhf train --resume``
+    takes them as they are (sampling round 1 again on the restored weights, version 1, would
+    draw other responses), samples round 2 on the restored weights, and ends as the
+    uninterrupted run."""
+    from rlhf.driver import online_dpo
+    from rlhf.driver.online_loop import IN_FLIGHT, read_in_flight
+
+    whole = online_dpo.run(small_config(tmp_path / "whole", embedded_model_path, **STALENESS_1))
+    records = [r for r in read_metrics(whole) if "round" in r]
+    assert [r["rollout/policy_version"] for r in records] == [0, 0, 1]
+    assert [r["rollout/policy_version_lag"] for r in records] == [0, 1, 1]
+    for index, version in enumerate([0, 0, 1]):
+        path = whole / "rounds" / f"round_{index:04d}" / "samples.parquet"
+        versions = set(pq.read_table(path).column("policy_version").to_pylist())
+        assert versions == {version}, index  # rounds 1 and 2: one version behind, the bound
+    # Rounds 1 and 2 trained on samples of the weights before: online DPO takes them as data.
+    for r in records[1:]:
+        assert r["preferences"] > 0 and "train/loss" in r, r["round"]
+
+    gate = tmp_path / "round_1_scoring"
     cfg = small_config(
         tmp_path / "run",
         embedded_model_path,
-        reward={"function": "tests.driver.test_online_faults:_sentiment_hanging_in_round_2"},
+        reward={"function": "tests.driver.test_online_faults:_sentiment_hanging_in_round_1"},
         ray={"env_vars": {"RLHF_TEST_GATE": str(gate)}},
+        **STALENESS_1,
     )
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(to_dict(cfg)))
@@ -166,10 +195,14 @@ def test_killed_driver_resumes_round_2_as_the_uninterrupted_run(
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     checkpoints = Checkpoints(tmp_path / "run")
-    assert checkpoints.driver_state(checkpoints.latest())["round"] == 2
-    assert [r["round"] for r in read_metrics(tmp_path / "run") if "round" in r] == [0, 1]
+    latest = checkpoints.latest()
+    assert checkpoints.driver_state(latest)["round"] == 1
+    assert [r["round"] for r in read_metrics(tmp_path / "run") if "round" in r] == [0]
+    # Round 1's samples, started on version 0 while round 0 trained, went with its checkpoint.
+    assert (latest / IN_FLIGHT).exists()
+    assert {i: p.version for i, p in read_in_flight(latest).items()} == {1: 0}
 
     resumed = _train(config_path, tmp_path / "resumed.log", "--resume")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "resumed.log").read_text()[-3000:]
-    assert_same_run(tmp_path / "run", uninterrupted)
+    assert_same_run(tmp_path / "run", whole)
     assert (tmp_path / "run" / "model" / "config.json").exists()
