@@ -1,15 +1,21 @@
 """PPO / GRPO iteration time by phase, generation's share, samples/s, and TRL's GRPOTrainer.
 
-    python benchmarks/ppo.py                 # GAE with a critic, GRPO, and TRL GRPO, 6 x 64 prompts
+    python benchmarks/ppo.py                 # GAE and GRPO, staleness 0 and 1, TRL twice; 6 x 64
     python benchmarks/ppo.py --quick         # 3 x 32 prompts
+    python benchmarks/ppo.py --estimators grpo --staleness 1 --trl default
 
 Every job runs in its own process. Ours: ``rlhf train configs/ppo.yaml`` (vLLM samplers and
 reference, DeepSpeed policy and critic) on the embedded task; per-phase times come from its
 ``metrics.jsonl``, the first iteration (engine warm-up) is reported apart. The peer: TRL's
 ``GRPOTrainer`` on the same model, prompts, reward, K, completion length, learning rate and
 number of policy-gradient passes per sample (our PPO epochs = TRL's ``num_iterations``), with
-its KL term on (beta > 0, so it runs a reference model as we do). Ratios compare samples
-trained on per second, start-up excluded on both sides and reported on its own line.
+its KL term on (beta > 0, so it runs a reference model as we do). TRL runs twice: at its
+defaults (gradient checkpointing on) and without gradient checkpointing. Ours runs with
+``rounds.max_staleness`` 0 (synchronous) and 1 (the next iteration sampled while this one
+trains). Ratios compare samples trained on per second, start-up excluded on both sides and
+reported on its own line: ours over the phases of its steady iterations (every phase of the
+round, the sync probe included), and over their wall time, which adds the driver's logging and
+the per-iteration checkpoint (TRL, ``save_strategy="no"``, writes none).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Phases, emit, print_table, run_job, trl_task  # noqa: E402
 
-PHASES = ("generate", "score", "reference", "experience", "train", "sync")
+PHASES = ("generate", "score", "reference", "experience", "train", "sync")  # the table's columns
 
 
 def ours_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -49,11 +55,24 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
         f"samplers.sampling.max_tokens={job['max_tokens']}",
         f"trainer.lr={job['lr']}",
         "ppo.eval_prompts=8",  # the held-out check stays in the loop, kept small
+        f"rounds.max_staleness={job['staleness']}",
     ]
-    run_dir = ppo.run(load_config(ppo.PPOConfig, "configs/ppo.yaml", overrides))
+    if job["staleness"]:
+        overrides.append("samplers.engine.sleep_when_idle=false")
+    starts: list[float] = []  # wall clock at each round's start (the next one's ends it)
+
+    def at_round_start(event) -> None:
+        if event.phase == "round" and not event.ended:
+            starts.append(time.perf_counter())
+        if event.phase == "save model" and not event.ended:
+            starts.append(time.perf_counter())
+
+    cfg = load_config(ppo.PPOConfig, "configs/ppo.yaml", overrides)
+    run_dir = ppo.run(cfg, hooks=[at_round_start])
     total = time.perf_counter() - start
     iterations = [r for r in read_metrics(run_dir) if "eval/reward/mean" in r]
-    return {"total": total, "iterations": iterations}
+    walls = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    return {"total": total, "iterations": iterations, "walls": walls}
 
 
 def trl_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +83,7 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
 
     out = Path(job["out"])
     num_prompts = job["iterations"] * job["prompts"]
+    # TRL's own default is on; passed either way so that the run says what it measured.
     tokenizer, prompts, sentiment = trl_task(job["model"], num_prompts)
 
     args = GRPOConfig(
@@ -75,6 +95,7 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
         learning_rate=job["lr"],
         beta=0.05,
         temperature=1.0,
+        gradient_checkpointing=job["gradient_checkpointing"],
         num_train_epochs=1,
         bf16=False,
         report_to="none",
@@ -97,38 +118,49 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": phases.seconds, "total": total, "samples": num_prompts * job["k"]}
 
 
+def round_seconds(record: dict[str, Any]) -> float:
+    """The sum of every phase of a round (``time/...``; ``time/generate_share`` is a share)."""
+    return sum(v for k, v in record.items() if k.startswith("time/") and k != "time/generate_share")
+
+
 def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
     """Steady-state numbers of one of our runs (iterations after the first)."""
-    its = result["iterations"]
+    its, walls = result["iterations"], result["walls"]
     steady = its[1:] or its
-    per_iter = {p: statistics.mean(r[f"time/{p}"] for r in steady) for p in PHASES}
-    iteration_s = sum(per_iter.values())
-    run_s = sum(sum(r[f"time/{p}"] for p in PHASES) for r in its)
+    per_iter = {p: statistics.mean(r.get(f"time/{p}", 0.0) for r in steady) for p in PHASES}
+    iteration_s = statistics.mean(round_seconds(r) for r in steady)
+    per_iter["other"] = iteration_s - sum(per_iter.values())  # sync probe, mismatch KL
+    wall_s = statistics.mean(walls[1:] or walls)
+    run_s = sum(round_seconds(r) for r in its)
     samples = result["samples_per_iteration"] * len(its)
     return {
         "name": name,
         "per_iter": per_iter,
         "iteration_s": iteration_s,
-        "first_iteration_s": sum(its[0][f"time/{p}"] for p in PHASES),
-        "startup_s": result["total"] - run_s,
+        "wall_s": wall_s,
+        "first_iteration_s": round_seconds(its[0]),
+        "startup_s": result["total"] - sum(walls),
         "samples_per_s": samples / run_s,
         "steady_samples_per_s": result["samples_per_iteration"] / iteration_s,
+        "wall_samples_per_s": result["samples_per_iteration"] / wall_s,
         "generate_share": per_iter["generate"] / iteration_s,
         "reward": (its[0]["eval/reward/mean"], its[-1]["eval/reward/mean"]),
     }
 
 
-def report(ours: list[dict], trl: dict | None) -> None:
+def report(ours: list[dict], trls: dict[str, dict]) -> None:
     print("\nPPO iteration by phase (mean seconds over iterations after the first)")
     print_table(
-        ["run", *PHASES, "iteration", "gen share", "samples/s"],
+        ["run", *PHASES, "other", "iteration", "wall", "gen share", "samples/s", "wall samples/s"],
         [
             [
                 o["name"],
-                *[f"{o['per_iter'][p]:.3f}" for p in PHASES],
+                *[f"{o['per_iter'][p]:.3f}" for p in (*PHASES, "other")],
                 f"{o['iteration_s']:.2f}",
+                f"{o['wall_s']:.2f}",
                 f"{o['generate_share']:.0%}",
                 o["steady_samples_per_s"],
+                o["wall_samples_per_s"],
             ]
             for o in ours
         ],
@@ -140,16 +172,17 @@ def report(ours: list[dict], trl: dict | None) -> None:
             f"{o['samples_per_s']:.1f} samples/s, held-out reward "
             f"{o['reward'][0]:.3f} -> {o['reward'][1]:.3f}"
         )
-    if trl is not None:
+    for label, trl in trls.items():
         trl_rate = trl["samples"] / trl["seconds"]["train"]
         print(
-            f"TRL GRPOTrainer: start-up {trl['seconds']['start-up']:.1f} s, train "
+            f"TRL GRPOTrainer ({label}): start-up {trl['seconds']['start-up']:.1f} s, train "
             f"{trl['seconds']['train']:.1f} s, {trl_rate:.1f} samples/s"
         )
         for o in ours:
             print(
-                f"ratio {o['name']} / TRL GRPO, samples/s: steady iterations "
-                f"{o['steady_samples_per_s'] / trl_rate:.2f}x, all iterations "
+                f"  ratio {o['name']} / TRL {label}, samples/s: steady iterations "
+                f"{o['steady_samples_per_s'] / trl_rate:.2f}x (wall, with checkpoints "
+                f"{o['wall_samples_per_s'] / trl_rate:.2f}x), all iterations "
                 f"{o['samples_per_s'] / trl_rate:.2f}x (the first overlaps the actors' start-up)"
             )
 
@@ -164,6 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--estimators", default="gae,grpo")
+    parser.add_argument("--staleness", default="0,1", help="rounds.max_staleness values")
+    parser.add_argument(
+        "--trl", default="default,no-gc", help="TRL runs: default, no-gc (no checkpointing)"
+    )
     parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--quick", action="store_true", help="3 x 32 prompts")
     parser.add_argument("--workdir", help="runs and logs (default: a new temp dir)")
@@ -190,20 +227,22 @@ def main(argv: list[str] | None = None) -> None:
         "lr": args.lr,
     }
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    # TRL first: its jobs are short, and a run cut short still has the peer's numbers.
+    trls = {}
+    for label in [] if args.no_trl else args.trl.split(","):
+        out = workdir / f"{stamp}-trl-grpo-{label}"
+        job = {**common, "kind": "trl", "out": str(out), "gradient_checkpointing": label != "no-gc"}
+        trls[label] = run_job(Path(__file__), job, workdir / f"{out.name}.log")
     ours = []
     for advantage in args.estimators.split(","):
-        out = workdir / f"{stamp}-ours-{advantage}"
-        job = {**common, "kind": "ours", "advantage": advantage, "out": str(out)}
-        result = run_job(Path(__file__), job, workdir / f"{out.name}.log")
-        result["samples_per_iteration"] = args.prompts * args.k
-        ours.append(summarize(f"ours {advantage}", result))
-    trl = None
-    if not args.no_trl:
-        out = workdir / f"{stamp}-trl-grpo"
-        trl = run_job(
-            Path(__file__), {**common, "kind": "trl", "out": str(out)}, workdir / f"{out.name}.log"
-        )
-    report(ours, trl)
+        for staleness in (int(k) for k in args.staleness.split(",")):
+            out = workdir / f"{stamp}-ours-{advantage}-s{staleness}"
+            job = {**common, "kind": "ours", "advantage": advantage, "out": str(out)}
+            job["staleness"] = staleness
+            result = run_job(Path(__file__), job, workdir / f"{out.name}.log")
+            result["samples_per_iteration"] = args.prompts * args.k
+            ours.append(summarize(f"ours {advantage} staleness {staleness}", result))
+    report(ours, trls)
     print(f"\nlogs and runs: {workdir}")
 
 
