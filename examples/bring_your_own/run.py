@@ -1,7 +1,7 @@
 """Online DPO and PPO on a model, prompt file and reward function of your own.
 
     python examples/bring_your_own/run.py [--workdir runs/bring_your_own] [--rounds 2]
-        [--jobs online_dpo,ppo]
+        [--jobs online_dpo,ppo] [KEY=VALUE ...]
 
 Builds what a user usually arrives with, then trains on it the way a user would:
 
@@ -11,7 +11,8 @@ Builds what a user usually arrives with, then trains on it the way a user would:
 2. ``WORKDIR/prompts.jsonl``: one chat conversation per line (``{"messages": [...]}``), whose
    system message asks for a letter;
 3. ``rlhf train online_dpo.yaml`` and ``rlhf train ppo.yaml`` (this folder), with this folder on
-   ``PYTHONPATH`` so the driver and the Ray workers import the reward ``my_reward:letter_share``.
+   ``PYTHONPATH`` so the driver and the Ray workers import the reward ``my_reward:letter_share``;
+   any ``KEY=VALUE`` given to run.py is passed on to both as a further override.
 
 The runs land in ``WORKDIR/online_dpo`` and ``WORKDIR/ppo``. With a model of your own, skip
 steps 1-2 and point ``model.path`` and ``prompts.path`` at yours.
@@ -120,8 +121,11 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def train(config: str, workdir: Path, name: str, rounds: int) -> Path:
-    """``rlhf train CONFIG`` on this example's files; returns the run directory."""
+def train(
+    config: str, workdir: Path, name: str, rounds: int, extra: list[str] | None = None
+) -> Path:
+    """``rlhf train CONFIG`` on this example's files, then the ``extra`` overrides; returns the
+    run directory."""
     run_dir = workdir / name
     count = "rounds.rounds" if name == "online_dpo" else "ppo.iterations"
     overrides = [
@@ -129,6 +133,7 @@ def train(config: str, workdir: Path, name: str, rounds: int) -> Path:
         f"prompts.path={workdir / 'prompts.jsonl'}",
         f"output_dir={run_dir}",
         f"{count}={rounds}",
+        *(extra or []),
     ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
@@ -145,6 +150,9 @@ def main() -> None:
     parser.add_argument(
         "--jobs", default="online_dpo,ppo", help="which of the two jobs to run, in this order"
     )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="more overrides for both jobs"
+    )
     args = parser.parse_args()
     jobs = args.jobs.split(",")
     if not jobs or not set(jobs) <= {"online_dpo", "ppo"}:
@@ -154,7 +162,7 @@ def main() -> None:
     build_model(workdir / "model")
     write_jsonl(chat_prompts(24), workdir / "prompts.jsonl")
     for name in jobs:
-        train(f"{name}.yaml", workdir, name, args.rounds)
+        train(f"{name}.yaml", workdir, name, args.rounds, args.overrides)
 
 
 if __name__ == "__main__":

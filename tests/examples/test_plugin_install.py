@@ -161,6 +161,9 @@ def test_offline_dpo_trains_with_the_plugin_loss_and_no_reference(
         f"loss.options.sft_weight={SFT_WEIGHT}",
         "schedule.epochs=1",
         "trainer.warmup_steps=0",
+        # One rank of 16 pairs a step rather than two of 8: one DeepSpeed process fewer to start.
+        "trainer.num_ranks=1",
+        "trainer.micro_batch_prompts=16",
         plugins=example_plugin,
     )
     assert done.returncode == 0, done.stderr[-5000:]
@@ -204,6 +207,8 @@ def test_online_dpo_uses_the_plugin_loss_and_reward(example_plugin, tmp_path, em
         "rounds.epochs_per_round=1",
         "samplers.sampling.max_tokens=24",
         "trainer.warmup_steps=0",
+        # The Hugging Face reference: one vLLM engine (the sampler's) starts instead of two.
+        "reference.backend=hf",
         plugins=example_plugin,
     )
     assert done.returncode == 0, done.stderr[-5000:]
