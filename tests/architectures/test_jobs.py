@@ -11,9 +11,12 @@ Parquet, with no held-out setting (the online jobs hold out 5% of it):
    (trainer policy == vLLM reference, shared prompts); round 0's sampler and reference
    log-probs equal a Hugging Face forward of the original model (1e-4 per response); round 1's
    sampler log-probs (after the sync) equal a Hugging Face forward of the saved model.
-2. PPO, one iteration, from the model online DPO saved (so it loads in Transformers and in
-   vLLM's samplers and reference): the trainer's old log-probs equal the vLLM reference's per
-   token (KL 0), a critic-free estimator except on Llama (GAE with a critic).
+2. PPO, one iteration, from the model online DPO saved (so it loads in Transformers, in vLLM's
+   samplers and in the Hugging Face reference): the trainer's old log-probs equal the vLLM
+   samplers' (per token, the importance ratio 1) and the reference's (KL 0), a critic-free
+   estimator except on Llama (GAE with a critic). The reference is the Hugging Face backend:
+   the vLLM reference of each architecture is checked in step 1 (it equals a Hugging Face
+   forward), and one vLLM engine fewer starts.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ def ppo_config(out_dir, model_path, prompts: dict, advantage: str):
             "model": {"path": str(model_path)},
             "prompts": prompts,
             "reward": {"function": f"{__name__}:varied_then_tied"},
+            "reference": {"backend": "hf"},  # the vLLM one is checked in online DPO
             "samplers": {"sampling": {"n": K, "max_tokens": 10}},
             "ppo": {
                 "iterations": 1,
@@ -222,7 +226,12 @@ def test_online_dpo_then_ppo_from_a_prompt_file(name, build_arch, ray_cluster, t
     advantage = JOBS[name][2]
     ppo_dir = ppo.run(ppo_config(tmp_path / "ppo", run_dir / "model", prompts, advantage))
     (iteration,) = [r for r in read_metrics(ppo_dir) if "eval/reward/mean" in r]
-    # Old log-probs (DeepSpeed) and reference (vLLM) of the saved model, per token: KL 0.
+    # Old log-probs (DeepSpeed) of the saved model against the samplers' (vLLM), per token:
+    # no token's ratio pi_old / mu above 1 + 1e-3, their mean 1 and the mismatch KL 0; and
+    # against the reference's (Hugging Face), per token: KL 0.
+    assert iteration["ppo_is/ratio_max"] < 1 + 1e-3
+    assert iteration["ppo_is/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert abs(iteration["rollout/mismatch_kl"]) < 1e-6
     assert abs(iteration["train/kl"]) < 1e-3
     assert ("critic/value_loss" in iteration) == (advantage == "gae")
     assert (ppo_dir / "model" / "config.json").exists()
