@@ -53,7 +53,10 @@ def test_lora_raises_held_out_accuracy(lora_run):
     _, run_dir = lora_run
     final = [r for r in read_metrics(run_dir) if "eval/rewards/accuracies" in r][-1]
     assert final["eval/rewards/accuracies"] > 0.58, final
-    assert final["eval/rewards/margins"] > 1.0, final
+    # The logged margin is beta times the log-ratio margin (beta = cfg.loss.beta): the replica's
+    # margins above are log-ratios, so > 1 there is > beta here (this run: 0.58 at beta 0.1).
+    cfg, _ = lora_run
+    assert final["eval/rewards/margins"] > cfg.loss.beta, final
 
 
 def test_saved_adapter_loads_with_peft_and_gives_the_trainers_logps(lora_run):
