@@ -11,7 +11,11 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = sorted(p for folder in ("rlhf", "actors") for p in (REPO / folder).rglob("*.py"))
+SOURCES = sorted(
+    p
+    for folder in ("rlhf", "actors", "examples", "benchmarks")
+    for p in (REPO / folder).rglob("*.py")
+)
 PICKLE_MODULES = {"pickle", "cPickle", "dill", "joblib", "shelve", "marshal", "cloudpickle"}
 
 

@@ -82,7 +82,7 @@ def load_policy(reference_dir: str | Path, weights: Path | None):
 
     model = AutoModelForCausalLM.from_pretrained(str(reference_dir), dtype=torch.float32)
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=False)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
         module = state.get("module", state) if isinstance(state, dict) else state
         missing, unexpected = model.load_state_dict(
             {k: v.float() for k, v in module.items()}, strict=False
