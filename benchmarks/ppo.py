@@ -61,10 +61,8 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
         overrides.append("samplers.engine.sleep_when_idle=false")
     starts: list[float] = []  # wall clock at each round's start (the next one's ends it)
 
-    def at_round_start(event) -> None:
-        if event.phase == "round" and not event.ended:
-            starts.append(time.perf_counter())
-        if event.phase == "save model" and not event.ended:
+    def at_round_start(event) -> None:  # the final model's save ends the last round
+        if event.phase in ("round", "save model") and not event.ended:
             starts.append(time.perf_counter())
 
     cfg = load_config(ppo.PPOConfig, "configs/ppo.yaml", overrides)
@@ -83,7 +81,6 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
 
     out = Path(job["out"])
     num_prompts = job["iterations"] * job["prompts"]
-    # TRL's own default is on; passed either way so that the run says what it measured.
     tokenizer, prompts, sentiment = trl_task(job["model"], num_prompts)
 
     args = GRPOConfig(
@@ -95,6 +92,7 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
         learning_rate=job["lr"],
         beta=0.05,
         temperature=1.0,
+        # TRL's own default is on; passed either way so that the run says what it measured.
         gradient_checkpointing=job["gradient_checkpointing"],
         num_train_epochs=1,
         bf16=False,
