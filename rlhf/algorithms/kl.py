@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 KLKind = Literal["k1", "k2", "k3"]
@@ -61,7 +62,9 @@ def sequence_kl(logits: Tensor, ref_logits: Tensor, mask: Tensor) -> Tensor:
         )
     logp = torch.log_softmax(logits.float(), dim=-1)
     ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
-    per_token = (logp.exp() * (logp - ref_logp)).sum(dim=-1).clamp(min=0.0)  # rounding below 0
+    # torch's kl_div(input, target) is sum target.exp() * (target - input): KL(pi || pi_ref).
+    per_token = F.kl_div(ref_logp, logp, reduction="none", log_target=True).sum(dim=-1)
+    per_token = per_token.clamp(min=0.0)  # rounding below 0
     return (per_token * mask.to(per_token.dtype)).sum(dim=1)
 
 
