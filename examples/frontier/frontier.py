@@ -11,7 +11,8 @@ on this process, no Ray) and gives one point (KL, reward) with standard errors. 
 output directory: ``frontier.csv`` (algorithm, setting, step, kl, kl_stderr, reward,
 reward_stderr), ``frontier_detail.csv`` (plus the summed-k1 KL with its spread and the mean
 response length), ``frontier.png`` and a table of the reward each algorithm's frontier reaches
-at KL <= 2, 5 and 10.
+at KL <= 2, 5 and 10. A YAML with ``report: <name>`` (``why.yaml``) writes ``<name>.csv`` and
+so on instead, so it can share the main sweep's output directory, data and finished runs.
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ def main() -> None:
     args = parser.parse_args()
     spec = yaml.safe_load(Path(args.config).read_text())
     out = Path(spec["output_dir"])
+    name = spec.get("report", "frontier")  # the outputs' names: <name>.csv, .png, _detail.csv
     if args.report_only:
-        report(read_rows(out / "frontier_detail.csv"), out)
+        report(read_rows(out / f"{name}_detail.csv"), out, name)
         return
     out.mkdir(parents=True, exist_ok=True)
     runs = existing_runs(spec, out, args.only) if args.no_train else train_all(spec, out, args.only)
     if not args.no_eval:
-        report(evaluate(spec, existing_runs(spec, out, None) | runs, out), out)
+        report(evaluate(spec, existing_runs(spec, out, None) | runs, out), out, name)
 
 
 def existing_runs(spec: dict, out: Path, only: list[str] | None) -> dict[tuple[str, str], Path]:
@@ -112,7 +114,7 @@ def train_all(spec: dict, out: Path, only: list[str] | None) -> dict[tuple[str, 
     runs = {}
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
-        make_data(spec, out)
+        make_data(spec, out, only)
         for name, algo in spec["algorithms"].items():
             if only and name not in only:
                 continue
@@ -129,14 +131,16 @@ def train_all(spec: dict, out: Path, only: list[str] | None) -> dict[tuple[str, 
     return runs
 
 
-def make_data(spec: dict, out: Path) -> None:
-    """The offline data sets: SFT samples labelled by the reward, the paper's way (made once)."""
+def make_data(spec: dict, out: Path, only: list[str] | None = None) -> None:
+    """The offline data sets the algorithms (those in ``only``, if given) train on: SFT samples
+    labelled by the reward, the paper's way (each made once)."""
     from rlhf.config import load_config
     from rlhf.driver import make_data as make
 
-    for data in spec["data"].values():
+    needed = {a.get("data") for n, a in spec["algorithms"].items() if not only or n in only}
+    for key, data in spec["data"].items():
         path = out / data["file"]
-        if not path.exists():
+        if key in needed and not path.exists():
             overrides = [*data["overrides"], f"output={path}", f"seed={spec['seed']}"]
             make.run(load_config(make.MakeDataConfig, data["config"], overrides))
 
@@ -179,13 +183,13 @@ def read_rows(path: Path) -> list[dict]:
         ]
 
 
-def report(rows: list[dict], out: Path) -> None:
-    """frontier.csv, frontier_detail.csv, frontier.png, and the table on the console."""
-    points.write_csv(rows, out / "frontier.csv")
-    points.write_csv(rows, out / "frontier_detail.csv", points.DETAIL_COLUMNS)
-    points.plot(rows, out / "frontier.png")
+def report(rows: list[dict], out: Path, name: str = "frontier") -> None:
+    """<name>.csv, <name>_detail.csv, <name>.png, and the table on the console."""
+    points.write_csv(rows, out / f"{name}.csv")
+    points.write_csv(rows, out / f"{name}_detail.csv", points.DETAIL_COLUMNS)
+    points.plot(rows, out / f"{name}.png")
     print(table(rows))
-    print(f"\nwritten: {out / 'frontier.csv'}, {out / 'frontier.png'}")
+    print(f"\nwritten: {out / f'{name}.csv'}, {out / f'{name}.png'}")
 
 
 def table(rows: list[dict]) -> str:

@@ -15,6 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "frontier"
 SPEC = EXAMPLE / "frontier.yaml"
+WHY = EXAMPLE / "why.yaml"  # the "why" experiments: more runs in the main sweep's output directory
 
 
 @pytest.fixture
@@ -28,15 +29,19 @@ def frontier(monkeypatch):
         sys.modules.pop(name, None)
 
 
-def test_every_frontier_run_is_a_valid_config_with_its_settings(tmp_path, monkeypatch, frontier):
+@pytest.mark.parametrize("spec_file", [SPEC, WHY], ids=lambda p: p.name)
+def test_every_frontier_run_is_a_valid_config_with_its_settings(
+    tmp_path, monkeypatch, frontier, spec_file
+):
     from rlhf.driver.loops import BUILTIN_LOOPS
 
     for name in BUILTIN_LOOPS:
         importlib.import_module(name)
     monkeypatch.chdir(REPO)  # the spec names configs relative to the project root
-    spec = yaml.safe_load(SPEC.read_text())
-    paper = {"dpo", "ppo", "preferred_ft", "unlikelihood", "online_dpo", "pl_dpo"}
-    assert paper <= set(spec["algorithms"])
+    spec = yaml.safe_load(spec_file.read_text())
+    if spec_file == SPEC:
+        paper = {"dpo", "ppo", "preferred_ft", "unlikelihood", "online_dpo", "pl_dpo"}
+        assert paper <= set(spec["algorithms"])
     seen = set()
     for name, algo in spec["algorithms"].items():
         for label, overrides in frontier.settings_of(algo):
@@ -54,6 +59,36 @@ def test_every_frontier_run_is_a_valid_config_with_its_settings(tmp_path, monkey
                 assert Path(cfg.data.path).name == spec["data"][algo["data"]]["file"]
             seen.add(cfg.output_dir)
     assert len(seen) == sum(len(a["sweep"]) for a in spec["algorithms"].values())
+
+
+def test_why_reuses_the_main_sweeps_data_and_runs_unchanged(tmp_path, monkeypatch, frontier):
+    """why.yaml writes beside frontier.yaml's outputs without overwriting them, and a run the two
+    share (same algorithm and setting: the same run directory) is the same training job."""
+    from rlhf.driver.loops import BUILTIN_LOOPS
+
+    for name in BUILTIN_LOOPS:
+        importlib.import_module(name)
+    monkeypatch.chdir(REPO)
+    main, why = (yaml.safe_load(p.read_text()) for p in (SPEC, WHY))
+    assert why["output_dir"] == main["output_dir"] and why["eval"] == main["eval"]
+    assert why["report"] != "frontier"
+    for key, data in why["data"].items():  # a file both name is made the same way
+        if key in main["data"]:
+            assert data == main["data"][key]
+    shared = 0
+    for name, algo in why["algorithms"].items():
+        for label, overrides in frontier.settings_of(algo):
+            if name not in main["algorithms"]:
+                continue
+            if label not in dict(frontier.settings_of(main["algorithms"][name])):
+                continue
+            mine = frontier.job(name, algo, label, overrides, why, tmp_path)[1]
+            theirs = frontier.job(name, main["algorithms"][name], label, overrides, main, tmp_path)[
+                1
+            ]
+            assert mine == theirs, (name, label)
+            shared += 1
+    assert shared >= 2  # the DPO and PPO runs the experiments compare against
 
 
 def _tiny_reference(directory: Path):
@@ -169,3 +204,31 @@ def test_prompt_stderr_averages_each_prompts_samples_first(frontier):
     # over sqrt(2) prompts: 2.0
     assert points.prompt_stderr([1.0, 3.0, 5.0, 7.0], [0, 0, 1, 1]) == pytest.approx(2.0)
     assert math.isnan(points.prompt_stderr([1.0, 3.0], [0, 0]))
+
+
+def test_support_best_of_n_and_coverage_by_hand(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    monkeypatch.delitem(sys.modules, "support", raising=False)
+    support = importlib.import_module("support")
+    rewards = [[0.1, 0.5, 0.3], [0.4, 0.2, 0.9]]
+    # best of 1: 0.1 and 0.4, mean 0.25; stdev 0.212..., over sqrt(2) prompts: 0.15
+    assert support.best_of_n(rewards, 1) == pytest.approx((0.25, 0.15))
+    # best of 2: 0.5 and 0.4, mean 0.45; stdev 0.0707..., over sqrt(2) prompts: 0.05
+    assert support.best_of_n(rewards, 2) == pytest.approx((0.45, 0.05))
+    assert support.best_of_n(rewards, 3)[0] == pytest.approx(0.7)
+    assert support.best_of_n_kl(1) == 0.0
+    assert support.best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)  # 0.636
+    pairs = {
+        "prompt": ["a", "a", "b"],
+        "score_chosen": [0.9, 0.6, 0.5],
+        "score_rejected": [0.6, 0.1, 0.2],
+    }
+    pq.write_table(pa.table(pairs), tmp_path / "pairs.parquet")
+    found = support.coverage(tmp_path / "pairs.parquet")
+    assert found["prompts"] == 2 and found["pairs"] == 3
+    assert found["best_mean"] == pytest.approx(0.7)  # (0.9 + 0.5) / 2
+    assert found["best>=0.85"] == 0.5 and found["best>=0.7"] == 0.5 and found["best>=0.95"] == 0
+    sys.modules.pop("support", None)
