@@ -86,12 +86,12 @@ def job(name: str, algo: dict, label: str, overrides: list[str], spec: dict, out
     run_dir = run_dir_of(out, name, label)
     data = algo.get("data")
     overrides = [
+        f"seed={spec['seed']}",  # a setting may name its own (a second seed of a setting)
         *_flat(algo.get("overrides", [])),
         *overrides,
         *([f"data.path={out / spec['data'][data]['file']}"] if data else []),
         "keep_checkpoints=1000",  # every checkpoint is a point of the frontier
         f"output_dir={run_dir}",
-        f"seed={spec['seed']}",
     ]
     raw = yaml.safe_load(Path(algo["config"]).read_text())
     loop = get_loop(raw["algorithm"])
