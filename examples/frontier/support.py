@@ -59,6 +59,30 @@ def coverage(path: Path) -> dict[str, float]:
     }
 
 
+def plot_with_runs(best: list[dict], out: Path, report: str) -> None:
+    """support.png: the spec's measured points (``<report>_detail.csv``, if measured) with
+    best-of-n of the SFT model at its KL bound, as one more algorithm of the figure."""
+    detail = out / f"{report}_detail.csv"
+    rows = []
+    if detail.exists():
+        with detail.open() as f:
+            rows = [
+                {k: v if k in ("algorithm", "setting") else float(v) for k, v in row.items()}
+                for row in csv.DictReader(f)
+            ]
+    rows += [
+        {
+            "algorithm": "best-of-n of SFT (KL bound)",
+            "kl": b["kl_bound"],
+            "kl_stderr": 0.0,
+            "reward": b["reward"],
+            "reward_stderr": b["stderr"],
+        }
+        for b in best
+    ]
+    points.plot(rows, out / "support.png", "reward vs KL, with best-of-n of the SFT model")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="a frontier YAML (its output_dir, eval and data)")
@@ -94,6 +118,7 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    plot_with_runs(rows, out, spec.get("report", "frontier"))
     print(f"best-of-n of the SFT model ({len(prompts)} held-out prompts x {args.samples}):")
     print("| n | KL <= | reward |\n|---|---|---|")
     for row in rows:
