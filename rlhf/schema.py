@@ -143,8 +143,9 @@ class RayConfig:
     # How long the driver waits for the job's actors to finish starting (loading models,
     # building DeepSpeed's ops) before it stops with an error naming the ones still starting.
     start_timeout_s: float = 900.0
-    # The longest the driver waits for one call of a round (a training step, a weight sync or
-    # the broadcast group forming, the sync probe) and the timeout of the weight group's
+    # The longest the driver waits for one call of a job (a training step, a chunk of reference
+    # log-probs, a weight sync or the broadcast group forming, the sync probe, a checkpoint's
+    # save or restore, the final save) and the timeout of the weight group's
     # collectives: past it the round stops with an error naming the actors still busy. A rank
     # that dies is named at once (rlhf.driver.retry.bounded_get). Raise it for large models.
     call_timeout_s: float = 600.0

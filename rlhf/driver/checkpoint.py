@@ -16,8 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-import ray
-
+from rlhf.driver.retry import bounded_get, ranks
 from rlhf.run_dir import Checkpoints
 
 S = TypeVar("S")
@@ -28,35 +27,44 @@ def save_checkpoint(
     checkpoints: Checkpoints,
     state: Any,
     write_files: Callable[[Path], None] | None = None,
+    timeout_s: float | None = None,
 ) -> Path:
     """Every rank of every group writes its state into a staging dir; then it becomes the latest.
 
     ``groups``: the trainer groups by the name their state is saved under; ``state``: the
     driver's dataclass, restored by :func:`restore_checkpoint`; ``write_files``: writes more
-    of the driver's files into the staging dir (e.g. samples in flight). Returns the path.
+    of the driver's files into the staging dir (e.g. samples in flight); ``timeout_s``: how
+    long the ranks' writes are waited for (None: no bound). Returns the path.
     """
     staging = checkpoints.staging_dir(state.step)
     if write_files is not None:
         write_files(staging)
-    ray.get(
-        [
-            ref
-            for name, g in groups.items()
-            for ref in g.call("save_checkpoint", str(staging), name, {})
-        ]
-    )
+    _on_every_rank(groups, "save_checkpoint", timeout_s, "saving a checkpoint", str(staging), {})
     return checkpoints.commit(staging, asdict(state))
 
 
 def restore_checkpoint(
-    groups: Mapping[str, Any], checkpoints: Checkpoints, state_type: type[S]
+    groups: Mapping[str, Any],
+    checkpoints: Checkpoints,
+    state_type: type[S],
+    timeout_s: float | None = None,
 ) -> S | None:
     """Loads the latest checkpoint into the groups and returns its driver state as a
     ``state_type``; None when the run has no checkpoint yet."""
     latest = checkpoints.latest()
     if latest is None:
         return None
-    ray.get(
-        [ref for name, g in groups.items() for ref in g.call("load_checkpoint", str(latest), name)]
-    )
+    _on_every_rank(groups, "load_checkpoint", timeout_s, "restoring a checkpoint", str(latest))
     return state_type(**checkpoints.driver_state(latest))
+
+
+def _on_every_rank(
+    groups: Mapping[str, Any], method: str, timeout_s: float | None, what: str, path: str, *rest
+) -> None:
+    """``method(path, name, *rest)`` on every rank of every group, waited for with a bound."""
+    refs, names = [], []
+    for name, group in groups.items():
+        calls = group.call(method, path, name, *rest)
+        refs += calls
+        names += ranks(name, len(calls))
+    bounded_get(refs, names, timeout_s, what)

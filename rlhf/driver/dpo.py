@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import ray
 from tqdm import tqdm
 
 from rlhf.algorithms import get_preference_loss
@@ -34,6 +33,7 @@ from rlhf.driver.preference_training import (
     step_metrics,
     submit_step,
 )
+from rlhf.driver.retry import bounded_get, ranks
 from rlhf.driver.setup import (
     add_reference_tables,
     offline_stages,
@@ -120,8 +120,11 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         if held_out is not None:
             hold_table(group, "eval", held_out, pad)
         checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
+        timeout_s = cfg.ray.call_timeout_s  # a rank that dies while saving is named at once
         restored = (
-            restore_checkpoint({"trainer": group}, checkpoints, TrainState) if resume else None
+            restore_checkpoint({"trainer": group}, checkpoints, TrainState, timeout_s)
+            if resume
+            else None
         )
         state = restored or TrainState()
         logger = MetricsLogger(run_dir, resume_step=state.step if resume else None)
@@ -163,7 +166,7 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
                     logger.log(state.step, last_eval)
                     evaluated_at = state.step
                 if _due(state.step, cfg.schedule.save_every):
-                    save_checkpoint({"trainer": group}, checkpoints, state)
+                    save_checkpoint({"trainer": group}, checkpoints, state, timeout_s=timeout_s)
                     saved_at = state.step
                 if state.step >= total:
                     break
@@ -174,17 +177,18 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
                     last_eval = _eval(group, held_out, cfg)
                     logger.log(state.step, last_eval)
                     evaluated_at = state.step
-                save_checkpoint({"trainer": group}, checkpoints, state)
+                save_checkpoint({"trainer": group}, checkpoints, state, timeout_s=timeout_s)
                 saved_at = state.step
         bar.close()
         if saved_at != state.step:
-            save_checkpoint({"trainer": group}, checkpoints, state)
+            save_checkpoint({"trainer": group}, checkpoints, state, timeout_s=timeout_s)
         if held_out is not None and evaluated_at != state.step:
             last_eval = _eval(group, held_out, cfg)
             logger.log(state.step, last_eval)
         if held_out is not None:
             print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last_eval.items())))
-        ray.get(group.call("save_pretrained", str(run_dir / "model")))
+        refs = group.call("save_pretrained", str(run_dir / "model"))
+        bounded_get(refs, ranks("trainer", len(refs)), timeout_s, "saving the model")
         logger.close()
     print(f"run directory: {run_dir} (model in {run_dir / 'model'})")
     return run_dir

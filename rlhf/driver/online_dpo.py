@@ -137,7 +137,7 @@ def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
             "trainer": start_trainers(cfg, model_path, placements.get("trainer"))
         },
         reference_logps=lambda server, groups: reference_logps(
-            server, groups, cfg.reference.chunk_size
+            server, groups, cfg.reference.chunk_size, cfg.ray.call_timeout_s
         ),
         build_batch=partial(preference_batch, cfg),
         train=partial(train_on, cfg),
@@ -195,11 +195,13 @@ def preference_batch(
     }
 
 
-def reference_logps(reference, groups: list[ScoredGroup], chunk: int) -> list[list[float]]:
+def reference_logps(
+    reference, groups: list[ScoredGroup], chunk: int, timeout_s: float | None = None
+) -> list[list[float]]:
     """Reference log-probs of every sampled response, grouped like the samples."""
     prompts = [c.prompt_ids for g in groups for c in g.completions]
     responses = [c.token_ids for g in groups for c in g.completions]
-    flat = response_logps(reference, prompts, responses, chunk)
+    flat = response_logps(reference, prompts, responses, chunk, timeout_s)
     out, start = [], 0
     for g in groups:
         out.append(flat[start : start + len(g.completions)])

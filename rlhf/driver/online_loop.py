@@ -255,6 +255,7 @@ def run_online(
                     job.checkpoints,
                     state,
                     lambda staging: write_in_flight(job.in_flight, staging),
+                    cfg.ray.call_timeout_s,
                 )
             bar.update()
             bar.set_postfix(
@@ -344,7 +345,11 @@ def open_job(cfg: Any, algorithm: OnlineAlgorithm, resume: bool, hooks: Hooks) -
         elif cfg.samplers.sync == "broadcast":
             scope.own(BroadcastSync.open(workers.policy, samplers, moved, cfg.device, timeout_s))
         checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
-        restored = restore_checkpoint(groups, checkpoints, algorithm.state_type) if resume else None
+        restored = (
+            restore_checkpoint(groups, checkpoints, algorithm.state_type, timeout_s)
+            if resume
+            else None
+        )
         state = restored or algorithm.state_type()
         in_flight = read_in_flight(checkpoints.latest()) if restored else {}
         if state.round > 0:  # resumed: the samplers must sample from the restored policy

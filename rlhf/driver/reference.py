@@ -7,23 +7,33 @@ ask every round for the round's samples.
 
 from __future__ import annotations
 
-import ray
 from tqdm import tqdm
+
+from rlhf.driver.retry import bounded_get
 
 
 def response_logps(
-    server, prompt_ids: list[list[int]], response_ids: list[list[int]], chunk: int = 512
+    server,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    chunk: int = 512,
+    timeout_s: float | None = None,
 ) -> list[float]:
-    """Summed reference log-probs of each response given its prompt."""
-    return _chunked(server.response_logps, (prompt_ids, response_ids), chunk)
+    """Summed reference log-probs of each response given its prompt.
+
+    Each chunk's answer is waited for ``timeout_s`` at most (None: no bound); a server that
+    dies or does not answer is named (``rlhf.driver.retry.bounded_get``)."""
+    return _chunked(server.response_logps, (prompt_ids, response_ids), chunk, timeout_s)
 
 
-def token_logps(server, sequences: list[list[int]], chunk: int = 512) -> list[list[float]]:
+def token_logps(
+    server, sequences: list[list[int]], chunk: int = 512, timeout_s: float | None = None
+) -> list[list[float]]:
     """Per-token reference log-probs of each sequence: L - 1 floats for tokens 1..L-1."""
-    return _chunked(server.token_logprobs, (sequences,), chunk)
+    return _chunked(server.token_logprobs, (sequences,), chunk, timeout_s)
 
 
-def _chunked(method, columns: tuple[list, ...], chunk: int) -> list:
+def _chunked(method, columns: tuple[list, ...], chunk: int, timeout_s: float | None) -> list:
     total = len(columns[0])
     refs = [
         method.remote(*(column[i : i + chunk] for column in columns))
@@ -32,7 +42,7 @@ def _chunked(method, columns: tuple[list, ...], chunk: int) -> list:
     out: list = []
     with tqdm(total=total, desc="reference log-probs", unit="seq", leave=False) as bar:
         for ref in refs:
-            part = ray.get(ref)
+            (part,) = bounded_get([ref], ["the reference"], timeout_s, "reference log-probs")
             out.extend(part)
             bar.update(len(part))
     return out

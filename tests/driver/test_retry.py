@@ -131,3 +131,51 @@ def test_bounded_get_names_a_dead_or_stuck_actor_within_its_bound(ray_cluster):
         bounded_get(refs, ["rank 0", "rank 1"], 30, "train step")
     assert time.monotonic() - start < 20
     ray_cluster.kill(a)
+
+
+class _Group:
+    """A trainer group as the checkpoint code sees it: ``call`` starts the method on every
+    rank; here each rank's call takes ``seconds`` whatever the method."""
+
+    def __init__(self, actors, seconds: float) -> None:
+        self.actors, self.seconds = actors, seconds
+
+    def call(self, method: str, *args) -> list:
+        return [actor.hang.remote(self.seconds) for actor in self.actors]
+
+
+def test_a_checkpoint_a_rank_does_not_finish_is_named_and_never_becomes_the_latest(
+    ray_cluster, tmp_path
+):
+    """save_checkpoint waits for the ranks' writes with the bound, names the rank still
+    writing, and does not commit the staging dir; restoring waits the same way."""
+    from dataclasses import dataclass
+
+    from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
+    from rlhf.driver.retry import CallTimeoutError
+    from rlhf.run_dir import Checkpoints
+
+    @dataclass
+    class State:
+        step: int = 0
+
+    policy, critic = _start(max_restarts=0), _start(max_restarts=0)
+    ray_cluster.get([policy.load.remote(0), critic.load.remote(0)])  # both started
+    checkpoints = Checkpoints(tmp_path)
+    groups = {"policy": _Group([policy], 0), "critic": _Group([critic], 60)}
+    start = time.monotonic()
+    with pytest.raises(
+        CallTimeoutError, match=r"^saving a checkpoint: critic rank 0 did not answer within 2 s"
+    ):
+        save_checkpoint(groups, checkpoints, State(step=4), timeout_s=2)
+    assert time.monotonic() - start < 10
+    assert checkpoints.latest() is None
+    groups["critic"] = _Group([policy], 0)  # another actor: the first is still in its hang
+    saved = save_checkpoint(groups, checkpoints, State(step=4), timeout_s=30)
+    assert checkpoints.latest() == saved
+    groups["policy"] = _Group([critic], 60)
+    with pytest.raises(CallTimeoutError, match=r"^restoring a checkpoint: policy rank 0 did not"):
+        restore_checkpoint(groups, checkpoints, State, timeout_s=2)
+    assert restore_checkpoint({"policy": _Group([policy], 0)}, checkpoints, State, 30) == State(4)
+    ray_cluster.kill(policy)
+    ray_cluster.kill(critic)
