@@ -99,16 +99,30 @@ def micro_batches(rows: int, world_size: int, micro_batch_size: int) -> int:
     return max(1, -(-per_rank // micro_batch_size))
 
 
-def sharded_forward(group, method: str, batch: RolloutBatch, micro_batch_size: int):
-    """Starts ``method`` (e.g. ``token_logps``) on every rank's shard; returns the refs."""
+def sharded_forward(
+    group, method: str, batch: RolloutBatch, micro_batch_size: int
+) -> tuple[list, Tensor]:
+    """Starts ``method`` (e.g. ``token_logps``) on every rank's shard; returns the refs and
+    ``order``, the batch row of each row sent, for :func:`gather_rows`.
+
+    The rows go out dealt by length (:func:`by_length`), so that each rank's micro batches pad
+    little; a row's result does not depend on its neighbours.
+    """
     num_micro = micro_batches(len(batch), len(group), micro_batch_size)
-    return group.call_sharded(method, batch, num_micro)
+    order = by_length(torch.arange(len(batch)), batch.attention_mask.sum(-1), len(group))
+    return group.call_sharded(method, batch.select(order), num_micro), order
 
 
-def gather_rows(parts: list[Tensor], width: int) -> Tensor:
-    """The ranks' [n_r, T_r] results stacked back into [N, width] (shards are contiguous)."""
-    padded = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
-    return torch.cat(padded)
+def gather_rows(parts: list[Tensor], width: int, order: Tensor | None = None) -> Tensor:
+    """The ranks' [n_r, T_r] results stacked back into [N, width] (shards are contiguous);
+    with ``order`` (from :func:`sharded_forward`), row i of the stack goes back to row
+    ``order[i]``."""
+    rows = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
+    if order is None:
+        return rows
+    out = torch.empty_like(rows)
+    out[order] = rows
+    return out
 
 
 def advantages_and_returns(

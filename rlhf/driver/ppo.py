@@ -191,6 +191,7 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
             server,
             [c.prompt_ids + c.token_ids for g in groups for c in g.completions],
             cfg.reference.chunk_size,
+            cfg.ray.call_timeout_s,
         ),
         build_batch=partial(experience, cfg),
         train=partial(train_epochs, cfg),
@@ -256,21 +257,22 @@ def experience(
     batch, ref, scores = xp.rollout_batch(train_groups, ref_lists[:n_train], rnd.job.pad_token_id)
     with rnd.phase("experience"):
         width = batch.input_ids.shape[1]
-        logp_refs = xp.sharded_forward(
+        logp_refs, order = xp.sharded_forward(
             groups["policy"], "token_logps", batch, cfg.trainer.micro_batch_sequences
         )
-        value_refs = "critic" in groups and xp.sharded_forward(
-            groups["critic"], "values", batch, cfg.critic.micro_batch_sequences
-        )
+        if "critic" in groups:
+            value_refs, value_order = xp.sharded_forward(
+                groups["critic"], "values", batch, cfg.critic.micro_batch_sequences
+            )
         timeout_s = cfg.ray.call_timeout_s
         names = ranks("policy trainer", len(logp_refs))
         batch.old_logps = xp.gather_rows(
-            bounded_get(logp_refs, names, timeout_s, "experience"), width
+            bounded_get(logp_refs, names, timeout_s, "experience"), width, order
         )
-        if value_refs:
+        if "critic" in groups:
             names = ranks("critic", len(value_refs))
             values = bounded_get(value_refs, names, timeout_s, "experience")
-            batch.old_values = xp.gather_rows(values, width)
+            batch.old_values = xp.gather_rows(values, width, value_order)
     behaviour = xp.behaviour_logps(train_groups, width)
     batch, is_stats = xp.importance_weights(batch, behaviour, p.is_cap)
     batch, rewards = xp.advantages_and_returns(

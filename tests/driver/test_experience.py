@@ -136,3 +136,30 @@ def test_the_ppo_preset_runs_with_every_builtin_estimator(advantage):
     preset = Path(__file__).resolve().parents[2] / "configs" / "ppo.yaml"
     cfg = load_config(PPOConfig, str(preset), [f"ppo.advantage={advantage}"])
     assert cfg.ppo.advantage == advantage
+
+
+class _Ranks:
+    """A trainer group that runs each rank's call in process: the shard's old log-probs."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.shards = n, []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def call_sharded(self, method, batch, num_micro):
+        self.shards = [batch.shard(rank, self.n) for rank in range(self.n)]
+        return [getattr(s, method) for s in self.shards]
+
+
+def test_sharded_forward_sends_rows_by_length_and_gather_puts_them_back():
+    batch, _, _ = xp.rollout_batch(_groups(), [[0.0] * 4, [0.0] * 2, [0.0] * 2], 0)
+    batch.old_logps = torch.arange(15, dtype=torch.float32).view(3, 5)  # row i: 5i .. 5i+4
+    group = _Ranks(2)
+    parts, order = xp.sharded_forward(group, "old_logps", batch, micro_batch_size=8)
+    # Lengths 5, 3, 3: shortest first (rows 1, 2, 0), dealt to 2 ranks: [1, 0] and [2].
+    assert order.tolist() == [1, 0, 2]
+    assert [s.input_ids.shape for s in group.shards] == [(2, 5), (1, 3)]  # rank 1: no padding
+    rebuilt = xp.gather_rows(parts, 5, order)
+    mask = batch.attention_mask
+    assert torch.equal(rebuilt * mask, batch.old_logps * mask)
