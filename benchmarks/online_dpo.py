@@ -8,8 +8,8 @@ optimizer step, beta 0.1, lr 5e-4, up to 48 new tokens at temperature 1, fp32:
 
 - ours (``rlhf.driver.online_dpo.run``, ``configs/online_dpo.yaml``): K = 2 samples per prompt
   (TRL's fixed K) and K = 4 (our default), best-vs-worst pairs, one pass over each round's pairs,
-  one held-out prompt per round (the job's evaluation cannot be switched off; TRL evaluates
-  nothing). Phases come from metrics.jsonl (``time/generate|score|reference|train|sync``);
+  one held-out prompt per round unless ``--eval-prompts`` says more (the job's evaluation
+  cannot be switched off; TRL evaluates nothing). Phases come from metrics.jsonl (``time/generate|score|reference|train|sync``);
   the whole round, start-up and the per-round checkpoint are timed by the loop's phase hooks
   (``rlhf.driver.online_loop``; the hook waits until new actors are up).
 - TRL ``trl.experimental.online_dpo.OnlineDPOTrainer`` with the task's reward as a Python reward
@@ -21,13 +21,15 @@ optimizer step, beta 0.1, lr 5e-4, up to 48 new tokens at temperature 1, fp32:
 Asynchronous rounds (``--max-staleness 0,1``: one job of ours per value, K the first of
 ``--k``): prompts/s and the round's critical path, the phases the driver waits on (at staleness
 1 ``generate`` is what is left of the next round's sampling, started before training, when the
-round needs it, and ``sync`` includes waiting for it), and the held-out reward of the last round.
+round needs it, and ``sync`` includes waiting for it), and the held-out reward of the last round
+(``--seeds 0,1,2``: one job per staleness and seed, with the reward's range over the seeds, the
+run-to-run spread that staleness 1's reward is compared with).
 ``--disaggregate`` pins the samplers' processes to core 0 and everything else (trainer ranks,
 reference, reward) to core 1, one thread each, the shape in which the overlap shows on a 2-core
 machine; measure on an otherwise idle machine::
 
     .venv/bin/python benchmarks/online_dpo.py --max-staleness 0,1 --disaggregate --trl none \
-        --no-sync-parts --ranks 1 --k 4
+        --no-sync-parts --ranks 1 --k 4 --seeds 0,1,2 --eval-prompts 32
 
 Weight sync: bytes/s of each round's sync (``sync_bytes / time/sync``: rank 0 gathers the
 weights, Ray carries them, vLLM reloads them) against a plain in-memory copy of the same tensors
@@ -76,7 +78,8 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
             f"rounds.rounds={job['rounds']}",
             f"rounds.prompts_per_round={job['prompts_per_round']}",
             "rounds.epochs_per_round=1",
-            "rounds.eval_prompts=1",
+            f"rounds.eval_prompts={job.get('eval_prompts', 1)}",
+            f"seed={job.get('seed', 0)}",
             f"samplers.sampling.n={job['k']}",
             f"samplers.sampling.max_tokens={job['max_tokens']}",
             "samplers.sampling.temperature=1.0",
@@ -387,6 +390,18 @@ def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], par
                 for o in ours
             ],
         )
+        by_lag: dict[int, list[dict]] = {}
+        for o in ours:
+            by_lag.setdefault(o["lag"], []).append(o)
+        if any(len(runs) > 1 for runs in by_lag.values()):  # several seeds: the spread
+            for lag, runs in sorted(by_lag.items()):
+                rates = [prompts / o["loop"] for o in runs]
+                rewards = [o["reward"] for o in runs]
+                print(
+                    f"  lag {lag}, {len(runs)} runs: prompts/s {statistics.mean(rates):.1f} "
+                    f"(mean), held-out reward {statistics.mean(rewards):.3f} "
+                    f"(range {min(rewards):.3f}-{max(rewards):.3f})"
+                )
     print("\none-time start-up (not in 'work'):")
     for o in ours:
         sec = o["result"]["seconds"]
@@ -431,6 +446,12 @@ def main(argv: list[str] | None = None) -> None:
         "--max-staleness", default="0", help="rounds.max_staleness values, one job of ours each"
     )
     parser.add_argument(
+        "--seeds", default="0", help="seeds of our staleness jobs: one job per staleness and seed"
+    )
+    parser.add_argument(
+        "--eval-prompts", type=int, default=1, help="held-out prompts per round (K samples each)"
+    )
+    parser.add_argument(
         "--disaggregate", action="store_true", help="samplers on core 0, the rest on core 1"
     )
     parser.add_argument(
@@ -472,20 +493,23 @@ def main(argv: list[str] | None = None) -> None:
     jobs: list[tuple[str, dict[str, Any]]] = []
     trl_variants = [v for v in args.trl.split(",") if v and v != "none"]
     ks = [int(k) for k in args.k.split(",")]
-    stalenesses = [int(v) for v in args.max_staleness.split(",")]
-    if len(stalenesses) > 1:  # the comparison: one K, one job per staleness
-        ks = ks[:1] * len(stalenesses)
+    seeds = [int(v) for v in args.seeds.split(",")]
+    variants = [(int(v), seed) for v in args.max_staleness.split(",") for seed in seeds]
+    if len(variants) > 1:  # the comparison: one K, one job per staleness and seed
+        ks = ks[:1] * len(variants)
     for i in range(max(len(ks), len(trl_variants))):  # alternate ours and TRL
         if i < len(trl_variants):
             gc = trl_variants[i] == "gc"
             name = "TRL OnlineDPO, K=2" + (" (grad. ckpt: default)" if gc else " (no grad. ckpt)")
             jobs.append((name, {"kind": "trl", "gradient_checkpointing": gc}))
         if i < len(ks):
-            staleness = stalenesses[i] if len(stalenesses) > 1 else stalenesses[0]
+            staleness, seed = variants[i] if len(variants) > 1 else variants[0]
             name = f"ours K={ks[i]}, {args.ranks} ranks" + (
-                f", staleness {staleness}" if staleness or len(stalenesses) > 1 else ""
+                f", staleness {staleness}" if staleness or len(variants) > 1 else ""
             )
-            job = {"kind": "ours", "k": ks[i], "max_staleness": staleness}
+            name += f", seed {seed}" if len(seeds) > 1 else ""
+            job = {"kind": "ours", "k": ks[i], "max_staleness": staleness, "seed": seed}
+            job["eval_prompts"] = args.eval_prompts
             jobs.append((name, {**job, "disaggregate": args.disaggregate}))
     results = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")  # fresh run dirs in a reused workdir

@@ -3,6 +3,7 @@
     python benchmarks/ppo.py                 # GAE and GRPO, staleness 0 and 1, TRL twice; 6 x 64
     python benchmarks/ppo.py --quick         # 3 x 32 prompts
     python benchmarks/ppo.py --estimators grpo --staleness 1 --trl default
+    python benchmarks/ppo.py --estimators grpo --set trainer.num_cpus_per_rank=2  # 2 threads
 
 Every job runs in its own process. Ours: ``rlhf train configs/ppo.yaml`` (vLLM samplers and
 reference, DeepSpeed policy and critic) on the embedded task; per-phase times come from its
@@ -56,6 +57,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
         f"trainer.lr={job['lr']}",
         "ppo.eval_prompts=8",  # the held-out check stays in the loop, kept small
         f"rounds.max_staleness={job['staleness']}",
+        *job["overrides"],
     ]
     if job["staleness"]:
         overrides.append("samplers.engine.sleep_when_idle=false")
@@ -200,6 +202,13 @@ def main(argv: list[str] | None = None) -> None:
         "--trl", default="default,no-gc", help="TRL runs: default, no-gc (no checkpointing)"
     )
     parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for our jobs (repeatable), e.g. trainer.num_cpus_per_rank=2",
+    )
     parser.add_argument("--quick", action="store_true", help="3 x 32 prompts")
     parser.add_argument("--workdir", help="runs and logs (default: a new temp dir)")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job and exit
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         for staleness in (int(k) for k in args.staleness.split(",")):
             out = workdir / f"{stamp}-ours-{advantage}-s{staleness}"
             job = {**common, "kind": "ours", "advantage": advantage, "out": str(out)}
-            job["staleness"] = staleness
+            job |= {"staleness": staleness, "overrides": args.set}
             result = run_job(Path(__file__), job, workdir / f"{out.name}.log")
             result["samples_per_iteration"] = args.prompts * args.k
             ours.append(summarize(f"ours {advantage} staleness {staleness}", result))
