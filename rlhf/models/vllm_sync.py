@@ -93,6 +93,13 @@ class WeightSyncExtension:
         cache.add_adapter(adapter)
         return len(tensors)
 
+    def rlhf_serve_head_adapters(self) -> int:
+        """Lets adapters on ``lm_head`` serve prompt log-probs too (``rlhf.models.vllm_lora_head``);
+        returns how many heads carry adapters."""
+        from rlhf.models.vllm_lora_head import serve_head_adapters
+
+        return serve_head_adapters(self.model_runner.get_model())
+
 
 def repack_shared_weights(model: torch.nn.Module) -> int:
     """Processes again every layer whose weight another layer shares; returns how many.
