@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhf.algorithms.registry import Registry, UnknownNameError
 from rlhf.cluster.resources import check_custom_resources
 from rlhf.config import ConfigError
+from rlhf.registry import Registry, UnknownNameError
 
 reward_functions = Registry(
     "reward_function", ("prompts", "responses"), returns="list[float], one score per response"

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 
+from rlhf import registry as registry_module  # the entry points' state (rlhf.registry)
 from rlhf.algorithms import (
     AdvantageInput,
     PluginLoadError,
@@ -21,7 +22,6 @@ from rlhf.algorithms import (
     preference_losses,
     register_preference_loss,
 )
-from rlhf.algorithms import registry as registry_module
 
 # --- a fresh registry per test (no global state) -------------------------------------------------
 
