@@ -19,8 +19,7 @@ local Ray and every actor, sampled every 0.2 s), the model copies held (trainer 
 the last round's held-out reward. LoRA trains at its own learning rate (``--lora-lr``; an
 adapter wants a larger one), so the rewards are a sanity check, not a comparison.
 
-Not measured yet (the shared machine's heavy-job slots were taken for the whole session that
-wrote it); the first run's table belongs here, with the machine's load.
+The README's Benchmarks section has the measured table and what it shows (one run, 2026-12-02).
 """
 
 from __future__ import annotations
