@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlhf.config import from_dict
-from rlhf.run_dir import read_metrics
+from rlhf.run_dir import Checkpoints, read_metrics
 from tests.driver.conftest import SEQ, train_on_one_pair, trainer_logprobs
 
 pytestmark = pytest.mark.integration
@@ -71,55 +71,51 @@ def test_online_dpo_pairs_raises_reward(ray_cluster, tmp_path, embedded_model_pa
     assert (run_dir / "rounds.png").stat().st_size > 1000
 
 
-def test_online_dpo_plackett_luce_rankings_raise_reward(ray_cluster, tmp_path, embedded_model_path):
-    from rlhf.driver import online_dpo
-
-    cfg = online_config(
-        tmp_path / "run",
-        embedded_model_path,
-        loss={"name": "plackett_luce"},
-        rounds={"strategy": "ranking", "rounds": 5},
-        samplers={"sync": "object_store"},  # the same run by the object store (others: broadcast)
-    )
-    run_dir = online_dpo.run(cfg)
-    rounds = _rounds(run_dir)
-    prefs = pq.read_table(run_dir / "rounds" / "round_0000" / "preferences.parquet")
-    assert set(prefs.column("num_responses").to_pylist()) == {4}  # full rankings of K = 4
-    assert rounds[-1]["eval/reward/mean"] > rounds[0]["eval/reward/mean"] + 0.05
+CALLS = {"n": 0}  # per process: the job's reward actor counts its own calls
 
 
-CALLS = {"n": 0}
-
-
-def _fails_in_round_1(prompts, responses):
-    """Scores round 0, then breaks the way a remote judge does."""
+def _fails_in_round_5(prompts, responses):
+    """The task's reward in rounds 0-4 (one call per round); then breaks the way a remote judge
+    does."""
     CALLS["n"] += 1
-    if CALLS["n"] > 1:
+    if CALLS["n"] > 5:
         raise RuntimeError("judge unavailable")
     from rlhf.task import sentiment_reward
 
     return sentiment_reward(prompts, responses)
 
 
-def test_reward_failure_names_itself_and_keeps_earlier_rounds(
+def test_online_dpo_plackett_luce_rankings_raise_reward_until_the_reward_fails(
     ray_cluster, tmp_path, embedded_model_path
 ):
+    """Plackett-Luce on full rankings of K = 4 raises the reward over rounds 0-4. Round 5's
+    reward call then raises: the error names the reward function, the rounds before it are
+    kept (samples, metrics, a checkpoint) and the job's actors end, so a shared cluster gets
+    its resources back."""
     from rlhf.driver import online_dpo
 
     cfg = online_config(
         tmp_path / "run",
         embedded_model_path,
-        reward={"function": "tests.driver.test_online_dpo:_fails_in_round_1"},
-        rounds={"rounds": 2, "prompts_per_round": 16, "eval_prompts": 8},
+        loss={"name": "plackett_luce"},
+        reward={"function": "tests.driver.test_online_dpo:_fails_in_round_5"},
+        rounds={"strategy": "ranking", "rounds": 6},
+        samplers={"sync": "object_store"},  # the same run by the object store (others: broadcast)
     )
     free = ray_cluster.available_resources().get("CPU", 0)  # session fixtures may hold some
     with pytest.raises(RuntimeError, match="the reward function raised RuntimeError: judge"):
         online_dpo.run(cfg)
     run_dir = tmp_path / "run"
-    assert pq.read_table(run_dir / "rounds" / "round_0000" / "samples.parquet").num_rows == 96
-    assert not (run_dir / "rounds" / "round_0001").exists()
-    assert [r["round"] for r in _rounds(run_dir)] == [0]
-    assert (run_dir / "checkpoints" / "latest").read_text().strip()
+    rounds = _rounds(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
+    prefs = pq.read_table(run_dir / "rounds" / "round_0000" / "preferences.parquet")
+    assert set(prefs.column("num_responses").to_pylist()) == {4}  # full rankings of K = 4
+    assert rounds[-1]["eval/reward/mean"] > rounds[0]["eval/reward/mean"] + 0.05
+    # The failed round left nothing behind; the rounds before it are all there.
+    assert pq.read_table(run_dir / "rounds" / "round_0004" / "samples.parquet").num_rows == 384
+    assert not (run_dir / "rounds" / "round_0005").exists()
+    checkpoints = Checkpoints(run_dir)
+    assert checkpoints.driver_state(checkpoints.latest())["round"] == 5  # after round 4
     # The job's actors are gone: a shared cluster gets its resources back.
     deadline = time.time() + 30
     while ray_cluster.available_resources().get("CPU", 0) < free and time.time() < deadline:
