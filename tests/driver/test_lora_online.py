@@ -74,6 +74,7 @@ def test_online_dpo_with_lora_syncs_the_adapter_and_serves_the_reference_from_th
         embedded_model_path,
         trainer={"lr": 1e-2, "lora": {"r": 8, "alpha": 16}},
         samplers={"sync": "object_store"},
+        rounds={"reference_update": "previous_round"},
     )
     from ray._private.state import actors
 
@@ -102,6 +103,16 @@ def test_online_dpo_with_lora_syncs_the_adapter_and_serves_the_reference_from_th
     assert 0 < rounds[0]["sync_bytes"] < 0.1 * model_bytes(embedded_model_path)
     sft, last = rounds[0]["eval/reward/mean"], rounds[-1]["eval/reward/mean"]
     assert last > sft + 0.05, [r["eval/reward/mean"] for r in rounds]
+    # reference_update: previous_round. Each round's reference is the adapter that sampled it
+    # (the samplers score with it after round 0; the base model in round 0), which is the
+    # policy when the round starts training: every round's first step has loss ln 2.
+    records = read_metrics(run_dir)
+    first_steps = [1] + [r["step"] + 1 for r in rounds[:-1]]
+    losses = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+    assert all(abs(losses[step] - math.log(2)) < 1e-4 for step in first_steps), [
+        losses[step] for step in first_steps
+    ]
+    assert any(abs(loss - math.log(2)) > 1e-2 for loss in losses.values())  # it trains
 
 
 # --- PPO with LoRA on lm_head too: reward rises; a resumed run ends as the whole one -------------
