@@ -74,7 +74,9 @@ class WeightSyncExtension:
         mapper = getattr(cache.model, "hf_to_vllm_mapper", None)
         adapter = LoRAModel.from_lora_tensors(
             lora_model_id=adapter_id,
-            tensors=tensors,
+            # Copies: vLLM scales B by alpha / r in place, which would scale the caller's
+            # tensors again on their next push (seen: an adapter pushed twice was 7 nats off).
+            tensors={name: tensor.clone() for name, tensor in tensors.items()},
             peft_helper=peft,
             device="cpu",
             dtype=manager.lora_config.lora_dtype,
