@@ -40,9 +40,9 @@ class EngineSettings:
     # adapters one batch may use (the policy's, and the moving reference's).
     max_lora_rank: int = 0
     max_loras: int = 2
-    # The modules the adapters adapt (Hugging Face names, e.g. q_proj). Named, vLLM wraps only
-    # these; unnamed, it wraps the LM head too, and then its CPU build fails on prompt_logprobs
-    # of a batch of several sequences (its head's LoRA sees one row per sequence).
+    # The modules the adapters adapt (Hugging Face names, e.g. q_proj; None: every layer vLLM
+    # can adapt, the LM head included). An adapted head scores prompts through
+    # ``rlhf.models.vllm_lora_head``, installed by the worker extension.
     lora_target_modules: tuple[str, ...] | None = None
 
 
@@ -98,7 +98,10 @@ def start_engine(settings: EngineSettings) -> LLM:
     gc.collect()  # what the imports left, once; then vLLM's own full collections while the
     gc.freeze()  # engine starts skip all of it (see collections_paused)
     with collections_paused():
-        return LLM(**kwargs)
+        llm = LLM(**kwargs)
+    if settings.max_lora_rank > 0 and settings.worker_extension_cls is not None:
+        llm.collective_rpc("rlhf_serve_head_adapters")  # an lm_head adapter's prompt log-probs
+    return llm
 
 
 @contextlib.contextmanager
