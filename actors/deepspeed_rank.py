@@ -35,7 +35,11 @@ from rlhf.models.deepspeed_config import (
     deepspeed_config,
     scheduler_start,
 )
-from rlhf.models.torch_extensions import extensions_dir, use_environment_ninja
+from rlhf.models.torch_extensions import (
+    cache_cpu_info,
+    extensions_dir,
+    use_environment_ninja,
+)
 
 Device = Literal["cpu", "cuda"]
 
@@ -192,6 +196,7 @@ class DeepSpeedModel:
         for key, value in trainer_env(device).items():
             os.environ.setdefault(key, value)
         use_environment_ninja()  # the ninja make setup built the ops with
+        cache_cpu_info()  # DeepSpeed's op builders ask for it once per op
         import deepspeed
 
         self._deepspeed = deepspeed

@@ -17,6 +17,7 @@ each time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -96,6 +97,19 @@ def use_environment_ninja() -> None:
         os.environ["PATH"] = os.pathsep.join(filter(None, [scripts, path]))
 
 
+def cache_cpu_info() -> None:
+    """Makes py-cpuinfo's ``get_cpu_info`` answer from memory after its first call in this
+    process. DeepSpeed's op builders ask it for each op's compiler flags, four times in a CPU
+    trainer rank's start, and each call runs a Python subprocess (about 1.4 s here). A process
+    stays on its machine, so the answer, the flags and the ops' build hashes stay the same."""
+    try:
+        import cpuinfo
+    except ImportError:  # DeepSpeed then reads lscpu
+        return
+    if not hasattr(cpuinfo.get_cpu_info, "cache_info"):  # not wrapped yet
+        cpuinfo.get_cpu_info = functools.cache(cpuinfo.get_cpu_info)
+
+
 # The ops a CPU trainer rank compiles on first use: Adam for offloaded and for resident
 # optimizer states, and the shared-memory collectives of a multi-rank group.
 CPU_OPS = ("CPUAdamBuilder", "FusedAdamBuilder", "ShareMemCommBuilder")
@@ -107,6 +121,7 @@ def build_ops(names: tuple[str, ...] = CPU_OPS) -> list[str]:
     setup`` calls this; an op already built is only loaded). Returns the ops it loaded."""
     os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()
     use_environment_ninja()
+    cache_cpu_info()
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()

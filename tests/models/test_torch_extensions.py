@@ -1,9 +1,12 @@
 """DeepSpeed's op cache of this environment, and build locks a killed build left behind."""
 
 import os
+import sys
 import time
+import types
 
 from rlhf.models.torch_extensions import (
+    cache_cpu_info,
     extensions_dir,
     stale_build_locks,
     stale_lock_message,
@@ -64,3 +67,19 @@ def test_op_builds_run_this_environments_ninja(monkeypatch, tmp_path):
     use_environment_ninja()
     use_environment_ninja()
     assert os.environ["PATH"] == f"{scripts}:/usr/bin:/bin"  # first, and once
+
+
+def test_cpu_info_is_asked_once_per_process(monkeypatch):
+    """DeepSpeed's builders import get_cpu_info from the module at each call: after
+    cache_cpu_info they get the first answer again, without another subprocess."""
+    calls = []
+    fake = types.ModuleType("cpuinfo")
+    fake.get_cpu_info = lambda: calls.append(1) or {"arch": "X86_64", "flags": ["avx2"]}
+    monkeypatch.setitem(sys.modules, "cpuinfo", fake)
+    cache_cpu_info()
+    cache_cpu_info()  # wraps once
+    from cpuinfo import get_cpu_info
+
+    assert get_cpu_info() == {"arch": "X86_64", "flags": ["avx2"]}
+    assert get_cpu_info()["flags"] == ["avx2"]
+    assert len(calls) == 1
