@@ -18,7 +18,6 @@ so on instead, so it can share the main sweep's output directory, data and finis
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ def main() -> None:
     out = Path(spec["output_dir"])
     name = spec.get("report", "frontier")  # the outputs' names: <name>.csv, .png, _detail.csv
     if args.report_only:
-        report(read_rows(out / f"{name}_detail.csv"), out, name)
+        report(points.read_rows(out / f"{name}_detail.csv"), out, name)
         return
     out.mkdir(parents=True, exist_ok=True)
     runs = existing_runs(spec, out, args.only) if args.no_train else train_all(spec, out, args.only)
@@ -172,15 +171,6 @@ def evaluate_runs(runs, reference_dir, tokenizer, prompts, reward_fn, settings) 
         )
         print(f"evaluated {name} {label} in {time.perf_counter() - started:.0f} s")
     return rows
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a ``frontier_detail.csv`` back, numbers as numbers."""
-    with path.open() as f:
-        return [
-            {k: v if k in ("algorithm", "setting") else float(v) for k, v in row.items()}
-            for row in csv.DictReader(f)
-        ]
 
 
 def report(rows: list[dict], out: Path, name: str = "frontier") -> None:

@@ -281,6 +281,16 @@ def write_csv(rows: Sequence[dict], path: Path, columns: Sequence[str] = COLUMNS
             writer.writerow([_cell(row[c]) for c in columns])
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a file :func:`write_csv` wrote (``frontier_detail.csv``) back, numbers as
+    numbers."""
+    with Path(path).open() as f:
+        return [
+            {k: v if k in ("algorithm", "setting") else float(v) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+
+
 def _cell(value):
     return f"{value:.5g}" if isinstance(value, float) else value
 

@@ -63,13 +63,7 @@ def plot_with_runs(best: list[dict], out: Path, report: str) -> None:
     """support.png: the spec's measured points (``<report>_detail.csv``, if measured) with
     best-of-n of the SFT model at its KL bound, as one more algorithm of the figure."""
     detail = out / f"{report}_detail.csv"
-    rows = []
-    if detail.exists():
-        with detail.open() as f:
-            rows = [
-                {k: v if k in ("algorithm", "setting") else float(v) for k, v in row.items()}
-                for row in csv.DictReader(f)
-            ]
+    rows = points.read_rows(detail) if detail.exists() else []
     rows += [
         {
             "algorithm": "best-of-n of SFT (KL bound)",

@@ -168,7 +168,7 @@ def test_pipeline_on_two_tiny_runs_writes_the_frontier(tmp_path, frontier):
         assert float(r["kl_stderr"]) >= 0.0 and 0.0 <= float(r["reward_stderr"]) <= 1.0
     assert float(table[0]["kl"]) == 0.0  # the reference against itself
     assert float(table[2]["kl"]) > float(table[1]["kl"]) > 0.01  # training moves away
-    detail = frontier.read_rows(tmp_path / "frontier_detail.csv")
+    detail = sys.modules["points"].read_rows(tmp_path / "frontier_detail.csv")
     assert detail[0]["kl_k1"] == 0.0 and detail[0]["kl_k1_negative"] == 0.0
     assert all(r["kl_k1_p10"] <= r["kl_k1_p50"] <= r["kl_k1_p90"] for r in detail)
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
