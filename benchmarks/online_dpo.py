@@ -9,9 +9,10 @@ optimizer step, beta 0.1, lr 5e-4, up to 48 new tokens at temperature 1, fp32:
 - ours (``rlhf.driver.online_dpo.run``, ``configs/online_dpo.yaml``): K = 2 samples per prompt
   (TRL's fixed K) and K = 4 (our default), best-vs-worst pairs, one pass over each round's pairs,
   one held-out prompt per round unless ``--eval-prompts`` says more (the job's evaluation
-  cannot be switched off; TRL evaluates nothing). Phases come from metrics.jsonl (``time/generate|score|reference|train|sync``);
-  the whole round, start-up and the per-round checkpoint are timed by the loop's phase hooks
-  (``rlhf.driver.online_loop``; the hook waits until new actors are up).
+  cannot be switched off; TRL evaluates nothing). Phases come from metrics.jsonl
+  (``time/generate|score|reference|train|sync``); the whole round, start-up and the per-round
+  checkpoint are timed by the loop's phase hooks (``rlhf.driver.online_loop``; the hook waits
+  until new actors are up).
 - TRL ``trl.experimental.online_dpo.OnlineDPOTrainer`` with the task's reward as a Python reward
   function, generating with transformers (TRL's default; its vLLM mode needs CUDA). Prompts get
   the tokenizer's BOS written in front (TRL tokenizes prompts without special tokens; our
