@@ -123,7 +123,8 @@ def train_all(spec: dict, out: Path, only: list[str] | None) -> dict[tuple[str, 
                 if not (run_dir / "model").exists():  # else finished earlier
                     started = time.perf_counter()
                     loop(cfg, resume=(run_dir / "metrics.jsonl").exists())
-                    print(f"{name} {label}: trained in {time.perf_counter() - started:.0f} s")
+                    took = time.perf_counter() - started
+                    print(f"{name} {label}: trained in {took:.0f} s", flush=True)
                 runs[(name, label)] = run_dir
     finally:
         ray.shutdown()
@@ -141,7 +142,9 @@ def make_data(spec: dict, out: Path, only: list[str] | None = None) -> None:
         path = out / data["file"]
         if key in needed and not path.exists():
             overrides = [*data["overrides"], f"output={path}", f"seed={spec['seed']}"]
+            started = time.perf_counter()
             make.run(load_config(make.MakeDataConfig, data["config"], overrides))
+            print(f"made {path} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def evaluate(spec: dict, runs: dict[tuple[str, str], Path], out: Path) -> list[dict]:
@@ -169,7 +172,7 @@ def evaluate_runs(runs, reference_dir, tokenizer, prompts, reward_fn, settings) 
         rows += points.evaluate_run(
             name, label, run_dir, reference, reference_dir, tokenizer, prompts, reward_fn, settings
         )
-        print(f"evaluated {name} {label} in {time.perf_counter() - started:.0f} s")
+        print(f"evaluated {name} {label} in {time.perf_counter() - started:.0f} s", flush=True)
     return rows
 
 
