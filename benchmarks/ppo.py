@@ -63,8 +63,8 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
         overrides.append("samplers.engine.sleep_when_idle=false")
     starts: list[float] = []  # wall clock at each round's start (the next one's ends it)
 
-    def at_round_start(event) -> None:  # the final model's save ends the last round
-        if event.phase in ("round", "save model") and not event.ended:
+    def at_round_start(event) -> None:  # the final evaluation ends the last round
+        if event.phase in ("round", "final eval") and not event.ended:
             starts.append(time.perf_counter())
 
     cfg = load_config(ppo.PPOConfig, "configs/ppo.yaml", overrides)

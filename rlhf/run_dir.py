@@ -96,7 +96,8 @@ class MetricsLogger:
 
     A resumed run drops the records logged after its checkpoint: those of steps after
     ``resume_step`` and, for online runs, those of rounds from ``resume_round`` on (a round
-    without training steps logs at the step of the round before).
+    without training steps logs at the step of the round before) and the final evaluation's
+    (``final/*``), which the resumed run makes again.
     """
 
     def __init__(
@@ -115,7 +116,8 @@ class MetricsLogger:
 
         def before(record: dict[str, Any]) -> bool:
             later_round = round_index is not None and record.get("round", -1) >= round_index
-            return record.get("step", 0) <= step and not later_round
+            final = any(key.startswith("final/") for key in record)  # evaluated again at the end
+            return record.get("step", 0) <= step and not later_round and not final
 
         kept = [
             line

@@ -56,6 +56,18 @@ def test_resumed_logger_drops_rounds_after_the_checkpoint_even_at_the_same_step(
     assert len(read_metrics(tmp_path)) == 4
 
 
+def test_resumed_logger_drops_the_final_evaluation_it_will_make_again(tmp_path):
+    # The run finished (2 rounds, then the final evaluation) and is resumed from its last
+    # checkpoint: the rounds stay, the final record goes (the resumed run evaluates again).
+    logger = MetricsLogger(tmp_path)
+    logger.log(2, {"round": 0, "eval/reward/mean": 0.5})
+    logger.log(4, {"round": 1, "eval/reward/mean": 0.6})
+    logger.log(4, {"final/reward/mean": 0.7, "final/policy_version": 2})
+    logger.close()
+    MetricsLogger(tmp_path, resume_step=4, resume_round=2).close()
+    assert [r.get("round") for r in read_metrics(tmp_path)] == [0, 1]
+
+
 def test_checkpoint_commit_latest_and_prune(tmp_path):
     ckpts = Checkpoints(tmp_path, keep=2)
     assert ckpts.latest() is None

@@ -147,8 +147,11 @@ def sample_metrics(split: str, groups: list[ScoredGroup], ref: list[list[float]]
     """Mean / max reward of the samples and KL(policy || reference) estimated on them.
 
     The k1 estimator: the mean over samples of log pi(y) - log pi_ref(y), unbiased for samples
-    drawn from pi itself (temperature 1, top_p 1).
+    drawn from pi itself (temperature 1, top_p 1). Empty for no groups (a round that does not
+    evaluate: ``eval_every``).
     """
+    if not groups:
+        return {}
     scores = [s for g in groups for s in g.scores]
     kl = [
         c.logprob - r

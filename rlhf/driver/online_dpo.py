@@ -66,6 +66,7 @@ class RoundsConfig:
     prompts_per_round: int = 64
     epochs_per_round: int = 1  # passes of DPO over the round's preferences
     eval_prompts: int = 64  # held-out prompts sampled each round to measure reward and KL
+    eval_every: int = 1  # rounds 0, n, 2n, ... sample them (and the final weights, always)
     strategy: str = "best_vs_worst"  # best_vs_worst | all_pairs | ranking | a plugin
     tie_tolerance: float = 0.0
     reference_update: Literal["fixed", "previous_round"] = "fixed"
@@ -75,7 +76,13 @@ class RoundsConfig:
     max_staleness: int = 0
 
     def validate(self) -> None:
-        for key in ("rounds", "prompts_per_round", "epochs_per_round", "eval_prompts"):
+        for key in (
+            "rounds",
+            "prompts_per_round",
+            "epochs_per_round",
+            "eval_prompts",
+            "eval_every",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")
         if self.tie_tolerance < 0:
@@ -130,7 +137,7 @@ def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
     r = cfg.rounds
     return OnlineAlgorithm(
         name="online DPO",
-        sizes=RoundSizes(r.rounds, r.prompts_per_round, r.eval_prompts),
+        sizes=RoundSizes(r.rounds, r.prompts_per_round, r.eval_prompts, r.eval_every),
         roles=online_roles(cfg),
         state_type=TrainState,
         start_groups=lambda model_path, placements: {

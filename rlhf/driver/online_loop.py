@@ -3,7 +3,8 @@
 Open the job (run directory, model, tokenizer, prompts, Ray session, placements, actors,
 checkpoints, logger); then, round after round: generate -> score -> reference log-probs ->
 build the training batch -> train -> sync the new weights into the samplers -> log ->
-checkpoint; at the end save the policy, plot the rounds and print their table.
+checkpoint; at the end evaluate the final weights on the held-out prompts (``final/*`` in
+``metrics.jsonl``), save the policy, plot the rounds and print their table.
 
 A loop is its config class plus an :class:`OnlineAlgorithm`: the trainer groups it starts, the
 state it checkpoints, how a round's scored samples become a training batch and optimizer steps,
@@ -50,7 +51,7 @@ from rlhf.data.prompts import Prompt, PromptSource, job_prompts
 from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
 from rlhf.driver.checks import check_local_device
 from rlhf.driver.common import cluster_address, ray_session, resolve_model_path
-from rlhf.driver.online import PhaseTimer, start_rollout_actors, sync_weights
+from rlhf.driver.online import PhaseTimer, sample_metrics, start_rollout_actors, sync_weights
 from rlhf.driver.reference import moving_reference, reference_server
 from rlhf.driver.retry import ACTOR_FAILURES, PhaseRetry, bounded_get, named_actors, ranks
 from rlhf.driver.rollout import (
@@ -84,6 +85,7 @@ JOB_PHASES = (
     "trainers",
     "round",
     "checkpoint",
+    "final eval",
     "save model",
     "teardown",
 )
@@ -152,11 +154,13 @@ class Hooks:
 
 @dataclass(frozen=True)
 class RoundSizes:
-    """How many rounds, training prompts per round and held-out prompts (sampled each round)."""
+    """How many rounds, training prompts per round, held-out prompts, and every how many rounds
+    they are sampled (the first round's and the final weights are always evaluated)."""
 
     rounds: int
     prompts_per_round: int
     eval_prompts: int
+    eval_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,9 @@ class OnlineAlgorithm:
     # and what to do when a round has none.
     units: Callable[[Any], int] = len
     empty_hint: str = "check the reward and the sampling settings"
+    # reference_logps's result as each response's log-prob sum, grouped like the samples (the
+    # final evaluation's KL); the default: reference_logps gives those sums already.
+    response_sums: Callable[[list[ScoredGroup], Any], list[list[float]]] = lambda groups, ref: ref
 
 
 @dataclass
@@ -202,7 +209,7 @@ class Job:
     run_dir: Path
     pad_token_id: int
     prompt_source: PromptSource  # every round's training prompts (``for_round``)
-    eval_prompts: list[Prompt]  # the same held-out prompts each round
+    eval_prompts: list[Prompt]  # the same held-out prompts in each round that evaluates
     workers: Workers
     checkpoints: Checkpoints
     state: Any  # the algorithm's state_type
@@ -216,6 +223,12 @@ class Job:
     def prompts(self, round_index: int) -> list[Prompt]:
         """The training prompts of round ``round_index``."""
         return self.prompt_source.for_round(round_index, self.algorithm.sizes.prompts_per_round)
+
+    def asked(self, round_index: int) -> list[Prompt]:
+        """What round ``round_index`` samples: its training prompts, then the held-out ones in
+        the rounds that evaluate (0, ``eval_every``, 2 ``eval_every``, ...)."""
+        evaluates = round_index % self.algorithm.sizes.eval_every == 0
+        return self.prompts(round_index) + (self.eval_prompts if evaluates else [])
 
 
 @dataclass
@@ -258,10 +271,18 @@ def run_online(
                     cfg.ray.call_timeout_s,
                 )
             bar.update()
-            bar.set_postfix(
-                reward=f"{metrics['eval/reward/mean']:.3f}", kl=f"{metrics['eval/kl']:.2f}"
-            )
+            if "eval/reward/mean" in metrics:  # a round that evaluated (eval_every)
+                bar.set_postfix(
+                    reward=f"{metrics['eval/reward/mean']:.3f}", kl=f"{metrics['eval/kl']:.2f}"
+                )
         bar.close()
+        with job.hooks.phase("final eval"):
+            final = evaluate_final(job)
+        job.logger.log(state.step, final)
+        print(
+            f"final policy (version {final['final/policy_version']}): held-out reward "
+            f"{final['final/reward/mean']:.3f}, KL(policy||ref) {final['final/kl']:.2f}"
+        )
         with job.hooks.phase("save model"):
             refs = job.workers.policy.call("save_pretrained", str(job.run_dir / "model"))
             names = ranks("trainer", len(refs))
@@ -271,6 +292,30 @@ def run_online(
     algorithm.print_table(run_dir)
     print(f"run directory: {run_dir} (model in {run_dir / 'model'}, plot {plot})")
     return run_dir
+
+
+def evaluate_final(job: Job) -> dict[str, float]:
+    """Held-out reward and KL of the weights the run ends with, as ``final/*`` metrics.
+
+    A round's ``eval/*`` metrics are those of the weights that sampled it: the last round's are
+    one update behind the final weights, and at ``rounds.max_staleness`` k up to k + 1 behind.
+    Here the samplers, which hold the final weights after the last sync, sample the same
+    held-out prompts once more (seeded like the round after the last), so runs of any staleness
+    are compared on what they trained.
+    """
+    cfg, algorithm, workers = job.cfg, job.algorithm, job.workers
+    version = algorithm.sizes.rounds
+    pending = start_sampling(
+        workers.samplers,
+        [p.text for p in job.eval_prompts],
+        cfg.samplers.sampling,
+        round_seed(cfg, version),
+        weights_version=version,
+    )
+    groups = pending.get(cfg.ray.call_timeout_s)
+    scored = score(groups, workers.reward, [p.given for p in job.eval_prompts])
+    ref = algorithm.response_sums(scored, algorithm.reference_logps(workers.reference, scored))
+    return {**sample_metrics("final", scored, ref), "final/policy_version": version}
 
 
 def check_online_config(cfg: Any, roles: list[Role]) -> None:
@@ -402,7 +447,7 @@ def run_round(job: Job) -> dict[str, float]:
     timeout_s = cfg.ray.call_timeout_s  # every wait of the round is bounded
     rnd = Round(job, job.state.round, seed=round_seed(cfg, job.state.round))
     prompts = job.prompts(rnd.index)
-    asked = prompts + job.eval_prompts  # the reward gets each as given (text or messages)
+    asked = job.asked(rnd.index)  # the reward gets each as given (text or messages)
     retry = PhaseRetry(cfg.ray.phase_retries)
     samplers = named_actors("sampler", workers.samplers)
     with rnd.phase("generate"):
@@ -444,7 +489,7 @@ def run_round(job: Job) -> dict[str, float]:
         )
     if job.probe is not None:  # did the sync reach the engines? (rlhf.driver.sync_probe)
         with rnd.phase("sync_probe"):
-            job.probe.fix(eval_groups)
+            job.probe.fix(eval_groups or train_groups)
             metrics.update(job.probe.check(workers.policy, workers.samplers, rnd.index))
     metrics["retries"] = retry.count
     metrics["rollout/policy_version"] = rnd.policy_version
@@ -487,9 +532,9 @@ def round_seed(cfg: Any, index: int) -> int:
 
 
 def start_round_sampling(job: Job, index: int, version: int) -> PendingSamples:
-    """Starts round ``index``'s samples (its training prompts, then the held-out ones) on the
-    samplers, which hold weights ``version``."""
-    asked = job.prompts(index) + job.eval_prompts
+    """Starts round ``index``'s samples (:meth:`Job.asked`) on the samplers, which hold weights
+    ``version``."""
+    asked = job.asked(index)
     return start_sampling(
         job.workers.samplers,
         [p.text for p in asked],

@@ -66,6 +66,7 @@ class PPOSettings:
     iterations: int = 8
     prompts_per_iteration: int = 64  # K samples each (samplers.sampling.n)
     eval_prompts: int = 64  # held-out prompts sampled each iteration (reward and KL)
+    eval_every: int = 1  # iterations 0, n, 2n, ... sample them (and the final weights, always)
     epochs: int = 4  # PPO passes over each iteration's experience
     minibatch_size: int = 64  # sequences per optimizer step, all ranks together
     advantage: str = "gae"  # gae | grpo | rloo | reinforce_pp | a plugin
@@ -83,7 +84,7 @@ class PPOSettings:
     is_cap: float | None = 2.0
 
     def validate(self) -> None:
-        for key in ("iterations", "prompts_per_iteration", "eval_prompts", "epochs"):
+        for key in ("iterations", "prompts_per_iteration", "eval_prompts", "eval_every", "epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")
         if self.minibatch_size < 1:
@@ -183,7 +184,7 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
     p = cfg.ppo
     return OnlineAlgorithm(
         name=f"PPO ({p.advantage})",
-        sizes=RoundSizes(p.iterations, p.prompts_per_iteration, p.eval_prompts),
+        sizes=RoundSizes(p.iterations, p.prompts_per_iteration, p.eval_prompts, p.eval_every),
         roles=ppo_roles(cfg),
         state_type=PPOState,
         start_groups=partial(start_groups, cfg),
@@ -201,6 +202,7 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
         units=lambda batch: batch.num_tokens,  # response tokens: what the losses average over
         empty_hint="every sampled response is empty (no token to train on); check samplers.sampling",
         max_staleness=cfg.rounds.max_staleness,
+        response_sums=xp.sequence_sums,  # reference_logps gives per-token log-probs
     )
 
 

@@ -69,6 +69,11 @@ def test_online_dpo_pairs_raises_reward(ray_cluster, tmp_path, embedded_model_pa
     prefs = pq.read_table(run_dir / "rounds" / "round_0001" / "preferences.parquet")
     assert prefs.num_rows == rounds[1]["preferences"] > 0
     assert (run_dir / "rounds.png").stat().st_size > 1000
+    # The final weights (version 3, one update past round 2's samples) on the held-out prompts.
+    final = read_metrics(run_dir)[-1]
+    assert final["final/policy_version"] == 3 and "round" not in final
+    assert final["final/reward/mean"] > sft + 0.05 and final["final/kl"] > 0
+    assert final["step"] == rounds[-1]["step"]
 
 
 CALLS = {"n": 0}  # per process: the job's reward actor counts its own calls
@@ -99,7 +104,7 @@ def test_online_dpo_plackett_luce_rankings_raise_reward_until_the_reward_fails(
         embedded_model_path,
         loss={"name": "plackett_luce"},
         reward={"function": "tests.driver.test_online_dpo:_fails_in_round_5"},
-        rounds={"strategy": "ranking", "rounds": 6},
+        rounds={"strategy": "ranking", "rounds": 6, "eval_every": 2},
         samplers={"sync": "object_store"},  # the same run by the object store (others: broadcast)
     )
     free = ray_cluster.available_resources().get("CPU", 0)  # session fixtures may hold some
@@ -107,12 +112,15 @@ def test_online_dpo_plackett_luce_rankings_raise_reward_until_the_reward_fails(
         online_dpo.run(cfg)
     run_dir = tmp_path / "run"
     rounds = _rounds(run_dir)
-    assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
+    assert [r["round"] for r in rounds] == [0, 2, 4]  # eval_every 2
+    assert [r["round"] for r in read_metrics(run_dir) if "round" in r] == [0, 1, 2, 3, 4]
     prefs = pq.read_table(run_dir / "rounds" / "round_0000" / "preferences.parquet")
     assert set(prefs.column("num_responses").to_pylist()) == {4}  # full rankings of K = 4
     assert rounds[-1]["eval/reward/mean"] > rounds[0]["eval/reward/mean"] + 0.05
     # The failed round left nothing behind; the rounds before it are all there.
     assert pq.read_table(run_dir / "rounds" / "round_0004" / "samples.parquet").num_rows == 384
+    # Round 3 sampled no held-out prompts: 48 training prompts x 4.
+    assert pq.read_table(run_dir / "rounds" / "round_0003" / "samples.parquet").num_rows == 192
     assert not (run_dir / "rounds" / "round_0005").exists()
     checkpoints = Checkpoints(run_dir)
     assert checkpoints.driver_state(checkpoints.latest())["round"] == 5  # after round 4
