@@ -8,8 +8,9 @@ optimizer step, beta 0.1, lr 5e-4, up to 48 new tokens at temperature 1, fp32:
 
 - ours (``rlhf.driver.online_dpo.run``, ``configs/online_dpo.yaml``): K = 2 samples per prompt
   (TRL's fixed K) and K = 4 (our default), best-vs-worst pairs, one pass over each round's pairs,
-  one held-out prompt per round unless ``--eval-prompts`` says more (the job's evaluation
-  cannot be switched off; TRL evaluates nothing). Phases come from metrics.jsonl
+  one held-out prompt per round unless ``--eval-prompts`` says more, in every round unless
+  ``--eval-every`` says otherwise (the job's evaluation cannot be switched off; TRL evaluates
+  nothing), and once more on the final weights. Phases come from metrics.jsonl
   (``time/generate|score|reference|train|sync``); the whole round, start-up and the per-round
   checkpoint are timed by the loop's phase hooks (``rlhf.driver.online_loop``; the hook waits
   until new actors are up).
@@ -22,15 +23,17 @@ optimizer step, beta 0.1, lr 5e-4, up to 48 new tokens at temperature 1, fp32:
 Asynchronous rounds (``--max-staleness 0,1``: one job of ours per value, K the first of
 ``--k``): prompts/s and the round's critical path, the phases the driver waits on (at staleness
 1 ``generate`` is what is left of the next round's sampling, started before training, when the
-round needs it, and ``sync`` includes waiting for it), and the held-out reward of the last round
-(``--seeds 0,1,2``: one job per staleness and seed, with the reward's range over the seeds, the
-run-to-run spread that staleness 1's reward is compared with).
+round needs it, and ``sync`` includes waiting for it), and the held-out reward of the final
+weights, after the same number of rounds (``final/reward/mean``; a round's own ``eval/`` reward
+is that of the weights that sampled it, a version older at staleness 1), with ``--seeds 0,1,2``
+one job per staleness and seed and the reward's range over the seeds, the run-to-run spread
+that staleness 1's reward is compared with.
 ``--disaggregate`` pins the samplers' processes to core 0 and everything else (trainer ranks,
 reference, reward) to core 1, one thread each, the shape in which the overlap shows on a 2-core
 machine; measure on an otherwise idle machine::
 
     .venv/bin/python benchmarks/online_dpo.py --max-staleness 0,1 --disaggregate --trl none \
-        --no-sync-parts --ranks 1 --k 4 --seeds 0,1,2 --eval-prompts 32
+        --no-sync-parts --ranks 1 --k 4 --seeds 0,1,2 --eval-prompts 64 --eval-every 6
 
 Weight sync: bytes/s of each round's sync (``sync_bytes / time/sync``: rank 0 gathers the
 weights, Ray carries them, vLLM reloads them) against a plain in-memory copy of the same tensors
@@ -80,6 +83,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
             f"rounds.prompts_per_round={job['prompts_per_round']}",
             "rounds.epochs_per_round=1",
             f"rounds.eval_prompts={job.get('eval_prompts', 1)}",
+            f"rounds.eval_every={job.get('eval_every', 1)}",
             f"seed={job.get('seed', 0)}",
             f"samplers.sampling.n={job['k']}",
             f"samplers.sampling.max_tokens={job['max_tokens']}",
@@ -132,6 +136,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     total = time.perf_counter() - start - phases.seconds.pop("teardown")
     per_round = [m for m in read_metrics(run_dir) if "round" in m and "time/sync" in m]
     keep = ("sync_bytes", "preferences", "eval/reward/mean", "rollout/policy_version_lag")
+    (final,) = [m for m in read_metrics(run_dir) if "final/reward/mean" in m]
     return {
         "seconds": phases.seconds,
         "total": total,
@@ -140,6 +145,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
             {k: m[k] for k in m if k.startswith("time/") or k in keep} for m in per_round
         ],
         "prompts": job["rounds"] * job["prompts_per_round"],
+        "final_reward": final["final/reward/mean"],
     }
 
 
@@ -308,7 +314,7 @@ def ours_summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
             m["time/sync"] / (r + checkpoint) for m, r in zip(metrics, rounds, strict=True)
         ),
         "preferences": statistics.mean(m["preferences"] for m in metrics),
-        "reward": metrics[-1].get("eval/reward/mean"),
+        "reward": result["final_reward"],  # the final weights, after the same rounds
         "lag": metrics[-1].get("rollout/policy_version_lag", 0),
         "result": result,
     }
@@ -378,7 +384,7 @@ def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], par
         print("\nasynchronous rounds (rounds.max_staleness; last round's lag shown):")
         base = ours[0]
         print_table(
-            ["job", "lag", "prompts/s (work)", "vs staleness 0", "round s", "held-out reward"],
+            ["job", "lag", "prompts/s (work)", "vs staleness 0", "round s", "final reward"],
             [
                 [
                     o["name"],
@@ -400,7 +406,7 @@ def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], par
                 rewards = [o["reward"] for o in runs]
                 print(
                     f"  lag {lag}, {len(runs)} runs: prompts/s {statistics.mean(rates):.1f} "
-                    f"(mean), held-out reward {statistics.mean(rewards):.3f} "
+                    f"(mean), final held-out reward {statistics.mean(rewards):.3f} "
                     f"(range {min(rewards):.3f}-{max(rewards):.3f})"
                 )
     print("\none-time start-up (not in 'work'):")
@@ -451,6 +457,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--eval-prompts", type=int, default=1, help="held-out prompts per round (K samples each)"
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        help="rounds between held-out samplings (round 0 always)",
     )
     parser.add_argument(
         "--disaggregate", action="store_true", help="samplers on core 0, the rest on core 1"
@@ -511,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
             name += f", seed {seed}" if len(seeds) > 1 else ""
             job = {"kind": "ours", "k": ks[i], "max_staleness": staleness, "seed": seed}
             job["eval_prompts"] = args.eval_prompts
+            job["eval_every"] = args.eval_every
             jobs.append((name, {**job, "disaggregate": args.disaggregate}))
     results = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")  # fresh run dirs in a reused workdir
