@@ -116,9 +116,9 @@ def run(cfg: DPOConfig, resume: bool = False) -> Path:
         pad = tokenizer.pad_token_id
         group = scope.own(start_trainers(cfg, model_path))
         wait_for_roles(cfg, {"trainer": group})
-        hold_table(group, "train", train, pad)
+        hold_table(group, "train", train, pad, cfg.ray.call_timeout_s)
         if held_out is not None:
-            hold_table(group, "eval", held_out, pad)
+            hold_table(group, "eval", held_out, pad, cfg.ray.call_timeout_s)
         checkpoints = Checkpoints(run_dir, keep=cfg.keep_checkpoints)
         timeout_s = cfg.ray.call_timeout_s  # a rank that dies while saving is named at once
         restored = (
@@ -209,5 +209,5 @@ def _quiet(step: int, cfg: DPOConfig, total: int, held_out) -> bool:
 
 
 def _eval(group, table, cfg: DPOConfig) -> dict[str, float]:
-    metrics = evaluate(group, "eval", table, cfg.schedule.eval_batch_size)
+    metrics = evaluate(group, "eval", table, cfg.schedule.eval_batch_size, cfg.ray.call_timeout_s)
     return {f"eval/{k}": v for k, v in metrics.items() if k not in ("lr", "grad_norm")}

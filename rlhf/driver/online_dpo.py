@@ -247,7 +247,7 @@ def train_on(cfg: OnlineDPOConfig, rnd: Round, table: pa.Table) -> dict[str, flo
     if not table.num_rows:
         return {}
     state, group = rnd.job.state, rnd.job.workers.policy
-    hold_table(group, "round", table, rnd.job.pad_token_id)
+    hold_table(group, "round", table, rnd.job.pad_token_id, cfg.ray.call_timeout_s)
     epochs = cfg.rounds.epochs_per_round
     steps = []
     for epoch in range(epochs):

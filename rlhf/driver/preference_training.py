@@ -208,23 +208,30 @@ class TrainState:
     tokens: int = 0
 
 
-def add_reference_logps(server, table: pa.Table, chunk_size: int) -> pa.Table:
-    """The table with a ``ref_logps`` column: one summed log-prob per response."""
+def add_reference_logps(
+    server, table: pa.Table, chunk_size: int, timeout_s: float | None = None
+) -> pa.Table:
+    """The table with a ``ref_logps`` column: one summed log-prob per response; each chunk's
+    answer waited for ``timeout_s`` at most (None: no bound)."""
     k = num_responses(table)
     prompts = table.column("prompt_ids").to_pylist()
     responses = table.column("response_ids").to_pylist()
     flat_prompts = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
     flat_responses = [r for rs in responses for r in rs]
-    flat = response_logps(server, flat_prompts, flat_responses, chunk_size)
+    flat = response_logps(server, flat_prompts, flat_responses, chunk_size, timeout_s)
     return with_ref_logps(table, [flat[i * k : (i + 1) * k] for i in range(table.num_rows)])
 
 
 COUNTS = ("prompts", "tokens", "tokens_per_s")  # totals and rates, not averages over prompts
 
 
-def hold_table(group, name: str, table: pa.Table, pad_token_id: int) -> None:
-    """Hands every rank the table ``name`` (one copy in the object store, mapped by all)."""
-    ray.get(group.call("hold_table", name, ray.put(table), pad_token_id))
+def hold_table(
+    group, name: str, table: pa.Table, pad_token_id: int, timeout_s: float | None = None
+) -> None:
+    """Hands every rank the table ``name`` (one copy in the object store, mapped by all);
+    waits ``timeout_s`` at most (None: no bound) and names a rank that dies at once."""
+    refs = group.call("hold_table", name, ray.put(table), pad_token_id)
+    bounded_get(refs, ranks("trainer", len(refs)), timeout_s, f"handing the {name} table over")
 
 
 def submit_step(group, name: str, indices: list[int]) -> list:
@@ -264,18 +271,22 @@ def share_means(metrics: dict[str, float]) -> dict[str, float]:
     return result
 
 
-def evaluate(group, name: str, table: pa.Table, batch_size: int) -> dict[str, float]:
+def evaluate(
+    group, name: str, table: pa.Table, batch_size: int, timeout_s: float | None = None
+) -> dict[str, float]:
     """Preference metrics on the held-out table ``table``, held by the ranks as ``name`` (no
     gradient), averaged over all its prompts.
 
-    Every batch is submitted at once; the ranks work through them while the driver waits.
+    Every batch is submitted at once; the ranks work through them while the driver waits,
+    ``timeout_s`` at most for each batch (None: no bound).
     """
     order = batches(table, batch_size, seed=0, epoch=0, shuffle=False)
     pending = [(len(indices), group.call("eval_rows", name, indices)) for indices in order]
     sums: dict[str, float] = {}
     count = 0
     for prompts, refs in pending:
-        for key, value in merge_rank_metrics(ray.get(refs)).items():
+        answers = bounded_get(refs, ranks("trainer", len(refs)), timeout_s, "held-out eval")
+        for key, value in merge_rank_metrics(answers).items():
             if key not in COUNTS:
                 sums[key] = sums.get(key, 0.0) + value * prompts
         count += prompts

@@ -165,7 +165,9 @@ def add_reference_tables(
             if server is None:
                 server = scope.own(start_reference(cfg, model_path))
                 wait_started({"reference": server}, cfg.ray.start_timeout_s)
-            table = add_reference_logps(server, table, cfg.reference.chunk_size)
+            table = add_reference_logps(
+                server, table, cfg.reference.chunk_size, cfg.ray.call_timeout_s
+            )
         save_cached(cache_dir, item.key, table)
         tables.append(table)
     if server is not None:
