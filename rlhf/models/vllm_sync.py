@@ -102,6 +102,20 @@ class WeightSyncExtension:
 
         return serve_head_adapters(self.model_runner.get_model())
 
+    def rlhf_serve_linear_adapters(self) -> dict[str, int]:
+        """Computes adapters on linear layers with merged weights or dense products instead of
+        vLLM's per-token CPU kernels (``rlhf.models.vllm_lora_linear``); returns what it
+        changed (nothing off the CPU)."""
+        from rlhf.models.vllm_lora_linear import serve_linear_adapters
+
+        return serve_linear_adapters(self.model_runner.get_model())
+
+    def rlhf_merging_layers(self) -> int:
+        """How many layers compute an adapter's batches with merged weights."""
+        from rlhf.models.vllm_lora_linear import merging_layers
+
+        return merging_layers(self.model_runner.get_model())
+
 
 def repack_shared_weights(model: torch.nn.Module) -> int:
     """Processes again every layer whose weight another layer shares; returns how many.
