@@ -116,6 +116,21 @@ def _free_address() -> tuple[str, int]:
     return host, port
 
 
+def _rank0_address(group: Any) -> tuple[str, int]:
+    """A free address on the node of the placement group's bundle 0 (where rank 0 will run).
+
+    Found right here when that is this process's node (a local cluster); else by a task placed in
+    bundle 0, which waits for a worker process there to start and import this module (tens of
+    seconds on a busy node, before any rank can start).
+    """
+    node = ray.util.placement_group_table(group)["bundles_to_node_id"].get(0)
+    if node == ray.get_runtime_context().get_node_id():
+        return _free_address()
+    rank0 = PlacementGroupSchedulingStrategy(group, 0)
+    find = ray.remote(num_cpus=0)(_free_address).options(scheduling_strategy=rank0)
+    return ray.get(find.remote())
+
+
 class Shardable(Protocol):
     """A batch the group can split by data-parallel rank (e.g. ``PreferenceBatch``)."""
 
@@ -177,9 +192,7 @@ class ActorGroup:
             self.placement_group = _place([dict(bundle)] * num_ranks, strategy, timeout_s, what)
         else:
             self.placement_group = shared.group
-        rank0 = PlacementGroupSchedulingStrategy(self.placement_group, 0)
-        find = ray.remote(num_cpus=0)(_free_address).options(scheduling_strategy=rank0)
-        self.rendezvous = Rendezvous(*ray.get(find.remote()))
+        self.rendezvous = Rendezvous(*_rank0_address(self.placement_group))
         actor_cls = _remote_class(cls, num_cpus_per_rank, num_gpus_per_rank, env_vars)
         self.actors = [
             actor_cls.options(

@@ -46,6 +46,34 @@ def test_group_starts_ranks_with_rank0_address_and_shards(ray_cluster) -> None:
 
 
 @pytest.mark.integration
+def test_rank0_address_is_found_on_the_node_of_bundle_0(ray_cluster, monkeypatch) -> None:
+    """Bundle 0 on this node: the address is found here, no task; on another node (Ray's table
+    patched to say so): by a task placed in bundle 0, which finds that node's address."""
+    from ray.util.placement_group import remove_placement_group
+
+    from actors import group as group_module
+
+    found_here = []
+    free_address = group_module._free_address
+    monkeypatch.setattr(
+        group_module, "_free_address", lambda: found_here.append(1) or free_address()
+    )
+    placement = group_module._place([{"CPU": 0.1}], "PACK", 60.0, "one bundle")
+    try:
+        host, port = group_module._rank0_address(placement)
+        assert found_here == [1]
+        assert host == ray_cluster.util.get_node_ip_address() and 1024 <= port < 65536
+
+        elsewhere = {"bundles_to_node_id": {0: "another node"}}
+        monkeypatch.setattr(ray_cluster.util, "placement_group_table", lambda group: elsewhere)
+        host, port = group_module._rank0_address(placement)
+        assert found_here == [1]  # it ran in a worker (on a copy of the list)
+        assert host == ray_cluster.util.get_node_ip_address() and 1024 <= port < 65536
+    finally:
+        remove_placement_group(placement)
+
+
+@pytest.mark.integration
 def test_group_that_cannot_be_placed_says_why(ray_cluster) -> None:
     with pytest.raises(RuntimeError, match="could not be placed"):
         ActorGroup(_Rank, 2, args=("x",), num_cpus_per_rank=100, timeout_s=2)
