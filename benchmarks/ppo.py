@@ -70,9 +70,16 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config(ppo.PPOConfig, "configs/ppo.yaml", overrides)
     run_dir = ppo.run(cfg, hooks=[at_round_start])
     total = time.perf_counter() - start
-    iterations = [r for r in read_metrics(run_dir) if "eval/reward/mean" in r]
+    records = read_metrics(run_dir)
+    iterations = [r for r in records if "round" in r]  # one per iteration (steps have none)
+    (final,) = [r for r in records if "final/reward/mean" in r]
     walls = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    return {"total": total, "iterations": iterations, "walls": walls}
+    return {
+        "total": total,
+        "iterations": iterations,
+        "walls": walls,
+        "final_reward": final["final/reward/mean"],  # the weights the run ends with
+    }
 
 
 def trl_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +151,7 @@ def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "steady_samples_per_s": result["samples_per_iteration"] / iteration_s,
         "wall_samples_per_s": result["samples_per_iteration"] / wall_s,
         "generate_share": per_iter["generate"] / iteration_s,
-        "reward": (its[0]["eval/reward/mean"], its[-1]["eval/reward/mean"]),
+        "reward": (its[0]["eval/reward/mean"], result["final_reward"]),  # SFT -> final weights
     }
 
 
@@ -170,7 +177,7 @@ def report(ours: list[dict], trls: dict[str, dict]) -> None:
             f"{o['name']}: start-up {o['startup_s']:.1f} s, first iteration "
             f"{o['first_iteration_s']:.1f} s (engine warm-up), all iterations "
             f"{o['samples_per_s']:.1f} samples/s, held-out reward "
-            f"{o['reward'][0]:.3f} -> {o['reward'][1]:.3f}"
+            f"{o['reward'][0]:.3f} -> {o['reward'][1]:.3f} (final weights)"
         )
     for label, trl in trls.items():
         trl_rate = trl["samples"] / trl["seconds"]["train"]
