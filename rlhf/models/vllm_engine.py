@@ -97,11 +97,31 @@ def start_engine(settings: EngineSettings) -> LLM:
             kwargs["lora_target_modules"] = list(settings.lora_target_modules)
     gc.collect()  # what the imports left, once; then vLLM's own full collections while the
     gc.freeze()  # engine starts skip all of it (see collections_paused)
+    if settings.enforce_eager:
+        run_compiled_helpers_eagerly()
     with collections_paused():
         llm = LLM(**kwargs)
     if settings.max_lora_rank > 0 and settings.worker_extension_cls is not None:
         llm.collective_rpc("rlhf_serve_head_adapters")  # an lm_head adapter's prompt log-probs
     return llm
+
+
+def run_compiled_helpers_eagerly() -> None:
+    """On a CPU, turns Dynamo off in this (engine) process, so that the helpers vLLM wraps in
+    ``torch.compile`` even in an eager engine (0.32: its sampler's log-prob ranks,
+    ``batched_count_greater_than``, integer counts) run as plain torch code.
+
+    Compiling them with Inductor ran at the first generate and the first prompt log-probs call of
+    every engine process: about 5 s each on these machines (Inductor's code hash, a C++ compiler
+    run, its instruction-set probe), even when Inductor's cache on disk already held the kernel.
+    An engine that is not eager keeps vLLM's compilation; a GPU keeps its compiled kernels.
+    """
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        import torch._dynamo
+
+        torch._dynamo.config.disable = True
 
 
 @contextlib.contextmanager
