@@ -27,11 +27,11 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from rlhf.models.hf import load_causal_lm
-from rlhf.models.tokenizer import load_tokenizer
 from rlhf.run_dir import read_metrics
+
+# The reward actor of each job imports this module for varied_then_tied: torch and Transformers
+# are imported where the checks use them, so that its start stays light (9 CPU-s less each).
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +142,8 @@ def ppo_config(out_dir, model_path, prompts: dict, advantage: str):
 
 def _hf_response_logps(model, rows) -> list[float]:
     """Summed log-probs of each sample's response tokens under a Hugging Face forward."""
+    import torch
+
     out = []
     for row in rows:
         prompt, response = row["prompt_ids"], row["response_ids"]
@@ -187,6 +189,8 @@ def _check_prompts_as_given(rows: list[dict], file_rows: list, tokenizer) -> Non
 @pytest.mark.parametrize("name", list(JOBS))
 def test_online_dpo_then_ppo_from_a_prompt_file(name, build_arch, ray_cluster, tmp_path):
     from rlhf.driver import online_dpo, ppo
+    from rlhf.models.hf import load_causal_lm
+    from rlhf.models.tokenizer import load_tokenizer
 
     path = build_arch(name)
     prompt_file, field = write_prompts(tmp_path, name)
