@@ -88,6 +88,11 @@ class Sampler:
     def _lora(self, adapter: bool):
         return adapter_request(self.adapter_id) if adapter and self.adapter_id else None
 
+    def merging_layers(self) -> int:
+        """How many of the engine's layers compute the adapter with merged weights (on a CPU:
+        every float32 adapted layer; ``rlhf.models.vllm_lora_linear``)."""
+        return self.llm.collective_rpc("rlhf_merging_layers")[0]
+
     def load_adapter(
         self, tensors: dict[str, torch.Tensor], config: dict, version: int | None = None
     ) -> int:

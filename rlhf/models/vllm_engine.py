@@ -103,6 +103,7 @@ def start_engine(settings: EngineSettings) -> LLM:
         llm = LLM(**kwargs)
     if settings.max_lora_rank > 0 and settings.worker_extension_cls is not None:
         llm.collective_rpc("rlhf_serve_head_adapters")  # an lm_head adapter's prompt log-probs
+        llm.collective_rpc("rlhf_serve_linear_adapters")  # CPU: at the plain model's speed
     return llm
 
 

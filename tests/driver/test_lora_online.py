@@ -44,6 +44,7 @@ class AdapterSyncCheck:
         self.ray, self.model_path = ray, model_path
         self.seen: dict[str, list[float]] = {}
         self.actor_classes: dict[str, str] = {}  # actor id -> class, of the live actors
+        self.merging_layers: int | None = None
 
     def __call__(self, event) -> None:
         if event.phase != "sync" or event.round != 0:
@@ -55,6 +56,9 @@ class AdapterSyncCheck:
         self.seen[f"{when}/base"] = self.ray.get(base)[0]
         if not event.ended:
             self.seen["trainer"] = trainer_logprobs(self.ray, event.workers.policy, self.model_path)
+            # The layers computing the adapter with merged weights (vllm_lora_linear), not vLLM's
+            # per-token CPU kernels: the log-probs above and the samples went through them.
+            self.merging_layers = self.ray.get(sampler.merging_layers.remote())
             # The GCS actor table (what `ray list actors` shows; that CLI needs a dashboard).
             from ray._private.state import actors
 
@@ -93,6 +97,7 @@ def test_online_dpo_with_lora_syncs_the_adapter_and_serves_the_reference_from_th
     # After it: the trainer's policy with the adapter, still the base model without it.
     assert gap(seen["after/adapter"], trained) < 1e-4
     assert gap(seen["after/base"], base) < 1e-4 and gap(seen["before/base"], base) < 1e-4
+    assert check.merging_layers == 4  # each block's q/k/v (one layer in vLLM) and o
     # The reference came from the samplers: Ray ran no reference server.
     assert "Sampler" in ours and "ReferenceServer" not in ours, ours
 
@@ -181,6 +186,7 @@ def test_ppo_with_an_lm_head_adapter_raises_reward_and_resumes_as_the_whole_run(
     assert gap(seen["before/adapter"], trained) > 1e-3
     assert gap(seen["after/adapter"], trained) < 1e-4  # the head's adapter included
     assert gap(seen["after/base"], base) < 1e-4 and gap(seen["before/base"], base) < 1e-4
+    assert check.merging_layers == 4  # q/k/v and o of each block; the head has its own path
     assert "Sampler" in ours and "ReferenceServer" not in ours, ours
 
     iterations = [r for r in read_metrics(whole) if "eval/reward/mean" in r]
