@@ -37,6 +37,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import REPO, emit, print_table, run_job  # noqa: E402
 
+EVAL_PROMPTS = 16  # held-out prompts sampled each round (rounds.eval_prompts)
+
 
 class TreeMemory:
     """Samples the summed RSS of this process and all its descendants in a thread; ``peak``
@@ -83,7 +85,7 @@ def job_main(job: dict[str, Any]) -> dict[str, Any]:
         f"output_dir={job['out']}",
         f"rounds.rounds={job['rounds']}",
         f"rounds.prompts_per_round={job['prompts_per_round']}",
-        "rounds.eval_prompts=16",
+        f"rounds.eval_prompts={EVAL_PROMPTS}",
         f"trainer.lr={job['lr']}",
     ]
     if job["r"]:
@@ -114,6 +116,20 @@ def job_main(job: dict[str, Any]) -> dict[str, Any]:
         "rounds": rounds,
         "sync_bytes": [m["sync_bytes"] for m in per_round],
         "sync_s": [m["time/sync"] for m in per_round],
+        "lengths": [m.get("train/response_length", 0.0) for m in per_round],
+        # tokens sampled per round (the round's prompts and the held-out ones, K each)
+        "tokens": [
+            cfg.samplers.sampling.n
+            * (
+                job["prompts_per_round"] * m.get("train/response_length", 0.0)
+                + EVAL_PROMPTS * m.get("eval/response_length", 0.0)
+            )
+            for m in per_round
+        ],
+        "phases": [
+            {k.removeprefix("time/"): v for k, v in m.items() if k.startswith("time/")}
+            for m in per_round
+        ],
         "reward": per_round[-1]["eval/reward/mean"],
         "peak_rss": memory.peak,
         "processes": memory.processes,
@@ -168,6 +184,18 @@ def report(results: dict[str, dict[str, Any]]) -> None:
     for name, r in results.items():
         print(f"  {name}: copies {r['copies']}")
     print("  (prompts/s: rounds after the first; round 0 pays the engines' first-call costs)")
+    print("\nseconds per round by phase (rounds after the first, mean):")
+    for name, r in results.items():
+        steady = r["phases"][1:] or r["phases"]
+        names = sorted({k for phases in steady for k in phases})
+        means = {k: statistics.mean(p.get(k, 0.0) for p in steady) for k in names}
+        length = statistics.mean(r["lengths"][1:] or r["lengths"])
+        tokens = statistics.mean(r["tokens"][1:] or r["tokens"])
+        per_token = 1000 * means.get("generate", 0.0) / (tokens or 1)
+        print(
+            f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()),
+            f"(responses of {length:.1f} tokens; generate {per_token:.3f} ms per sampled token)",
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
