@@ -279,10 +279,6 @@ def run_online(
         with job.hooks.phase("final eval"):
             final = evaluate_final(job)
         job.logger.log(state.step, final)
-        print(
-            f"final policy (version {final['final/policy_version']}): held-out reward "
-            f"{final['final/reward/mean']:.3f}, KL(policy||ref) {final['final/kl']:.2f}"
-        )
         with job.hooks.phase("save model"):
             refs = job.workers.policy.call("save_pretrained", str(job.run_dir / "model"))
             names = ranks("trainer", len(refs))
@@ -290,6 +286,10 @@ def run_online(
     run_dir = job.run_dir
     plot = plot_rounds(read_metrics(run_dir), run_dir / "rounds.png", algorithm.name)
     algorithm.print_table(run_dir)
+    print(
+        f"final weights (version {final['final/policy_version']}): held-out reward "
+        f"{final['final/reward/mean']:.3f}, KL(policy||ref) {final['final/kl']:.3f}"
+    )
     print(f"run directory: {run_dir} (model in {run_dir / 'model'}, plot {plot})")
     return run_dir
 
