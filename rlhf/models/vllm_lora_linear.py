@@ -17,10 +17,11 @@ of a batch use one adapter slot. ``serve_linear_adapters`` changes a running eng
   after packing it for its kernel, is read back once by passing the identity through the base
   layer. A batch without an adapter computes the base layer alone, exactly as before;
 - other layers (e.g. bfloat16, where merging would round the small update away) and batches
-  that mix adapters keep the base product and add ``(x @ A.T * scale) @ B.T`` as two dense
-  products per adapter over its tokens (``add_lora_linear``), instead of the per-token gather.
-  A token without an adapter (slot -1) takes nothing; vLLM's gather reads slot -1 as the last
-  slot's adapter.
+  that mix adapters keep vLLM's path, except that the wrapper's ``add_lora_linear`` (what
+  column-parallel layers such as q/k/v call; row-parallel ones such as o call its shrink and
+  expand steps, left as they are) adds ``(x @ A.T * scale) @ B.T`` as two dense products per
+  adapter over its tokens instead of the per-token gather. A token without an adapter (slot
+  -1) takes nothing there; vLLM's gather reads slot -1 as the last slot's adapter.
 
 Memory: each merged layer holds its base weight and one merged weight besides vLLM's packed
 copy. On GPUs vLLM's own kernels stay (nothing is installed).
