@@ -22,7 +22,7 @@ from actors.rank import RoleSetup, TrainerRank, start_role
 from rlhf.algorithms import entropy_from_logits, ppo_policy_loss, sequence_logps
 from rlhf.data.batch import RolloutBatch
 from rlhf.models.deepspeed_config import DEFAULT_LOAD, ModelLoad, PPOTrainerConfig
-from rlhf.models.hf import load_causal_lm, positions
+from rlhf.models.hf import load_causal_lm, response_logits
 
 if TYPE_CHECKING:  # annotations only: the rank and its step import without Ray
     from actors.group import ActorGroup, SharedPlacement
@@ -53,29 +53,28 @@ class PPOPolicyStep:
 
     micro_batches = staticmethod(rollout_micro_batches)
 
-    def _logits(self, micro: RolloutBatch) -> Tensor:
-        ids = micro.input_ids.to(self.model.device)
-        mask = micro.attention_mask.to(self.model.device)
-        return self.model.engine(
-            input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False
-        ).logits
+    def _token_logps(self, micro: RolloutBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """[n, T] log-probs of the response tokens (0 off-mask), and the logits and loss mask
+        from the position before the micro batch's earliest response token on
+        (``response_logits``: the LM head skips the prompt positions all rows share)."""
+        device = self.model.device
+        ids, mask = micro.input_ids.to(device), micro.loss_mask.to(device)
+        logits, skip = response_logits(
+            self.model.engine, ids, micro.attention_mask.to(device), mask
+        )
+        _, token_logps = sequence_logps(logits, ids[:, skip:], mask[:, skip:])
+        return torch.nn.functional.pad(token_logps, (skip, 0)), logits, mask[:, skip:]
 
     def score(self, micro: RolloutBatch) -> Tensor:
         """[n, T] log-probs of the micro batch's tokens under the current policy (0 off-mask)."""
-        logits = self._logits(micro)
-        device = logits.device
-        _, token_logps = sequence_logps(
-            logits, micro.input_ids.to(device), micro.loss_mask.to(device)
-        )
-        return token_logps
+        return self._token_logps(micro)[0]
 
     def loss(self, micro: RolloutBatch) -> tuple[Tensor, dict[str, float]]:
         """The micro batch's token-mean PPO loss (minus the entropy bonus) times its tokens;
         token sums of policy_loss, clip_fraction, approx_kl and entropy."""
         device = self.model.device
         mask = micro.loss_mask.to(device)
-        logits = self._logits(micro)
-        _, logp = sequence_logps(logits, micro.input_ids.to(device), mask)
+        logp, logits, logits_mask = self._token_logps(micro)
         is_weights = None if micro.is_weights is None else micro.is_weights.to(device)
         loss, stats = ppo_policy_loss(
             logp,
@@ -87,7 +86,7 @@ class PPOPolicyStep:
         )
         # Logged always; part of the graph only when the bonus trains on it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.entropy_coef)):
-            entropy = _response_entropy(logits, mask)
+            entropy = _response_entropy(logits, logits_mask)
         if self.entropy_coef:
             loss = loss - self.entropy_coef * entropy
         tokens = int(mask.sum())
@@ -106,7 +105,8 @@ class PPOPolicyStep:
 
 def _response_entropy(logits: Tensor, mask: Tensor) -> Tensor:
     """Mean over response tokens of the entropy of the logits predicting each (those at t - 1
-    for the token at t); only the response positions' logits are taken."""
+    for the token at t); only the response positions' logits are taken. ``logits`` [n, T', V]
+    and ``mask`` [n, T'] start at the same position."""
     valid = mask[:, 1:].bool()
     return entropy_from_logits(logits[:, :-1][valid]).sum() / valid.sum().clamp(min=1)
 

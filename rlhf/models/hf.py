@@ -162,6 +162,22 @@ def batch_logps(
     The LM head runs only from the position before the earliest response token on (the model's
     ``logits_to_keep``): logits of the prompt positions all sequences share are never made.
     """
+    logits, skip = response_logits(model, input_ids, attention_mask, loss_mask)
+    logps, token_logps = sequence_logps(logits, input_ids[:, skip:], loss_mask[:, skip:])
+    return logps, torch.nn.functional.pad(token_logps, (skip, 0))
+
+
+def response_logits(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor
+) -> tuple[Tensor, int]:
+    """The logits a forward pass needs for the response tokens, and how many leading positions
+    it left out.
+
+    Shapes: input_ids, attention_mask, loss_mask [N, T] -> logits [N, T - skip, V], where
+    ``skip`` is the position before the earliest response token of all N sequences (0 for a
+    model without ``logits_to_keep``): the LM head never runs on the prompt positions every
+    sequence shares. ``input_ids[:, skip:]`` and ``loss_mask[:, skip:]`` align with the logits.
+    """
     skip = _shared_prompt_positions(loss_mask) if _keeps_logits(model) else 0
     kwargs = {"logits_to_keep": input_ids.shape[1] - skip} if skip else {}
     logits = model(
@@ -171,8 +187,7 @@ def batch_logps(
         use_cache=False,
         **kwargs,
     ).logits
-    logps, token_logps = sequence_logps(logits, input_ids[:, skip:], loss_mask[:, skip:])
-    return logps, torch.nn.functional.pad(token_logps, (skip, 0))
+    return logits, skip
 
 
 def shared_prompt_logps(model: torch.nn.Module, rows: SharedPromptRows) -> Tensor:

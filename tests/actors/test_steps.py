@@ -140,6 +140,29 @@ def test_ppo_policy_step_over_uneven_shards_is_the_token_mean(policy, rows, num_
         assert 0 < merge_rank_metrics(parts, "tokens")["clip_fraction"] < 1
 
 
+def test_the_ppo_policy_s_lm_head_skips_the_prompt_positions_all_rows_share(policy):
+    """The step's forward asks for logits from the position before the micro batch's earliest
+    response token on; the gradient test above and the score test below check the values
+    against the full logits."""
+    batch = _rollout(4, seed=3, policy=policy)
+    first = int(batch.loss_mask.bool().any(0).nonzero()[0])
+    assert first > 2, "the test needs prompts longer than two tokens"
+    local = LocalModel(policy, 0, 1)
+    rank = TrainerRank.around(local, functools.partial(PPOPolicyStep, clip_eps=CLIP))
+    head = local.engine.module.lm_head
+    seen = []
+    hook = head.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[1]))
+    try:
+        scores = rank.score(batch, 1)
+        rank.train_step(batch, batch.num_tokens, 1)
+    finally:
+        hook.remove()
+    width = batch.input_ids.shape[1]
+    assert seen == [width - (first - 1)] * 2
+    assert scores.shape == batch.input_ids.shape and torch.all(scores[:, :first] == 0)
+    assert head.weight.grad is not None
+
+
 @pytest.mark.parametrize(("rows", "num_micro"), SHARDINGS)
 def test_critic_step_over_uneven_shards_is_the_token_mean(value_model, rows, num_micro):
     batch = _rollout(rows, seed=rows)
