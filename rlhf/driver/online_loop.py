@@ -224,11 +224,11 @@ class Job:
         """The training prompts of round ``round_index``."""
         return self.prompt_source.for_round(round_index, self.algorithm.sizes.prompts_per_round)
 
-    def asked(self, round_index: int) -> list[Prompt]:
-        """What round ``round_index`` samples: its training prompts, then the held-out ones in
-        the rounds that evaluate (0, ``eval_every``, 2 ``eval_every``, ...)."""
+    def held_out(self, round_index: int) -> list[Prompt]:
+        """The held-out prompts round ``round_index`` samples after its training prompts: all of
+        them in the rounds that evaluate (0, ``eval_every``, 2 ``eval_every``, ...), else none."""
         evaluates = round_index % self.algorithm.sizes.eval_every == 0
-        return self.prompts(round_index) + (self.eval_prompts if evaluates else [])
+        return self.eval_prompts if evaluates else []
 
 
 @dataclass
@@ -447,7 +447,7 @@ def run_round(job: Job) -> dict[str, float]:
     timeout_s = cfg.ray.call_timeout_s  # every wait of the round is bounded
     rnd = Round(job, job.state.round, seed=round_seed(cfg, job.state.round))
     prompts = job.prompts(rnd.index)
-    asked = job.asked(rnd.index)  # the reward gets each as given (text or messages)
+    asked = prompts + job.held_out(rnd.index)  # the reward gets each as given (text or messages)
     retry = PhaseRetry(cfg.ray.phase_retries)
     samplers = named_actors("sampler", workers.samplers)
     with rnd.phase("generate"):
@@ -532,9 +532,9 @@ def round_seed(cfg: Any, index: int) -> int:
 
 
 def start_round_sampling(job: Job, index: int, version: int) -> PendingSamples:
-    """Starts round ``index``'s samples (:meth:`Job.asked`) on the samplers, which hold weights
-    ``version``."""
-    asked = job.asked(index)
+    """Starts round ``index``'s samples (its training prompts, then :meth:`Job.held_out`) on the
+    samplers, which hold weights ``version``."""
+    asked = job.prompts(index) + job.held_out(index)
     return start_sampling(
         job.workers.samplers,
         [p.text for p in asked],
