@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+from typing import TYPE_CHECKING
 
-from actors.group import ActorGroup, spawn
-from rlhf.data.batch import PreferenceBatch
+import pytest
+
+if TYPE_CHECKING:
+    from rlhf.data.batch import PreferenceBatch
+
+# The stand-in roles below run in workers that import this module: it imports no torch (3 CPU-s
+# per actor start on these machines; actors.group imports it too), only the tests do.
 
 
 class _Rank:
@@ -24,6 +28,11 @@ class _Rank:
 
 @pytest.mark.integration
 def test_group_starts_ranks_with_rank0_address_and_shards(ray_cluster) -> None:
+    import torch
+
+    from actors.group import ActorGroup
+    from rlhf.data.batch import PreferenceBatch
+
     group = ActorGroup(_Rank, 3, args=("policy",), num_cpus_per_rank=0.5)
     try:
         started = ray_cluster.get(group.call("started_with"))
@@ -75,12 +84,16 @@ def test_rank0_address_is_found_on_the_node_of_bundle_0(ray_cluster, monkeypatch
 
 @pytest.mark.integration
 def test_group_that_cannot_be_placed_says_why(ray_cluster) -> None:
+    from actors.group import ActorGroup
+
     with pytest.raises(RuntimeError, match="could not be placed"):
         ActorGroup(_Rank, 2, args=("x",), num_cpus_per_rank=100, timeout_s=2)
 
 
 @pytest.mark.integration
 def test_spawn_still_starts_one_actor(ray_cluster) -> None:
+    from actors.group import spawn
+
     actor = spawn(_Rank, 0, 1, None, "solo", num_cpus=0.5)
     assert ray_cluster.get(actor.started_with.remote()) == (0, 1, None, "solo")
     ray_cluster.kill(actor)
@@ -102,7 +115,7 @@ class _FailedStart:
 
 @pytest.mark.integration
 def test_wait_started_names_the_actors_still_starting(ray_cluster) -> None:
-    from actors.group import ActorStartError, wait_started
+    from actors.group import ActorStartError, spawn, wait_started
 
     quick = spawn(_SlowStart, 0.0, num_cpus=0.1)
     slow = [spawn(_SlowStart, s, num_cpus=0.1) for s in (0.0, 60.0)]

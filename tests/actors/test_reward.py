@@ -1,14 +1,17 @@
 """The reward actor serves each kind of reward source through the same call."""
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.integration
+
+# The judge's reward actor imports this module (sentiment_judge): it imports no torch (3 CPU-s
+# at that actor's start; a function or judge reward needs none), only the tests do.
 
 
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, embedded_model_path):
     """A tiny Llama sequence-classification reward model with the embedded tokenizer."""
+    import torch
     from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
 
     config = AutoConfig.from_pretrained(embedded_model_path)
@@ -30,6 +33,7 @@ def _actor(**cfg):
 
 
 def test_reward_model_scores_match_a_direct_forward(ray_cluster, reward_model_dir):
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     prompts = ["the film was", "i saw it and"]

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from rlhf.models.vllm_sync import StaleWeightsError
-
 pytestmark = pytest.mark.integration
 
 
+# The actors below run in workers that import this module: it imports no torch (3 CPU-s
+# per actor start on these machines), only the one call that raises imports the error's module.
 class Engine:
     """A small actor with versioned state, checked the way a Sampler checks its weights."""
 
@@ -22,6 +22,8 @@ class Engine:
 
     def run(self, version: int) -> int:
         if version != self.version:
+            from rlhf.models.vllm_sync import StaleWeightsError
+
             raise StaleWeightsError(f"holds version {self.version}, expected {version}")
         return os.getpid()
 
