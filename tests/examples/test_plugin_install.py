@@ -6,6 +6,9 @@ Each package is installed into a temporary folder (``pip install --target``) tha
 
 import json
 import math
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -70,20 +73,52 @@ def logit_margin(logits, beta):
 COMMANDS = [("plugins",), ("train", "configs/dpo.yaml", "loss.name=sigmoid")]
 
 
+def _at_once(calls):
+    """Runs the zero-argument ``calls`` in threads at once (each waits on its own subprocess);
+    returns their results in order. The subprocesses import torch and rlhf, seconds of CPU each,
+    which one core at a time would spend one after the other."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [future.result() for future in [pool.submit(call) for call in calls]]
+
+
 @pytest.fixture(scope="module")
-def clashing_plugins(tmp_path_factory):
-    """Two distributions that both register the preference loss 'margin'."""
-    root = tmp_path_factory.mktemp("clash")
-    packages = [
-        write_package(root / dist, dist, module, MARGIN_LOSS.format(function=f"{module}_fn"))
+def broken_plugins(tmp_path_factory) -> dict[str, Path]:
+    """Two installs, each in its own folder, built at once: "clash", two distributions that
+    both register the preference loss 'margin'; "wrong_signature", one whose loss takes
+    (logits, beta)."""
+    root = tmp_path_factory.mktemp("broken")
+    clash = [
+        write_package(
+            root / "clash" / dist, dist, module, MARGIN_LOSS.format(function=f"{module}_fn")
+        )
         for dist, module in [("plugin-alpha", "alpha_losses"), ("plugin-beta", "beta_losses")]
     ]
-    return pip_install(packages, root / "site")
+    gamma = write_package(
+        root / "wrong_signature" / "pkg", "plugin-gamma", "gamma_losses", WRONG_SIGNATURE
+    )
+    sites = _at_once(
+        [
+            lambda: pip_install(clash, root / "clash" / "site"),
+            lambda: pip_install([gamma], root / "wrong_signature" / "site"),
+        ]
+    )
+    return dict(zip(["clash", "wrong_signature"], sites, strict=True))
+
+
+@pytest.fixture(scope="module")
+def refused_starts(broken_plugins) -> dict[tuple[str, str], subprocess.CompletedProcess[str]]:
+    """Each of COMMANDS with each broken install, the four started at once:
+    {(install, command): what it printed and returned}."""
+    runs = [(install, command) for install in broken_plugins for command in COMMANDS]
+    done = _at_once([lambda i=i, c=c: run_rlhf(*c, plugins=broken_plugins[i]) for i, c in runs])
+    return {
+        (install, command[0]): result for (install, command), result in zip(runs, done, strict=True)
+    }
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
-def test_two_plugins_claiming_one_name_stop_the_start_naming_both(clashing_plugins, command):
-    done = run_rlhf(*command, plugins=clashing_plugins)
+def test_two_plugins_claiming_one_name_stop_the_start_naming_both(refused_starts, command):
+    done = refused_starts["clash", command[0]]
     assert done.returncode != 0
     assert f"rlhf {command[0]}: plugin error:" in done.stderr
     assert "preference_loss 'margin' is already registered" in done.stderr
@@ -92,18 +127,9 @@ def test_two_plugins_claiming_one_name_stop_the_start_naming_both(clashing_plugi
     assert "Traceback" not in done.stderr
 
 
-@pytest.fixture(scope="module")
-def wrong_signature_plugin(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wrong_signature")
-    package = write_package(root / "pkg", "plugin-gamma", "gamma_losses", WRONG_SIGNATURE)
-    return pip_install([package], root / "site")
-
-
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
-def test_a_wrong_signature_stops_the_start_naming_function_and_signature(
-    wrong_signature_plugin, command
-):
-    done = run_rlhf(*command, plugins=wrong_signature_plugin)
+def test_a_wrong_signature_stops_the_start_naming_function_and_signature(refused_starts, command):
+    done = refused_starts["wrong_signature", command[0]]
     assert done.returncode != 0
     assert f"rlhf {command[0]}: plugin error:" in done.stderr
     assert "distribution 'plugin-gamma'" in done.stderr
