@@ -52,8 +52,10 @@ class Sampler:
         max_tokens: int = 48,
         seed: int | None = None,
         weights_version: int | None = None,
+        min_tokens: int = 0,
     ) -> list[list[Completion]]:
-        """K = ``n`` completions for each prompt, grouped by prompt.
+        """K = ``n`` completions for each prompt, grouped by prompt, each of ``min_tokens`` to
+        ``max_tokens`` tokens.
 
         ``weights_version``: the version the driver last synced; StaleWeightsError if the engine
         holds another one (it was restarted since). None skips the check.
@@ -70,6 +72,7 @@ class Sampler:
             temperature=temperature,
             top_p=top_p,
             max_tokens=max_tokens,
+            min_tokens=min_tokens,
             seed=seed,
             lora=self._lora(True),
         )

@@ -107,12 +107,20 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 48
+    # Responses are at least this long (vLLM holds back the end-of-sequence token until then);
+    # min_tokens = max_tokens gives every response the same length, as benchmarks want.
+    min_tokens: int = 0
 
     def validate(self) -> None:
         if self.n < 1:
             raise ConfigError("n must be at least 1")
         if self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ConfigError(
+                f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), "
+                f"got {self.min_tokens}"
+            )
         if self.temperature < 0:
             raise ConfigError("temperature must be >= 0")
         if not 0.0 < self.top_p <= 1.0:

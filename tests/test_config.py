@@ -222,3 +222,21 @@ def test_keep_checkpoints_is_a_top_level_key_of_offline_dpo_too():
         from_dict(DPOConfig, {**data, "schedule": {"keep_checkpoints": 3}})
     with pytest.raises(ConfigError, match="keep_checkpoints must be at least 1, got 0"):
         from_dict(DPOConfig, {**data, "keep_checkpoints": 0})
+
+
+def test_min_tokens_lies_between_zero_and_max_tokens_and_names_its_section():
+    from rlhf.driver import online_dpo
+
+    def load(*overrides):
+        return load_config(online_dpo.OnlineDPOConfig, "configs/online_dpo.yaml", list(overrides))
+
+    assert load("samplers.sampling.min_tokens=48").samplers.sampling.min_tokens == 48
+    assert load().samplers.sampling.min_tokens == 0  # responses end where the policy ends them
+    with pytest.raises(
+        ConfigError,
+        match=r"samplers\.sampling: min_tokens must be between 0 and "
+        r"max_tokens \(48\), got 49",
+    ):
+        load("samplers.sampling.min_tokens=49")
+    with pytest.raises(ConfigError, match="got -1"):
+        load("samplers.sampling.min_tokens=-1")

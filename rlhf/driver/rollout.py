@@ -86,6 +86,7 @@ def start_sampling(
             sampling.max_tokens,
             seed * 1009 + i,
             weights_version=weights_version,
+            min_tokens=sampling.min_tokens,
         )
         for i, (s, chunk) in enumerate(zip(samplers, chunks, strict=True))
     ]

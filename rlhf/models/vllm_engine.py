@@ -215,6 +215,7 @@ def generate(
     temperature: float,
     top_p: float,
     max_tokens: int,
+    min_tokens: int = 0,
     seed: int | None = None,
     lora: LoRARequest | None = None,
 ) -> list[list[Completion]]:
@@ -232,6 +233,7 @@ def generate(
             temperature=temperature,
             top_p=top_p,
             max_tokens=max_tokens,
+            min_tokens=min_tokens,
             logprobs=0,  # the sampled tokens' log-probs: their sum estimates KL to the reference
             seed=None if seed is None else (seed * 100_003 + i) * n,
         )

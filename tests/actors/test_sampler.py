@@ -49,3 +49,18 @@ def test_sampler_refuses_to_sample_weights_older_than_the_driver_expects(
     groups = ray_cluster.get(sampler.generate.remote(prompts, 2, max_tokens=4, weights_version=1))
     assert len(groups[0]) == 2
     ray_cluster.get(sampler.load_weights.remote(weights, 0))
+
+
+def test_min_tokens_equal_to_max_tokens_gives_every_response_that_length(ray_cluster, sampler):
+    """``samplers.sampling.min_tokens``: vLLM holds back the end of sequence until then."""
+    from rlhf.task import make_prompts
+
+    prompts = make_prompts(8, seed=5, split="eval")
+    free = ray_cluster.get(sampler.generate.remote(prompts, 4, max_tokens=24, seed=2))
+    fixed = ray_cluster.get(
+        sampler.generate.remote(prompts, 4, max_tokens=24, seed=2, min_tokens=24)
+    )
+    free_lengths = [len(c.token_ids) for g in free for c in g]
+    assert min(free_lengths) < 24, free_lengths  # the embedded model ends responses by itself
+    assert {len(c.token_ids) for g in fixed for c in g} == {24}
+    assert not any(c.finished for g in fixed for c in g)  # stopped by max_tokens, not EOS
