@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/lora.py                # full, LoRA r=8, LoRA r=64; 4 x 64 prompts
     .venv/bin/python benchmarks/lora.py --quick        # 2 x 32 prompts
+    .venv/bin/python benchmarks/lora.py --response-tokens 24   # every response 24 tokens
 
 The same online DPO job (``configs/online_dpo.yaml`` on the embedded model, 2 ZeRO-2 ranks, one
 sampler, K = 4, up to 48 new tokens) three times, each in a fresh process (``harness.run_job``):
@@ -18,6 +19,11 @@ local Ray and every actor, sampled every 0.2 s), the model copies held (trainer 
 + reference servers, from the loop's actors), prompts/s of the rounds (start-up excluded) and
 the last round's held-out reward. LoRA trains at its own learning rate (``--lora-lr``; an
 adapter wants a larger one), so the rewards are a sanity check, not a comparison.
+
+Prompts/s at this size follows the length of the responses, and each job's policy learns its
+own lengths (the embedded task rewards the words, not the length). ``--response-tokens N`` makes
+every response exactly N tokens (``samplers.sampling.min_tokens`` = ``max_tokens`` = N), so that
+the jobs sample the same number of tokens and prompts/s compares the systems alone.
 
 The README's Benchmarks section has the measured table and what it shows (one run, 2026-12-02).
 """
@@ -88,6 +94,12 @@ def job_main(job: dict[str, Any]) -> dict[str, Any]:
         f"rounds.eval_prompts={EVAL_PROMPTS}",
         f"trainer.lr={job['lr']}",
     ]
+    if job.get("response_tokens"):
+        tokens = job["response_tokens"]
+        overrides += [
+            f"samplers.sampling.max_tokens={tokens}",
+            f"samplers.sampling.min_tokens={tokens}",
+        ]
     if job["r"]:
         overrides += [f"trainer.lora.r={job['r']}", f"trainer.lora.alpha={2 * job['r']}"]
     cfg = load_config(online_dpo.OnlineDPOConfig, REPO / "configs" / "online_dpo.yaml", overrides)
@@ -206,6 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=5e-4, help="full fine-tuning's lr")
     parser.add_argument("--lora-lr", type=float, default=1e-2)
     parser.add_argument("--quick", action="store_true", help="2 x 32 prompts")
+    parser.add_argument(
+        "--response-tokens",
+        type=int,
+        default=0,
+        help="every response exactly this many tokens (0: each policy ends its own, up to 48)",
+    )
     parser.add_argument("--workdir", help="runs and logs (default: a new temp dir)")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job and exit
     args = parser.parse_args(argv)
@@ -222,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": str(build_tiny_model()),
         "rounds": args.rounds,
         "prompts_per_round": args.prompts_per_round,
+        "response_tokens": args.response_tokens,
     }
     jobs = [("full fine-tuning", {"r": 0, "lr": args.lr})]
     jobs += [(f"LoRA r={r}", {"r": int(r), "lr": args.lora_lr}) for r in args.ranks.split(",")]
@@ -233,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
             Path(__file__), {**common, **job, "out": str(out)}, workdir / f"{out.name}.log"
         )
         print(f"  {name}: {sum(results[name]['rounds']):.1f} s of rounds", flush=True)
-    print(f"\n{args.rounds} rounds x {args.prompts_per_round} prompts, K = 4\n")
+    lengths = f"responses of {args.response_tokens} tokens" if args.response_tokens else "up to 48"
+    print(f"\n{args.rounds} rounds x {args.prompts_per_round} prompts, K = 4, {lengths}\n")
     report(results)
     print(f"\nlogs and runs: {workdir}")
 
