@@ -13,21 +13,15 @@ pytestmark = pytest.mark.integration
 # Two ranks started as a training role's are (an ActorGroup) form their process group as every
 # trainer rank does (actors.deepspeed_rank.join_ranks, which DeepSpeedModel calls before
 # DeepSpeed adopts the group) and run a collective: rank 0's store and both ranks' gloo pairs
-# listen while the listeners are read. (Real DeepSpeed ranks on the tiny Llama listened the
-# same when this was written, at about a minute more of the suite.)
+# listen while the listeners are read. Rank 0 also opens the weight broadcast's store, as trainer
+# rank 0 does in a job. (Real DeepSpeed ranks on the tiny Llama listened the same when this was
+# written, at about a minute more of the suite.)
 SCRIPT = """
 import json
 import psutil, ray
 from actors.group import ActorGroup
 from rlhf.driver.common import ray_session
 from rlhf.schema import RayConfig
-
-@ray.remote(num_cpus=0)
-class Host:
-    def open(self):
-        from rlhf.models.weight_broadcast import WeightSender
-        self.sender = WeightSender("gloo")
-        return [self.sender.host, self.sender.port]
 
 class Rank:
     def __init__(self, rank, world_size, rendezvous):
@@ -42,11 +36,15 @@ class Rank:
     def sum(self):
         return float(self.total)
 
+    def open(self):
+        from rlhf.models.weight_broadcast import WeightSender
+        self.sender = WeightSender("gloo")
+        return [self.sender.host, self.sender.port]
+
 with ray_session(RayConfig(num_cpus=3)):
-    host = Host.remote()
-    sender = ray.get(host.open.remote())
     ranks = ActorGroup(Rank, 2, num_cpus_per_rank=1)
     sums = ray.get(ranks.call("sum"))
+    sender = ray.get(ranks.actors[0].open.remote())
     tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
     listening = []
     for process in tree:
