@@ -65,6 +65,16 @@ def dpo_config(data_path, out_dir, model_path, table_cache, **sections):
     return from_dict(DPOConfig, data)
 
 
+@pytest.fixture(scope="session")
+def dpo_run(tmp_path_factory, task_pairs, embedded_model_path, table_cache):
+    """The offline DPO run of :func:`dpo_config`: ``test_dpo.py`` checks it, and its first steps
+    are the uninterrupted run ``test_resume.py``'s killed run must continue."""
+    from rlhf.driver import dpo
+
+    out = tmp_path_factory.mktemp("dpo_run")
+    return dpo.run(dpo_config(task_pairs, out, embedded_model_path, table_cache))
+
+
 def one_pair():
     """A preference batch of one pair built from ``SEQ``."""
     from rlhf.data.batch import PreferenceBatch

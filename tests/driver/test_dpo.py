@@ -26,14 +26,6 @@ REQUIRED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def dpo_run(tmp_path_factory, task_pairs, embedded_model_path, table_cache):
-    from rlhf.driver import dpo
-
-    out = tmp_path_factory.mktemp("dpo_run")
-    return dpo.run(dpo_config(task_pairs, out, embedded_model_path, table_cache))
-
-
 def test_first_step_is_ln2_because_policy_equals_reference(dpo_run):
     first = read_metrics(dpo_run)[0]
     assert first["step"] == 1
