@@ -2,7 +2,8 @@
 
 A package is installed with ``pip install --target`` into a temporary folder, and ``rlhf`` runs
 in a subprocess with that folder on ``PYTHONPATH``: the entry points are found there, by the
-driver and by the Ray workers it starts (they inherit its environment).
+driver and by the Ray workers of a local Ray it starts (they inherit its environment), or of
+the session's Ray it joins (see ``run_rlhf``).
 """
 
 from __future__ import annotations
@@ -38,12 +39,27 @@ def pip_install(sources: list[Path], target: Path) -> Path:
     return target
 
 
-def run_rlhf(*args: str, plugins: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``rlhf ARGS`` from the repository root, with the packages in ``plugins`` importable."""
+def run_rlhf(
+    *args: str, plugins: Path, ray_address: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``rlhf ARGS`` from the repository root, with the packages in ``plugins`` importable.
+
+    With ``ray_address`` (the session's Ray), a job joins that Ray (``ray.address``) instead of
+    starting a local one of its own, and runs from the ``plugins`` folder: Ray puts the working
+    directory of a driver that joins a cluster on the path of the job's workers, which is how
+    its actors find the packages there (the session's workers do not have our PYTHONPATH).
+    Paths in ``args`` must then be absolute.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugins), env.get("PYTHONPATH")]))
+    extra = [] if ray_address is None else [f"ray.address={ray_address}"]
     return subprocess.run(
-        [str(RLHF), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [str(RLHF), *args, *extra],
+        cwd=REPO if ray_address is None else plugins,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
