@@ -3,10 +3,10 @@
 Each run's time is mostly its start (a process per actor, two of them importing vLLM); so the
 runs are as short as their checks allow. An iteration's held-out reward is of the weights that
 sampled it, so the last iteration's update is never scored: a synchronous run needs two
-iterations to see one update's reward, RLOO at max_staleness 1 three (its second iteration
-samples the first one's weights). The vLLM reference's per-token log-probs are checked in the
-GAE run; the critic-free runs, which check nothing of the reference, use the Hugging Face one,
-one vLLM engine fewer to start.
+iterations to see one update's reward; RLOO at max_staleness 1 samples its second iteration
+from the SFT weights too, and is scored on its final weights (final/*). The vLLM reference's
+per-token log-probs are checked in the GAE run; the critic-free runs, which check nothing of
+the reference, use the Hugging Face one, one vLLM engine fewer to start.
 """
 
 import pytest
@@ -99,13 +99,14 @@ def test_ppo_with_a_critic_raises_reward(ray_cluster, tmp_path, embedded_model_p
 
 # GRPO's synchronous run is tests/driver/test_lora_online.py's PPO run (the same checks, on a
 # LoRA adapter), one job fewer here.
-@pytest.mark.parametrize("advantage, max_staleness, num_iterations", [("rloo", 1, 3)])
+@pytest.mark.parametrize("advantage, max_staleness, num_iterations", [("rloo", 1, 2)])
 def test_critic_free_estimators_raise_reward_without_a_critic(
     ray_cluster, tmp_path, embedded_model_path, advantage, max_staleness, num_iterations
 ):
     """RLOO runs with rounds.max_staleness 1: each iteration after the first trains on samples
-    of the weights before the last update, importance-weighted (ppo.is_cap); its last
-    iteration's held-out reward is the first one to sample updated weights."""
+    of the weights before the last update, importance-weighted (ppo.is_cap). Both iterations'
+    held-out samples come from the SFT weights (the second is sampled while the first trains);
+    the final weights' held-out reward shows the two updates."""
     from rlhf.driver import ppo
 
     cfg = ppo_config(
@@ -114,7 +115,10 @@ def test_critic_free_estimators_raise_reward_without_a_critic(
     run_dir = ppo.run(cfg)
     iterations = _iterations(run_dir)
     rewards = [r["eval/reward/mean"] for r in iterations]
-    assert rewards[-1] > rewards[0] + 0.05, rewards
+    final = read_metrics(run_dir)[-1]
+    assert final["final/policy_version"] == num_iterations
+    # 0.690 and 0.624 against 0.495 and 0.534 with seeds 0 and 1 when written.
+    assert final["final/reward/mean"] > rewards[0] + 0.05, (rewards, final["final/reward/mean"])
     lags = [r["rollout/policy_version_lag"] for r in iterations]
     assert lags == [0] + [max_staleness] * (num_iterations - 1)
     if max_staleness:  # off-policy: the weights moved since the samples, the ratio shows it
