@@ -196,7 +196,7 @@ class DeepSpeedModel:
         for key, value in trainer_env(device).items():
             os.environ.setdefault(key, value)
         use_environment_ninja()  # the ninja make setup built the ops with
-        cache_cpu_info()  # DeepSpeed's op builders ask for it once per op
+        cache_cpu_info(extensions_dir())  # DeepSpeed's op builders ask for it once per op
         import deepspeed
 
         self._deepspeed = deepspeed

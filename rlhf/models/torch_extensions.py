@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
+import platform
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 STALE_LOCK_AGE_S = 600.0  # a build takes 1-4 minutes; an older lock nobody holds is stale
+PROC_CPUINFO = Path("/proc/cpuinfo")  # what Linux says of the CPU (cpu_info_file's key)
 
 
 def extensions_dir() -> str:
@@ -97,17 +101,74 @@ def use_environment_ninja() -> None:
         os.environ["PATH"] = os.pathsep.join(filter(None, [scripts, path]))
 
 
-def cache_cpu_info() -> None:
+def cache_cpu_info(directory: str | Path | None = None) -> None:
     """Makes py-cpuinfo's ``get_cpu_info`` answer from memory after its first call in this
     process. DeepSpeed's op builders ask it for each op's compiler flags, four times in a CPU
     trainer rank's start, and each call runs a Python subprocess (about 1.4 s here). A process
-    stays on its machine, so the answer, the flags and the ops' build hashes stay the same."""
+    stays on its machine, so the answer, the flags and the ops' build hashes stay the same.
+
+    With ``directory``, the first call reads the answer from a file there that an earlier
+    process on a machine with the same CPU wrote (:func:`cpu_info_file`), or writes it: the
+    subprocess spends about a second measuring the clock (a one-second sleep) and 0.6 CPU-s,
+    in every trainer rank's start."""
     try:
         import cpuinfo
     except ImportError:  # DeepSpeed then reads lscpu
         return
-    if not hasattr(cpuinfo.get_cpu_info, "cache_info"):  # not wrapped yet
-        cpuinfo.get_cpu_info = functools.cache(cpuinfo.get_cpu_info)
+    if hasattr(cpuinfo.get_cpu_info, "cache_info"):  # wrapped already
+        return
+    ask = cpuinfo.get_cpu_info
+    path = cpu_info_file(directory, getattr(cpuinfo, "CPUINFO_VERSION_STRING", None))
+    if path is not None:
+        ask = functools.partial(_cpu_info_from_file, path, ask)
+    cpuinfo.get_cpu_info = functools.cache(ask)
+
+
+def cpu_info_file(directory: str | Path | None, version: str | None) -> Path | None:
+    """Where py-cpuinfo ``version``'s answer for this machine's CPU is kept in ``directory``:
+    a file named by a hash of the version, the architecture, the CPU count and what
+    ``/proc/cpuinfo`` says of the CPU's make and instruction sets (vendor, family, model and
+    stepping, flags), so a machine with another CPU, or another py-cpuinfo, reads another file.
+    None without a directory, a version, or a ``/proc/cpuinfo`` that names the CPU."""
+    if directory is None or version is None:
+        return None
+    try:
+        text = PROC_CPUINFO.read_text()
+    except OSError:
+        return None
+    keys = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags")
+    keys += ("CPU implementer", "CPU architecture", "CPU variant", "CPU part", "Features")
+    described = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in keys:
+            described.add(f"{key.strip()}: {' '.join(value.split())}")
+    if not described:
+        return None
+    machine = [version, platform.machine(), str(os.cpu_count()), *sorted(described)]
+    digest = hashlib.sha256("\n".join(machine).encode()).hexdigest()[:16]
+    return Path(directory) / f"cpu_info-{digest}.json"
+
+
+def _cpu_info_from_file(path: Path, ask: Callable[[], dict]) -> dict:
+    """The answer kept in ``path``; else ``ask()``'s, written there (atomically) for the next
+    process. An answer that is not a dict (py-cpuinfo gives ``{}`` when it fails) is not kept."""
+    try:
+        answer = json.loads(path.read_text())
+        if isinstance(answer, dict) and answer:
+            return answer
+    except (OSError, ValueError):
+        pass
+    answer = ask()
+    if isinstance(answer, dict) and answer:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(answer))
+            os.replace(temporary, path)
+        except OSError:  # a directory this process cannot write: asked again next time
+            pass
+    return answer
 
 
 # The ops a CPU trainer rank compiles on first use: Adam for offloaded and for resident
@@ -121,7 +182,7 @@ def build_ops(names: tuple[str, ...] = CPU_OPS) -> list[str]:
     setup`` calls this; an op already built is only loaded). Returns the ops it loaded."""
     os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()
     use_environment_ninja()
-    cache_cpu_info()
+    cache_cpu_info(extensions_dir())  # and keeps the answer for the trainer ranks' starts
     from deepspeed.accelerator import get_accelerator
 
     accelerator = get_accelerator()
