@@ -7,12 +7,12 @@ vLLM is imported inside the functions so that importing this module stays cheap.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from rlhf.models.gc_pause import collections_paused
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -96,7 +96,9 @@ def start_engine(settings: EngineSettings) -> LLM:
         if settings.lora_target_modules is not None:
             kwargs["lora_target_modules"] = list(settings.lora_target_modules)
     gc.collect()  # what the imports left, once; then vLLM's own full collections while the
-    gc.freeze()  # engine starts skip all of it (see collections_paused)
+    gc.freeze()  # engine starts skip all of it. The heap stays frozen after the start, as vLLM
+    # leaves it: its EngineCore freezes the heap at the end of its own start (freeze_gc_heap)
+    # and unfreezes it when it shuts down.
     if settings.enforce_eager:
         run_compiled_helpers_eagerly()
     with collections_paused():
@@ -123,26 +125,6 @@ def run_compiled_helpers_eagerly() -> None:
         import torch._dynamo
 
         torch._dynamo.config.disable = True
-
-
-@contextlib.contextmanager
-def collections_paused() -> Iterator[None]:
-    """No automatic garbage collection in the block (vLLM's explicit ones still run).
-
-    Importing vLLM and starting its engine create about a million objects and few cycles;
-    Python's automatic collections, each over the whole growing heap, took 5.5 of the 15-17
-    CPU-s of an engine's start on these machines (2 s of collections are left with them
-    paused). The heap stays frozen after the start (``gc.freeze``), as vLLM leaves it: its
-    ``EngineCore`` freezes the heap at the end of its own start (``freeze_gc_heap``) and
-    unfreezes it when it shuts down.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 # The ranks vLLM sizes its LoRA buffers for (``LoRAConfig.max_lora_rank``); an adapter of any
