@@ -42,14 +42,19 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.integration
-def test_bring_your_own_runs_online_dpo(tmp_path):
+def test_bring_your_own_runs_online_dpo(ray_cluster, tmp_path):
     from transformers import AutoTokenizer
 
     # The reference on the Hugging Face backend: one vLLM engine (the sampler's) starts instead
     # of two; the vLLM reference of a Qwen2 with a chat template runs in tests/architectures.
+    # The job joins the session's Ray (ray.address, as a user's joins a cluster) instead of
+    # starting a local one, from the example's folder: Ray puts a joining driver's working
+    # directory on its workers' path, so the reward actor imports my_reward from there.
+    address = ray_cluster.get_runtime_context().gcs_address
     done = subprocess.run(
         [sys.executable, str(EXAMPLE / "run.py"), "--workdir", str(tmp_path), "--rounds", "1"]
-        + ["--jobs", "online_dpo", "reference.backend=hf"],
+        + ["--jobs", "online_dpo", "reference.backend=hf", f"ray.address={address}"],
+        cwd=EXAMPLE,
         capture_output=True,
         text=True,
         timeout=900,
