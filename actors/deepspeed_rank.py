@@ -15,10 +15,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Literal
 
 import psutil
@@ -26,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from actors.rendezvous import Rendezvous
 from rlhf.models import lora
 from rlhf.models.deepspeed_config import (
     DEFAULT_LOAD,
@@ -43,23 +42,6 @@ from rlhf.models.torch_extensions import (
 )
 
 Device = Literal["cpu", "cuda"]
-
-
-@dataclass(frozen=True)
-class Rendezvous:
-    """Where the ranks of one group meet: a port free on rank 0's node address, and a secret.
-
-    Rank 0 hosts the group's store on ``host:port`` (``actors.deepspeed_rank.join_ranks``),
-    listening on that address alone (127.0.0.1 in a local run, where Ray runs on loopback).
-    The store has no authentication of its own, so every key of the group lies under
-    ``secret`` (a fresh 128-bit one per group, handed to the ranks by Ray in their constructor
-    arguments): a process that reaches the port without it cannot meet the ranks. Plain data
-    (no Ray): a script builds one, e.g. ``Rendezvous("127.0.0.1", port)`` for one rank.
-    """
-
-    host: str
-    port: int
-    secret: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
 
 
 # On a CPU, torch's OpenMP threads wait this many spins for the next parallel region before

@@ -17,7 +17,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.deepspeed_rank import Rendezvous
+from actors.rendezvous import Rendezvous
 from rlhf.logs import actor_runtime_env
 
 # vLLM keeps its engine in the actor's own process (no engine subprocess) inside Ray actors.
