@@ -35,6 +35,17 @@ machine; measure on an otherwise idle machine::
     .venv/bin/python benchmarks/online_dpo.py --max-staleness 0,1 --disaggregate --trl none \
         --no-sync-parts --ranks 1 --k 4 --seeds 0,1,2 --eval-prompts 64 --eval-every 6
 
+With ``--eval-every 1`` the report adds the held-out reward by weights version: every round
+samples the held-out prompts with its training prompts, on the weights that sample the round
+(``rollout/policy_version``), so each round's ``eval/reward/mean`` is that version's reward
+(at staleness 1 version 0 samples rounds 0 and 1, and the last version before the final weights
+samples none), and ``final/reward/mean`` that of the final weights (version = rounds); mean and
+range over seeds, per staleness. Then the same rewards by wall time (when each version exists,
+counted from round 0's start) and, at each moment a version of the first staleness exists, the
+latest version the others hold. An entry ``S:R`` of ``--max-staleness`` runs staleness S for R
+rounds (``--max-staleness 0,1,1:8``: staleness 1 for 6 and for 8 rounds). Sampling the held-out
+prompts in every round adds to every round's work: that run's prompts/s are not the throughput.
+
 Weight sync: bytes/s of each round's sync (``sync_bytes / time/sync``: rank 0 gathers the
 weights, Ray carries them, vLLM reloads them) against a plain in-memory copy of the same tensors
 in one process (``tensor.clone()`` of the model's state dict); ``--no-sync-parts`` skips timing
@@ -97,6 +108,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     )
     phases = Phases()
     rounds: list[float] = []
+    checkpoints: list[float] = []  # each round's checkpoint, after it
     started: dict[tuple[str, int | None], float] = {}
     names = {  # the loop's phases timed here, by the name this report gives them
         "ray start": "ray start",
@@ -129,18 +141,28 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
         if event.phase == "round":
             rounds.append(seconds)
         elif event.phase in names:
+            if event.phase == "checkpoint":
+                checkpoints.append(seconds)
             phases.add(names[event.phase], seconds)
 
     start = time.perf_counter()
     run_dir = online_dpo.run(cfg, hooks=[timing])
     total = time.perf_counter() - start - phases.seconds.pop("teardown")
     per_round = [m for m in read_metrics(run_dir) if "round" in m and "time/sync" in m]
-    keep = ("sync_bytes", "preferences", "eval/reward/mean", "rollout/policy_version_lag")
+    keep = (
+        "sync_bytes",
+        "preferences",
+        "eval/reward/mean",
+        "rollout/policy_version",
+        "rollout/policy_version_lag",
+    )
     (final,) = [m for m in read_metrics(run_dir) if "final/reward/mean" in m]
     return {
         "seconds": phases.seconds,
         "total": total,
         "rounds": rounds,
+        "checkpoints": checkpoints,
+        "max_staleness": job.get("max_staleness", 0),
         "round_metrics": [
             {k: m[k] for k in m if k.startswith("time/") or k in keep} for m in per_round
         ],
@@ -316,8 +338,139 @@ def ours_summary(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "preferences": statistics.mean(m["preferences"] for m in metrics),
         "reward": result["final_reward"],  # the final weights, after the same rounds
         "lag": metrics[-1].get("rollout/policy_version_lag", 0),
+        "staleness": result["max_staleness"],
         "result": result,
     }
+
+
+def rewards_by_version(result: dict[str, Any]) -> dict[int, float]:
+    """One job's held-out reward (``eval/reward/mean``) by the weights version that gave it.
+
+    A round samples its held-out prompts together with its training prompts, so on the weights
+    that sampled the round (``rollout/policy_version``: the round's index at staleness 0, up to k
+    versions older at staleness k); a version that sampled several rounds (version 0 samples
+    rounds 0 and 1 at staleness 1) gets their mean. The final weights (version = the number of
+    rounds) give ``final/reward/mean``. Each round samples with its own seed.
+    """
+    evals: dict[int, list[float]] = {}
+    for m in result["round_metrics"]:
+        if "eval/reward/mean" in m:
+            evals.setdefault(m["rollout/policy_version"], []).append(m["eval/reward/mean"])
+    rewards = {version: statistics.mean(values) for version, values in evals.items()}
+    rewards[len(result["rounds"])] = result["final_reward"]
+    return rewards
+
+
+def version_seconds(result: dict[str, Any]) -> dict[int, float]:
+    """Wall seconds from the first round's start until each weights version exists: version v
+    after round v - 1 (whose sync made it) and that round's checkpoint; version 0 at 0 (start-up
+    not counted)."""
+    seconds, elapsed = {0: 0.0}, 0.0
+    pairs = zip(result["rounds"], result["checkpoints"], strict=True)
+    for index, (round_s, checkpoint_s) in enumerate(pairs):
+        elapsed += round_s + checkpoint_s
+        seconds[index + 1] = elapsed
+    return seconds
+
+
+def spread(values: list[float], digits: int = 3) -> str:
+    """``mean (min-max)`` of ``values``; the value alone when there is one."""
+    mean = f"{statistics.mean(values):.{digits}f}"
+    if len(values) == 1:
+        return mean
+    return f"{mean} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def report_by_version(ours: list[dict]) -> None:
+    """The held-out reward by weights version and by wall time, one column per staleness and
+    number of rounds (mean and range over the seeds), and which loop is ahead at equal time."""
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for o in ours:
+        groups.setdefault((o["staleness"], len(o["result"]["rounds"])), []).append(o)
+    labels = [f"staleness {k}, {n} rounds" for k, n in groups]
+    rewards = {g: [rewards_by_version(o["result"]) for o in runs] for g, runs in groups.items()}
+    seconds = {g: [version_seconds(o["result"]) for o in runs] for g, runs in groups.items()}
+
+    def evaluated(group: tuple[int, int]) -> dict[int, list[float]]:
+        """The group's rewards by version, for the versions every seed evaluated."""
+        runs = rewards[group]
+        common = set.intersection(*(set(r) for r in runs))
+        return {v: [r[v] for r in runs] for v in sorted(common)}
+
+    counts = zip(labels, groups.values(), strict=True)
+    seeds = ", ".join(f"{label}: {len(runs)}" for label, runs in counts)
+    print(
+        "\nheld-out reward by weights version: each round's eval/reward/mean under the version "
+        "that sampled it (rollout/policy_version), final/reward/mean for version = rounds "
+        f"(marked f); mean (min-max) over seeds ({seeds}):"
+    )
+    by_group = {g: evaluated(g) for g in groups}
+    versions = sorted({v for values in by_group.values() for v in values})
+    print_table(
+        ["job", *(f"v{v}" for v in versions)],
+        [
+            [o["name"], *(f"{r[v]:.3f}" if v in r else None for v in versions)]
+            for runs, group_rewards in zip(groups.values(), rewards.values(), strict=True)
+            for o, r in zip(runs, group_rewards, strict=True)
+        ],
+    )
+    rows = []
+    for v in versions:
+        row: list[Any] = [v]
+        for (_, rounds), values in by_group.items():
+            final = " f" if v == rounds else ""
+            row.append(spread(values[v]) + final if v in values else None)
+        rows.append(row)
+    print_table(["version", *labels], rows)
+    for label, values in zip(labels, by_group.values(), strict=True):
+        last = max(values)
+        first = max((v for v in values if v <= last - 3), default=min(values))
+        gain = (statistics.mean(values[last]) - statistics.mean(values[first])) / (last - first)
+        width = max(values[last]) - min(values[last])
+        print(
+            f"  {label}: reward gain per version from version {first} to {last} "
+            f"{gain:+.4f} (means); range over seeds at version {last}: {width:.3f}"
+        )
+
+    print(
+        "\nheld-out reward by wall time: seconds from round 0's start until each version exists "
+        "(the rounds before it and their checkpoints; start-up not counted; the rounds include "
+        "sampling the held-out prompts), mean (min-max) over seeds, and the version's reward "
+        "(mean):"
+    )
+    times = {
+        g: {v: [s[v] for s in seconds[g]] for v in by_group[g] if all(v in s for s in seconds[g])}
+        for g in groups
+    }
+    rows = []
+    for v in versions:
+        row = [v]
+        for g in groups:
+            if v in times[g]:
+                row += [spread(times[g][v], 1), f"{statistics.mean(by_group[g][v]):.3f}"]
+            else:
+                row += [None, None]
+        rows.append(row)
+    headers = ["version"] + [h for label in labels for h in (f"{label}: s", "reward")]
+    print_table(headers, rows)
+    base, *others = groups
+    if not others:
+        return
+    print(
+        f"\nat equal wall time: when each version of {labels[0]} exists (mean seconds), the "
+        "latest evaluated version of each other loop that exists by then (by mean seconds) and "
+        "the rewards (means):"
+    )
+    rows = []
+    for v, t in times[base].items():
+        t_mean = statistics.mean(t)
+        row = [f"{t_mean:.1f}", f"v{v} {statistics.mean(by_group[base][v]):.3f}"]
+        for g in others:
+            ready = [u for u, s in times[g].items() if statistics.mean(s) <= t_mean]
+            u = max(ready, default=None)
+            row.append(None if u is None else f"v{u} {statistics.mean(by_group[g][u]):.3f}")
+        rows.append(row)
+    print_table(["s", *labels], rows)
 
 
 def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], parts) -> None:
@@ -364,8 +517,8 @@ def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], par
                 o["startup"],
                 o["loop"],
                 o["total"],
-                prompts / o["loop"],
-                prompts / o["total"],
+                o["prompts"] / o["loop"],
+                o["prompts"] / o["total"],
             ]
         )
     for t in trl:
@@ -389,26 +542,35 @@ def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], par
                 [
                     o["name"],
                     o["lag"],
-                    f"{prompts / o['loop']:.1f}",
-                    f"{base['loop'] / o['loop']:.2f}x",
+                    f"{o['prompts'] / o['loop']:.1f}",
+                    f"{o['prompts'] / o['loop'] / (base['prompts'] / base['loop']):.2f}x",
                     f"{o['round']:.2f}",
                     f"{o['reward']:.3f}",
                 ]
                 for o in ours
             ],
         )
-        by_lag: dict[int, list[dict]] = {}
+        by_lag: dict[tuple[int, int], list[dict]] = {}
         for o in ours:
-            by_lag.setdefault(o["lag"], []).append(o)
+            by_lag.setdefault((o["lag"], o["prompts"]), []).append(o)
         if any(len(runs) > 1 for runs in by_lag.values()):  # several seeds: the spread
-            for lag, runs in sorted(by_lag.items()):
-                rates = [prompts / o["loop"] for o in runs]
+            for (lag, job_prompts), runs in sorted(by_lag.items()):
+                rates = [o["prompts"] / o["loop"] for o in runs]
                 rewards = [o["reward"] for o in runs]
+                rounds = f", {job_prompts // args.prompts_per_round} rounds"
                 print(
-                    f"  lag {lag}, {len(runs)} runs: prompts/s {statistics.mean(rates):.1f} "
-                    f"(mean), final held-out reward {statistics.mean(rewards):.3f} "
-                    f"(range {min(rewards):.3f}-{max(rewards):.3f})"
+                    f"  lag {lag}{rounds if job_prompts != prompts else ''}, {len(runs)} runs: "
+                    f"prompts/s {statistics.mean(rates):.1f} (mean), final held-out reward "
+                    f"{statistics.mean(rewards):.3f} (range {min(rewards):.3f}-{max(rewards):.3f})"
                 )
+        if args.eval_every < args.rounds:
+            print(
+                f"  (held-out prompts sampled every {args.eval_every} round(s): "
+                f"{args.eval_prompts} prompts x K samples more in those rounds, so these prompts/s "
+                "are not the benchmark's throughput; measure that with --eval-every >= --rounds)"
+            )
+    if args.eval_every == 1 and ours:
+        report_by_version(ours)
     print("\none-time start-up (not in 'work'):")
     for o in ours:
         sec = o["result"]["seconds"]
@@ -437,6 +599,18 @@ def report(args, ours: list[dict], trl: list[dict], copy: tuple[int, float], par
         )
 
 
+def staleness_rounds(value: str, rounds: int) -> tuple[int, int]:
+    """(staleness, rounds) of one ``--max-staleness`` entry: ``S`` (``rounds`` rounds) or
+    ``S:R``."""
+    staleness, _, own_rounds = value.partition(":")
+    try:
+        return int(staleness), int(own_rounds or rounds)
+    except ValueError:
+        raise SystemExit(
+            f"--max-staleness: {value!r} is not S or S:R (staleness S, R rounds), e.g. 0,1,1:8"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
@@ -450,7 +624,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trl", default="gc,no-gc", help="TRL variants: gc, no-gc, or none")
     parser.add_argument("--no-sync-parts", action="store_true")
     parser.add_argument(
-        "--max-staleness", default="0", help="rounds.max_staleness values, one job of ours each"
+        "--max-staleness",
+        default="0",
+        help="rounds.max_staleness values, one job of ours each; S:R runs staleness S for R "
+        "rounds instead of --rounds (e.g. 0,1,1:8)",
     )
     parser.add_argument(
         "--seeds", default="0", help="seeds of our staleness jobs: one job per staleness and seed"
@@ -507,7 +684,8 @@ def main(argv: list[str] | None = None) -> None:
     trl_variants = [v for v in args.trl.split(",") if v and v != "none"]
     ks = [int(k) for k in args.k.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
-    variants = [(int(v), seed) for v in args.max_staleness.split(",") for seed in seeds]
+    settings = [staleness_rounds(v, args.rounds) for v in args.max_staleness.split(",")]
+    variants = [(staleness, rounds, seed) for staleness, rounds in settings for seed in seeds]
     if len(variants) > 1:  # the comparison: one K, one job per staleness and seed
         ks = ks[:1] * len(variants)
     for i in range(max(len(ks), len(trl_variants))):  # alternate ours and TRL
@@ -516,12 +694,14 @@ def main(argv: list[str] | None = None) -> None:
             name = "TRL OnlineDPO, K=2" + (" (grad. ckpt: default)" if gc else " (no grad. ckpt)")
             jobs.append((name, {"kind": "trl", "gradient_checkpointing": gc}))
         if i < len(ks):
-            staleness, seed = variants[i] if len(variants) > 1 else variants[0]
+            staleness, rounds, seed = variants[i] if len(variants) > 1 else variants[0]
             name = f"ours K={ks[i]}, {args.ranks} ranks" + (
                 f", staleness {staleness}" if staleness or len(variants) > 1 else ""
             )
+            name += f", {rounds} rounds" if rounds != args.rounds else ""
             name += f", seed {seed}" if len(seeds) > 1 else ""
             job = {"kind": "ours", "k": ks[i], "max_staleness": staleness, "seed": seed}
+            job["rounds"] = rounds
             job["eval_prompts"] = args.eval_prompts
             job["eval_every"] = args.eval_every
             jobs.append((name, {**job, "disaggregate": args.disaggregate}))
