@@ -68,6 +68,113 @@ def run_job(script: Path, job: dict[str, Any], log: Path, timeout_s: float = 180
     return json.loads(lines[-1][len(RESULT) :])
 
 
+DRIVER = "driver"  # the job's own process
+RAY_SYSTEM = "ray system"  # GCS, raylet, Ray's monitors and agents
+RAY_IDLE = "ray idle workers"  # workers Ray started that hold no actor (yet)
+OTHER = "other"
+_RAY_AGENTS = frozenset({"DashboardAgent", "RuntimeEnvAgent"})  # Ray's own, titled like actors
+
+
+def process_role(cmdline: str) -> str | None:
+    """The role a process's command line (its arguments joined by spaces) names, or None.
+
+    Ray titles a worker ``ray::ClassName`` while it holds an actor of that class, and
+    ``ray::ClassName.method`` while the actor runs a call (``ray::function`` for a task): the
+    role is ``ClassName`` (or the task's function). ``ray::IDLE``: :data:`RAY_IDLE`; Ray's own
+    processes (its agents, ``gcs_server``, ``raylet``, the Python monitors under
+    ``site-packages/ray/``): :data:`RAY_SYSTEM`. None: the line names no role (a subprocess of
+    an actor, a compiler); :func:`tree_roles` gives it its parent's.
+    """
+    if cmdline.startswith("ray::"):
+        name = cmdline[len("ray::") :].split(" ")[0].split(".")[0]
+        if name == "IDLE":
+            return RAY_IDLE
+        return RAY_SYSTEM if name in _RAY_AGENTS or not name else name
+    program = cmdline.split(" ", 1)[0].rsplit("/", 1)[-1]
+    if program in ("gcs_server", "raylet") or "/site-packages/ray/" in cmdline:
+        return RAY_SYSTEM
+    return None
+
+
+def tree_roles(processes: dict[int, tuple[int, str]], root: int) -> dict[int, str]:
+    """Each process's role: ``processes`` maps a pid to (parent pid, command line).
+
+    ``root`` (the job's process) is :data:`DRIVER`; a process whose command line names no role
+    (:func:`process_role`) takes its parent's, and :data:`OTHER` where no ancestor in
+    ``processes`` names one.
+    """
+    roles: dict[int, str] = {}
+
+    def role(pid: int) -> str:
+        if pid not in roles:
+            parent, cmdline = processes[pid]
+            named = DRIVER if pid == root else process_role(cmdline)
+            roles[pid] = named or (role(parent) if parent in processes else OTHER)
+        return roles[pid]
+
+    for pid in processes:
+        role(pid)
+    return roles
+
+
+# (pid, creation time) -> (role, CPU seconds): a process tree's CPU at one moment. The creation
+# time tells a reused pid from the process it replaced.
+CPUSample = dict[tuple[int, float], tuple[str, float]]
+
+
+def sample_tree_cpu() -> CPUSample:
+    """This process's and all its descendants' CPU seconds (user + system), by role.
+
+    Roles from :func:`tree_roles`. A local Ray started by this process is under it: GCS,
+    raylet and Ray's monitors are its children, Ray's agents and every worker (so every actor)
+    the raylet's. A process that ends between the listing and the reading is left out.
+    """
+    import psutil
+
+    me = psutil.Process()
+    lines: dict[int, tuple[int, str]] = {}
+    seconds: dict[int, tuple[float, float]] = {}  # pid -> (creation time, CPU seconds)
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                seconds[proc.pid] = (proc.create_time(), times.user + times.system)
+                lines[proc.pid] = (proc.ppid(), " ".join(proc.cmdline()).strip())
+        except psutil.Error:  # ended between the listing and the reading
+            pass
+    roles = tree_roles(lines, me.pid)
+    return {(pid, created): (roles[pid], cpu) for pid, (created, cpu) in seconds.items()}
+
+
+def cpu_intervals(samples: list[CPUSample]) -> list[dict[str, Any]]:
+    """The CPU seconds spent between consecutive samples, by role; one dict per interval.
+
+    ``{"cpu": {role: seconds}, "appeared": n, "exited": n}``. A process in both samples counts
+    its difference, under its role in the later one (an idle Ray worker that took an actor
+    counts as that actor). A process that appeared counts all its CPU seconds: the earlier
+    listing saw every descendant, so it started after it (or during it, milliseconds). A
+    process that exited before the later sample loses what it spent since the earlier one
+    (its parent's ``children_user`` has it, once the parent waited for it): ``exited`` says
+    how many did, so a reader knows whether that matters.
+    """
+    intervals = []
+    for before, after in zip(samples, samples[1:], strict=False):
+        cpu: dict[str, float] = {}
+        for key, (role, seconds) in after.items():
+            spent = seconds - before[key][1] if key in before else seconds
+            cpu[role] = cpu.get(role, 0.0) + spent
+        appeared = sum(key not in before for key in after)
+        exited = sum(key not in after for key in before)
+        intervals.append({"cpu": cpu, "appeared": appeared, "exited": exited})
+    return intervals
+
+
+def packing_bound(samples: float, core_seconds: float, cores: int) -> float:
+    """Samples/s if ``core_seconds`` of CPU work per ``samples`` ran on ``cores`` cores with
+    none idle: the most a job doing that work can reach there."""
+    return samples * cores / core_seconds
+
+
 def emit(result: dict[str, Any]) -> None:
     """Prints a job's result where ``run_job`` finds it."""
     print(RESULT + json.dumps(result), flush=True)

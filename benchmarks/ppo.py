@@ -17,12 +17,21 @@ trains). Ratios compare samples trained on per second, start-up excluded on both
 reported on its own line: ours over the phases of its steady iterations (every phase of the
 round, the sync probe included), and over their wall time, which adds the driver's logging and
 the per-iteration checkpoint (TRL, ``save_strategy="no"``, writes none).
+
+CPU: every job also counts the CPU seconds (user + system) of its process and all its
+descendants (for ours the local Ray it starts: GCS, raylet, every actor), by role (the driver,
+each actor class, Ray's own processes), over the same steady iterations (TRL: its train phase).
+Per iteration, that work perfectly packed onto the machine's cores gives the packing bound
+(samples / (core-s / cores)): the most samples/s a job doing that work can reach there, and,
+over TRL's measured samples/s, the best ratio ours can reach without doing less work. The
+tables print at the end and go to ``<workdir>/<stamp>-cpu.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +41,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Phases, emit, print_table, run_job, trl_task  # noqa: E402
+from harness import (  # noqa: E402
+    DRIVER,
+    RAY_IDLE,
+    RAY_SYSTEM,
+    Phases,
+    cpu_intervals,
+    emit,
+    packing_bound,
+    print_table,
+    run_job,
+    sample_tree_cpu,
+    trl_task,
+)
 
 PHASES = ("generate", "score", "reference", "experience", "train", "sync")  # the table's columns
 
@@ -62,10 +83,12 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     if job["staleness"]:
         overrides.append("samplers.engine.sleep_when_idle=false")
     starts: list[float] = []  # wall clock at each round's start (the next one's ends it)
+    cpu = []  # the job's processes' CPU seconds at the same moments
 
     def at_round_start(event) -> None:  # the final evaluation ends the last round
         if event.phase in ("round", "final eval") and not event.ended:
             starts.append(time.perf_counter())
+            cpu.append(sample_tree_cpu())
 
     cfg = load_config(ppo.PPOConfig, "configs/ppo.yaml", overrides)
     run_dir = ppo.run(cfg, hooks=[at_round_start])
@@ -78,6 +101,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
         "total": total,
         "iterations": iterations,
         "walls": walls,
+        "cpu": cpu_intervals(cpu),  # one per wall
         "final_reward": final["final/reward/mean"],  # the weights the run ends with
     }
 
@@ -119,10 +143,17 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
             train_dataset=Dataset.from_dict({"prompt": prompts}),
             processing_class=tokenizer,
         )
+    cpu = [sample_tree_cpu()]
     with phases("train"):
         trainer.train()
+    cpu.append(sample_tree_cpu())
     total = time.perf_counter() - start
-    return {"seconds": phases.seconds, "total": total, "samples": num_prompts * job["k"]}
+    return {
+        "seconds": phases.seconds,
+        "total": total,
+        "samples": num_prompts * job["k"],
+        "cpu": cpu_intervals(cpu)[0],  # over the train phase, as its samples/s
+    }
 
 
 def round_seconds(record: dict[str, Any]) -> float:
@@ -132,7 +163,8 @@ def round_seconds(record: dict[str, Any]) -> float:
 
 def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
     """Steady-state numbers of one of our runs (iterations after the first)."""
-    its, walls = result["iterations"], result["walls"]
+    its, walls, cpu = result["iterations"], result["walls"], result["cpu"]
+    steady_cpu = cpu[1:] or cpu  # the same iterations as the wall time's
     steady = its[1:] or its
     per_iter = {p: statistics.mean(r.get(f"time/{p}", 0.0) for r in steady) for p in PHASES}
     iteration_s = statistics.mean(round_seconds(r) for r in steady)
@@ -152,7 +184,110 @@ def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "wall_samples_per_s": result["samples_per_iteration"] / wall_s,
         "generate_share": per_iter["generate"] / iteration_s,
         "reward": (its[0]["eval/reward/mean"], result["final_reward"]),  # SFT -> final weights
+        "cpu": cpu_per_iteration(steady_cpu, len(steady_cpu)),
     }
+
+
+def cpu_per_iteration(intervals: list[dict[str, Any]], iterations: float) -> dict[str, Any]:
+    """Core-seconds per iteration by role, summed over ``intervals`` (``cpu_intervals``) and
+    divided by ``iterations``; and how many processes appeared and exited meanwhile."""
+    roles: dict[str, float] = {}
+    for interval in intervals:
+        for role, seconds in interval["cpu"].items():
+            roles[role] = roles.get(role, 0.0) + seconds / iterations
+    return {
+        "roles": roles,
+        "total": sum(roles.values()),
+        "appeared": sum(i["appeared"] for i in intervals),
+        "exited": sum(i["exited"] for i in intervals),
+    }
+
+
+def cpu_rows(
+    ours: list[dict], trls: dict[str, dict], samples_per_iteration: int, cores: int
+) -> list[dict[str, Any]]:
+    """Per job: core-seconds per iteration of ``samples_per_iteration`` samples (by role), the
+    wall seconds they took, the measured samples/s and the packing bound on ``cores`` cores.
+
+    Ours: its steady iterations (CPU over the wall time between round starts, which includes
+    the driver's logging and checkpoint; samples/s over the phases, as the ratios). TRL: its
+    train phase (the window of its samples/s), scaled to ``samples_per_iteration`` samples.
+    """
+    rows = []
+    for o in ours:
+        rows.append({"name": o["name"], "cpu": o["cpu"], "wall_s": o["wall_s"]})
+        rows[-1]["samples_per_s"] = o["steady_samples_per_s"]
+    for label, trl in trls.items():
+        per_iteration = samples_per_iteration / trl["samples"]  # its train phase in iterations
+        rows.append(
+            {
+                "name": f"TRL {label}",
+                "cpu": cpu_per_iteration([trl["cpu"]], 1 / per_iteration),
+                "wall_s": trl["seconds"]["train"] * per_iteration,
+                "samples_per_s": trl["samples"] / trl["seconds"]["train"],
+            }
+        )
+    for row in rows:
+        total = row["cpu"]["total"]
+        row["per_sample_ms"] = 1000 * total / samples_per_iteration
+        row["busy_cores"] = total / row["wall_s"]
+        row["bound"] = packing_bound(samples_per_iteration, total, cores)
+    return rows
+
+
+def report_cpu(rows: list[dict[str, Any]], cores: int) -> None:
+    """The CPU tables: core-seconds per iteration by role, and each job's packing bound."""
+    totals: dict[str, float] = {}
+    for row in rows:
+        for role, seconds in row["cpu"]["roles"].items():
+            totals[role] = totals.get(role, 0.0) + seconds
+    last = (RAY_SYSTEM, RAY_IDLE)
+    roles = [DRIVER] * (DRIVER in totals) + sorted(
+        (r for r in totals if r not in (DRIVER, *last)), key=lambda r: -totals[r]
+    )
+    roles += [r for r in last if r in totals]
+    print(
+        "\nCPU per iteration (core-seconds, user + system, of the job's process and all its "
+        "descendants; ours: steady iterations, TRL: its train phase per as many samples)"
+    )
+    print_table(
+        ["job", *roles, "total", "ms/sample"],
+        [
+            [
+                row["name"],
+                *[f"{row['cpu']['roles'].get(r, 0.0):.3f}" for r in roles],
+                f"{row['cpu']['total']:.3f}",
+                f"{row['per_sample_ms']:.2f}",
+            ]
+            for row in rows
+        ],
+    )
+    trls = [row for row in rows if row["name"].startswith("TRL ")]
+    print(
+        f"\nPacking bound: samples/s if that CPU work ran on {cores} cores with none idle "
+        "(samples / (core-s / cores))"
+    )
+    print_table(
+        ["job", "wall s/iter", "busy cores", "samples/s", "bound"]
+        + [f"bound / {t['name']}" for t in trls],
+        [
+            [
+                row["name"],
+                f"{row['wall_s']:.2f}",
+                f"{row['busy_cores']:.2f}",
+                row["samples_per_s"],
+                row["bound"],
+                *[f"{row['bound'] / t['samples_per_s']:.2f}x" for t in trls],
+            ]
+            for row in rows
+        ],
+    )
+    for row in rows:
+        if row["cpu"]["exited"]:
+            print(
+                f"{row['name']}: {row['cpu']['exited']} processes exited during the measured "
+                f"window ({row['cpu']['appeared']} appeared); their last CPU is not counted"
+            )
 
 
 def report(ours: list[dict], trls: dict[str, dict]) -> None:
@@ -257,6 +392,10 @@ def main(argv: list[str] | None = None) -> None:
             result["samples_per_iteration"] = args.prompts * args.k
             ours.append(summarize(f"ours {advantage} staleness {staleness}", result))
     report(ours, trls)
+    cores = os.cpu_count() or 1
+    rows = cpu_rows(ours, trls, args.prompts * args.k, cores)
+    report_cpu(rows, cores)
+    (workdir / f"{stamp}-cpu.json").write_text(json.dumps({"cores": cores, "jobs": rows}, indent=1))
     print(f"\nlogs and runs: {workdir}")
 
 
