@@ -143,6 +143,14 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
             train_dataset=Dataset.from_dict({"prompt": prompts}),
             processing_class=tokenizer,
         )
+    # This process's CPU seconds in TRL's steps (it starts no other process): generation (HF
+    # generate), the reward, and all of preparing a batch, which adds old and reference log-probs.
+    cpu_phases = Phases(clock=time.process_time)
+    trainer._generate = cpu_phases.timed("generate", trainer._generate)
+    trainer._calculate_rewards = cpu_phases.timed("score", trainer._calculate_rewards)
+    trainer._generate_and_score_completions = cpu_phases.timed(
+        "batch", trainer._generate_and_score_completions
+    )
     cpu = [sample_tree_cpu()]
     with phases("train"):
         trainer.train()
@@ -153,6 +161,7 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
         "total": total,
         "samples": num_prompts * job["k"],
         "cpu": cpu_intervals(cpu)[0],  # over the train phase, as its samples/s
+        "cpu_phases": cpu_phases.seconds,
     }
 
 
@@ -225,6 +234,7 @@ def cpu_rows(
                 "cpu": cpu_per_iteration([trl["cpu"]], 1 / per_iteration),
                 "wall_s": trl["seconds"]["train"] * per_iteration,
                 "samples_per_s": trl["samples"] / trl["seconds"]["train"],
+                "phases": trl_phases(trl, per_iteration),
             }
         )
     for row in rows:
@@ -233,6 +243,20 @@ def cpu_rows(
         row["busy_cores"] = total / row["wall_s"]
         row["bound"] = packing_bound(samples_per_iteration, total, cores)
     return rows
+
+
+def trl_phases(trl: dict[str, Any], per_iteration: float) -> dict[str, float]:
+    """TRL's CPU seconds per iteration by phase: generate, score, old and reference log-probs
+    (the rest of preparing a batch), and train (the rest of its train phase)."""
+    cpu = trl["cpu_phases"]
+    generate, score, batch = cpu["generate"], cpu["score"], cpu["batch"]
+    phases = {
+        "generate": generate,
+        "score": score,
+        "old + reference log-probs": batch - generate - score,
+        "train": sum(trl["cpu"]["cpu"].values()) - batch,
+    }
+    return {name: seconds * per_iteration for name, seconds in phases.items()}
 
 
 def report_cpu(rows: list[dict[str, Any]], cores: int) -> None:
@@ -263,6 +287,13 @@ def report_cpu(rows: list[dict[str, Any]], cores: int) -> None:
         ],
     )
     trls = [row for row in rows if row["name"].startswith("TRL ")]
+    if trls:
+        names = list(trls[0]["phases"])
+        print("\nTRL's CPU per iteration by phase (core-seconds; its one process)")
+        print_table(
+            ["job", *names],
+            [[t["name"], *[f"{t['phases'][n]:.3f}" for n in names]] for t in trls],
+        )
     print(
         f"\nPacking bound: samples/s if that CPU work ran on {cores} cores with none idle "
         "(samples / (core-s / cores))"

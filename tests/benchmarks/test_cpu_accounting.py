@@ -105,6 +105,7 @@ def test_cpu_rows_per_iteration_and_bounds():
     }
     trl = {"samples": 1024, "seconds": {"train": 16.0}}
     trl["cpu"] = {"cpu": {DRIVER: 24.0}, "appeared": 0, "exited": 0}
+    trl["cpu_phases"] = {"generate": 8.0, "score": 0.4, "batch": 12.0}  # batch holds both
     mine, theirs = ppo.cpu_rows([ours], {"default": trl}, samples_per_iteration=256, cores=2)
     assert mine["cpu"] == {
         "roles": pytest.approx({DRIVER: 1.0, "Sampler": 2.0}),
@@ -122,6 +123,9 @@ def test_cpu_rows_per_iteration_and_bounds():
     assert theirs["samples_per_s"] == pytest.approx(64.0)
     assert theirs["bound"] == pytest.approx(256 * 2 / 6.0)
     assert theirs["busy_cores"] == pytest.approx(1.5)
+    assert theirs["phases"] == pytest.approx(  # a quarter of each: 12 - 8 - 0.4, 24 - 12
+        {"generate": 2.0, "score": 0.1, "old + reference log-probs": 0.9, "train": 3.0}
+    )
 
 
 def test_sample_tree_cpu_counts_a_child_under_the_driver():
