@@ -150,10 +150,29 @@ def sample_tree_cpu() -> CPUSample:
     return {(pid, created): (roles[pid], cpu) for pid, (created, cpu) in seconds.items()}
 
 
-def cpu_intervals(samples: list[CPUSample]) -> list[dict[str, Any]]:
+def machine_cpu() -> tuple[float, float]:
+    """The machine's CPU seconds so far, all cores: (busy, stolen).
+
+    Busy: user, nice, system and interrupts, every process's (Linux counts guest time in user);
+    stolen: time the hypervisor ran something else while this machine's cores wanted to run.
+    """
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = t.user + t.system + getattr(t, "nice", 0.0)
+    busy += getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return busy, getattr(t, "steal", 0.0)
+
+
+def cpu_intervals(
+    samples: list[CPUSample], machine: list[tuple[float, float]] | None = None
+) -> list[dict[str, Any]]:
     """The CPU seconds spent between consecutive samples, by role; one dict per interval.
 
-    ``{"cpu": {role: seconds}, "appeared": n, "exited": n}``. A process in both samples counts
+    ``{"cpu": {role: seconds}, "appeared": n, "exited": n}``; with ``machine`` (a
+    :func:`machine_cpu` reading taken with each sample) also ``"others"``: the machine's busy
+    seconds that were not the tree's (other jobs, the kernel), and ``"steal"``: seconds stolen
+    by the hypervisor; both say whether the measurement ran alone. A process in both samples counts
     its difference, under its role in the later one (an idle Ray worker that took an actor
     counts as that actor). A process that appeared counts all its CPU seconds: the earlier
     listing saw every descendant, so it started after it (or during it, milliseconds). A
@@ -170,6 +189,9 @@ def cpu_intervals(samples: list[CPUSample]) -> list[dict[str, Any]]:
         appeared = sum(key not in before for key in after)
         exited = sum(key not in after for key in before)
         intervals.append({"cpu": cpu, "appeared": appeared, "exited": exited})
+    for interval, start, end in zip(intervals, machine or [], (machine or [])[1:], strict=False):
+        interval["others"] = end[0] - start[0] - sum(interval["cpu"].values())
+        interval["steal"] = end[1] - start[1]
     return intervals
 
 

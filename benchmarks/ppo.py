@@ -48,6 +48,7 @@ from harness import (  # noqa: E402
     Phases,
     cpu_intervals,
     emit,
+    machine_cpu,
     packing_bound,
     print_table,
     run_job,
@@ -83,12 +84,13 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
     if job["staleness"]:
         overrides.append("samplers.engine.sleep_when_idle=false")
     starts: list[float] = []  # wall clock at each round's start (the next one's ends it)
-    cpu = []  # the job's processes' CPU seconds at the same moments
+    cpu, machine = [], []  # the job's processes' and the machine's CPU at the same moments
 
     def at_round_start(event) -> None:  # the final evaluation ends the last round
         if event.phase in ("round", "final eval") and not event.ended:
             starts.append(time.perf_counter())
             cpu.append(sample_tree_cpu())
+            machine.append(machine_cpu())
 
     cfg = load_config(ppo.PPOConfig, "configs/ppo.yaml", overrides)
     run_dir = ppo.run(cfg, hooks=[at_round_start])
@@ -101,7 +103,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
         "total": total,
         "iterations": iterations,
         "walls": walls,
-        "cpu": cpu_intervals(cpu),  # one per wall
+        "cpu": cpu_intervals(cpu, machine),  # one per wall
         "final_reward": final["final/reward/mean"],  # the weights the run ends with
     }
 
@@ -151,16 +153,17 @@ def trl_job(job: dict[str, Any]) -> dict[str, Any]:
     trainer._generate_and_score_completions = cpu_phases.timed(
         "batch", trainer._generate_and_score_completions
     )
-    cpu = [sample_tree_cpu()]
+    cpu, machine = [sample_tree_cpu()], [machine_cpu()]
     with phases("train"):
         trainer.train()
     cpu.append(sample_tree_cpu())
+    machine.append(machine_cpu())
     total = time.perf_counter() - start
     return {
         "seconds": phases.seconds,
         "total": total,
         "samples": num_prompts * job["k"],
-        "cpu": cpu_intervals(cpu)[0],  # over the train phase, as its samples/s
+        "cpu": cpu_intervals(cpu, machine)[0],  # over the train phase, as its samples/s
         "cpu_phases": cpu_phases.seconds,
     }
 
@@ -199,7 +202,8 @@ def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
 
 def cpu_per_iteration(intervals: list[dict[str, Any]], iterations: float) -> dict[str, Any]:
     """Core-seconds per iteration by role, summed over ``intervals`` (``cpu_intervals``) and
-    divided by ``iterations``; and how many processes appeared and exited meanwhile."""
+    divided by ``iterations``; how many processes appeared and exited meanwhile; and per
+    iteration the machine's CPU seconds outside the job (``others``) and stolen (``steal``)."""
     roles: dict[str, float] = {}
     for interval in intervals:
         for role, seconds in interval["cpu"].items():
@@ -209,6 +213,8 @@ def cpu_per_iteration(intervals: list[dict[str, Any]], iterations: float) -> dic
         "total": sum(roles.values()),
         "appeared": sum(i["appeared"] for i in intervals),
         "exited": sum(i["exited"] for i in intervals),
+        "others": sum(i.get("others", 0.0) for i in intervals) / iterations,
+        "steal": sum(i.get("steal", 0.0) for i in intervals) / iterations,
     }
 
 
@@ -296,16 +302,19 @@ def report_cpu(rows: list[dict[str, Any]], cores: int) -> None:
         )
     print(
         f"\nPacking bound: samples/s if that CPU work ran on {cores} cores with none idle "
-        "(samples / (core-s / cores))"
+        "(samples / (core-s / cores)); others: core-s per iteration the machine spent outside "
+        "the job, stolen: by the hypervisor (both should be near 0)"
     )
     print_table(
-        ["job", "wall s/iter", "busy cores", "samples/s", "bound"]
+        ["job", "wall s/iter", "busy cores", "others", "stolen", "samples/s", "bound"]
         + [f"bound / {t['name']}" for t in trls],
         [
             [
                 row["name"],
                 f"{row['wall_s']:.2f}",
                 f"{row['busy_cores']:.2f}",
+                f"{row['cpu']['others']:.3f}",
+                f"{row['cpu']['steal']:.3f}",
                 row["samples_per_s"],
                 row["bound"],
                 *[f"{row['bound'] / t['samples_per_s']:.2f}x" for t in trls],

@@ -78,13 +78,19 @@ def test_cpu_intervals_across_processes_that_appear_exit_and_change_role():
         (3, 12.0): ("Sampler", 2.0),
         (4, 25.0): ("PPOPolicy", 0.1),  # pid 4 again, another process (created later)
     }  # pid 2 and the first pid 4 exited: what they spent since `second` is lost
-    first_interval, second_interval = cpu_intervals([first, second, third])
+    machine = [(100.0, 5.0), (103.0, 5.25), (105.0, 5.25)]  # (busy, stolen) seconds
+    first_interval, second_interval = cpu_intervals([first, second, third], machine)
     assert first_interval["cpu"] == pytest.approx(
         {DRIVER: 0.5, RAY_SYSTEM: 0.2, "Sampler": 1.0, "PPOPolicy": 0.3}
     )
     assert (first_interval["appeared"], first_interval["exited"]) == (1, 0)
+    assert first_interval["others"] == pytest.approx(3.0 - 2.0)  # the machine's, not the tree's
+    assert first_interval["steal"] == pytest.approx(0.25)
     assert second_interval["cpu"] == pytest.approx({DRIVER: 0.5, "Sampler": 0.8, "PPOPolicy": 0.1})
     assert (second_interval["appeared"], second_interval["exited"]) == (1, 2)
+    assert second_interval["others"] == pytest.approx(2.0 - 1.4)
+    assert second_interval["steal"] == pytest.approx(0.0)
+    assert "others" not in cpu_intervals([first, second])[0]  # without machine readings
 
 
 def test_packing_bound():
@@ -94,8 +100,8 @@ def test_packing_bound():
 
 def test_cpu_rows_per_iteration_and_bounds():
     intervals = [
-        {"cpu": {DRIVER: 1.0, "Sampler": 3.0}, "appeared": 0, "exited": 0},
-        {"cpu": {DRIVER: 1.0, "Sampler": 1.0}, "appeared": 2, "exited": 1},
+        {"cpu": {DRIVER: 1.0, "Sampler": 3.0}, "appeared": 0, "exited": 0, "others": 0.5},
+        {"cpu": {DRIVER: 1.0, "Sampler": 1.0}, "appeared": 2, "exited": 1, "others": 0.3},
     ]
     ours = {
         "name": "ours",
@@ -112,6 +118,8 @@ def test_cpu_rows_per_iteration_and_bounds():
         "total": pytest.approx(3.0),
         "appeared": 2,
         "exited": 1,
+        "others": pytest.approx(0.4),
+        "steal": 0.0,
     }
     assert mine["bound"] == pytest.approx(256 * 2 / 3.0)  # 170.7 samples/s
     assert mine["busy_cores"] == pytest.approx(3.0 / 3.2)
