@@ -104,6 +104,7 @@ def ours_job(job: dict[str, Any]) -> dict[str, Any]:
         "iterations": iterations,
         "walls": walls,
         "cpu": cpu_intervals(cpu, machine),  # one per wall
+        "staleness": job["staleness"],
         "final_reward": final["final/reward/mean"],  # the weights the run ends with
     }
 
@@ -176,7 +177,7 @@ def round_seconds(record: dict[str, Any]) -> float:
 def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
     """Steady-state numbers of one of our runs (iterations after the first)."""
     its, walls, cpu = result["iterations"], result["walls"], result["cpu"]
-    steady_cpu = cpu[1:] or cpu  # the same iterations as the wall time's
+    window = cpu_window(len(cpu), result["staleness"])
     steady = its[1:] or its
     per_iter = {p: statistics.mean(r.get(f"time/{p}", 0.0) for r in steady) for p in PHASES}
     iteration_s = statistics.mean(round_seconds(r) for r in steady)
@@ -196,8 +197,16 @@ def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "wall_samples_per_s": result["samples_per_iteration"] / wall_s,
         "generate_share": per_iter["generate"] / iteration_s,
         "reward": (its[0]["eval/reward/mean"], result["final_reward"]),  # SFT -> final weights
-        "cpu": cpu_per_iteration(steady_cpu, len(steady_cpu)),
+        "cpu": cpu_per_iteration(cpu[window], len(cpu[window])),
+        "cpu_wall_s": statistics.mean(walls[window]),
     }
+
+
+def cpu_window(intervals: int, staleness: int) -> slice:
+    """The round-start intervals the CPU counts: the steady ones (after the first), less the
+    last ``staleness``: the last rounds sample nothing ahead (there is no next round), so
+    their CPU and wall time would leave generation out. All where that leaves none."""
+    return slice(1, intervals - staleness) if intervals - staleness > 1 else slice(0, intervals)
 
 
 def cpu_per_iteration(intervals: list[dict[str, Any]], iterations: float) -> dict[str, Any]:
@@ -224,14 +233,15 @@ def cpu_rows(
     """Per job: core-seconds per iteration of ``samples_per_iteration`` samples (by role), the
     wall seconds they took, the measured samples/s and the packing bound on ``cores`` cores.
 
-    Ours: its steady iterations (CPU over the wall time between round starts, which includes
-    the driver's logging and checkpoint; samples/s over the phases, as the ratios). TRL: its
-    train phase (the window of its samples/s), scaled to ``samples_per_iteration`` samples.
+    Ours: the iterations of :func:`cpu_window`, CPU and samples/s over their wall time
+    (between round starts: it includes the driver's logging and checkpoint). TRL: its train
+    phase (the window of its samples/s), scaled to ``samples_per_iteration`` samples.
     """
     rows = []
     for o in ours:
-        rows.append({"name": o["name"], "cpu": o["cpu"], "wall_s": o["wall_s"]})
-        rows[-1]["samples_per_s"] = o["steady_samples_per_s"]
+        wall_s = o["cpu_wall_s"]
+        rows.append({"name": o["name"], "cpu": o["cpu"], "wall_s": wall_s})
+        rows[-1]["samples_per_s"] = samples_per_iteration / wall_s
     for label, trl in trls.items():
         per_iteration = samples_per_iteration / trl["samples"]  # its train phase in iterations
         rows.append(
@@ -303,10 +313,12 @@ def report_cpu(rows: list[dict[str, Any]], cores: int) -> None:
     print(
         f"\nPacking bound: samples/s if that CPU work ran on {cores} cores with none idle "
         "(samples / (core-s / cores)); others: core-s per iteration the machine spent outside "
-        "the job, stolen: by the hypervisor (both should be near 0)"
+        "the job, stolen: by the hypervisor (both should be near 0). Ours over its steady "
+        "iterations less the last max_staleness (they sample nothing ahead), wall time "
+        "between round starts; TRL over its train phase"
     )
     print_table(
-        ["job", "wall s/iter", "busy cores", "others", "stolen", "samples/s", "bound"]
+        ["job", "wall s/iter", "busy cores", "others", "stolen", "wall samples/s", "bound"]
         + [f"bound / {t['name']}" for t in trls],
         [
             [

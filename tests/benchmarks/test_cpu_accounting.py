@@ -106,8 +106,7 @@ def test_cpu_rows_per_iteration_and_bounds():
     ours = {
         "name": "ours",
         "cpu": ppo.cpu_per_iteration(intervals, 2),
-        "wall_s": 3.2,
-        "steady_samples_per_s": 80.0,
+        "cpu_wall_s": 3.2,
     }
     trl = {"samples": 1024, "seconds": {"train": 16.0}}
     trl["cpu"] = {"cpu": {DRIVER: 24.0}, "appeared": 0, "exited": 0}
@@ -121,6 +120,7 @@ def test_cpu_rows_per_iteration_and_bounds():
         "others": pytest.approx(0.4),
         "steal": 0.0,
     }
+    assert mine["samples_per_s"] == pytest.approx(80.0)  # 256 samples in 3.2 s
     assert mine["bound"] == pytest.approx(256 * 2 / 3.0)  # 170.7 samples/s
     assert mine["busy_cores"] == pytest.approx(3.0 / 3.2)
     assert mine["per_sample_ms"] == pytest.approx(3000 / 256)
@@ -154,3 +154,10 @@ def test_sample_tree_cpu_counts_a_child_under_the_driver():
     assert role == DRIVER  # its command line names no role: its parent's, the test's process
     assert 0.3 <= seconds < 1.5
     assert any(role == DRIVER and key[0] != child.pid for key, (role, _) in sample.items())
+
+
+def test_cpu_window_leaves_out_the_first_and_the_last_staleness_intervals():
+    assert ppo.cpu_window(6, 0) == slice(1, 6)
+    assert ppo.cpu_window(6, 1) == slice(1, 5)  # round 5 samples no round 6
+    assert list(range(6))[ppo.cpu_window(6, 1)] == [1, 2, 3, 4]
+    assert ppo.cpu_window(2, 1) == slice(0, 2)  # nothing would be left: all
