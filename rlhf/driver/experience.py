@@ -33,11 +33,14 @@ from rlhf.driver.rollout import ScoredGroup
 def rollout_batch(
     groups: list[ScoredGroup], ref_token_logps: list[list[float]], pad_token_id: int
 ) -> tuple[RolloutBatch, Tensor, Tensor]:
-    """The samples as a batch, plus their reference log-probs [N, T] and scores [N].
+    """The samples as a batch, plus their reference log-probs [N, T] and scores [N]
+    (:func:`token_batch`, then :func:`aligned_reference`)."""
+    batch, scores = token_batch(groups, pad_token_id)
+    return batch, aligned_reference(batch, ref_token_logps), scores
 
-    ``ref_token_logps`` holds, per sequence of length L, the L - 1 log-probs of tokens 1..L-1
-    (the reference server's contract); they are aligned here to positions 1..L-1.
-    """
+
+def token_batch(groups: list[ScoredGroup], pad_token_id: int) -> tuple[RolloutBatch, Tensor]:
+    """The samples as a batch (prompt and response tokens, right-padded), and scores [N]."""
     completions = [c for g in groups for c in g.completions]
     sequences = [c.prompt_ids + c.token_ids for c in completions]
     width = max(len(s) for s in sequences)
@@ -45,17 +48,29 @@ def rollout_batch(
     input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     loss_mask = torch.zeros((n, width), dtype=torch.long)
-    ref = torch.zeros((n, width), dtype=torch.float32)
-    for row, (c, seq, lps) in enumerate(zip(completions, sequences, ref_token_logps, strict=True)):
+    for row, (c, seq) in enumerate(zip(completions, sequences, strict=True)):
         if not c.token_ids:
             raise ValueError(f"sample {row} (prompt {c.prompt!r}) has no response token")
         input_ids[row, : len(seq)] = torch.tensor(seq)
         attention_mask[row, : len(seq)] = 1
         loss_mask[row, len(c.prompt_ids) : len(seq)] = 1
-        ref[row, 1 : len(seq)] = torch.tensor(lps, dtype=torch.float32)
-    ref = torch.where(loss_mask.bool(), ref, 0.0)
     scores = torch.tensor([s for g in groups for s in g.scores], dtype=torch.float32)
-    return RolloutBatch(input_ids, attention_mask, loss_mask), ref, scores
+    return RolloutBatch(input_ids, attention_mask, loss_mask), scores
+
+
+def aligned_reference(batch: RolloutBatch, ref_token_logps: list[list[float]]) -> Tensor:
+    """The batch's reference log-probs [N, T], 0 off the response.
+
+    ``ref_token_logps`` holds, per sequence of length L, the L - 1 log-probs of tokens 1..L-1
+    (the reference server's contract); they are aligned here to positions 1..L-1.
+    """
+    lengths = batch.attention_mask.sum(-1).tolist()
+    if len(ref_token_logps) != len(lengths):
+        raise ValueError(f"{len(ref_token_logps)} reference rows for {len(lengths)} samples")
+    ref = torch.zeros(batch.attention_mask.shape, dtype=torch.float32)
+    for row, (length, lps) in enumerate(zip(lengths, ref_token_logps, strict=True)):
+        ref[row, 1:length] = torch.tensor(lps, dtype=torch.float32)
+    return torch.where(batch.loss_mask.bool(), ref, 0.0)
 
 
 def behaviour_logps(groups: list[ScoredGroup], width: int) -> Tensor:

@@ -48,11 +48,12 @@ from rlhf.driver.preference_training import (
     step_metrics,
     submit_step,
 )
-from rlhf.driver.reference import response_logps
+from rlhf.driver.reference import PendingLogps, start_response_logps
 from rlhf.driver.rollout import ScoredGroup
 from rlhf.driver.setup import online_roles, start_trainers
 from rlhf.files import atomic_path
 from rlhf.models.deepspeed_config import PreferenceTrainerConfig
+from rlhf.models.vllm_engine import Completion
 from rlhf.rewards import RewardConfig
 from rlhf.run_dir import read_metrics
 from rlhf.schema import ModelConfig, RayConfig, check_job
@@ -143,7 +144,7 @@ def online_dpo(cfg: OnlineDPOConfig) -> OnlineAlgorithm:
         start_groups=lambda model_path, placements: {
             "trainer": start_trainers(cfg, model_path, placements.get("trainer"))
         },
-        reference_logps=lambda server, groups: reference_logps(
+        start_reference=lambda server, groups: start_reference(
             server, groups, cfg.reference.chunk_size, cfg.ray.call_timeout_s
         ),
         build_batch=partial(preference_batch, cfg),
@@ -177,10 +178,12 @@ def preference_batch(
     rnd: Round,
     train_groups: list[ScoredGroup],
     eval_groups: list[ScoredGroup],
-    ref: list[list[float]],
+    reference: PendingLogps,
 ) -> tuple[pa.Table, dict[str, float]]:
     """The round's preference table (written with its samples under ``rounds/``) and the
     metrics of its samples: rewards, KL, preference counts."""
+    with rnd.phase("reference"):
+        ref = reference.get()
     train_ref, eval_ref = ref[: len(train_groups)], ref[len(train_groups) :]
     table, ties = preference_table(train_groups, train_ref, cfg.rounds, rnd.index)
     write_round(
@@ -202,18 +205,23 @@ def preference_batch(
     }
 
 
-def reference_logps(
-    reference, groups: list[ScoredGroup], chunk: int, timeout_s: float | None = None
-) -> list[list[float]]:
-    """Reference log-probs of every sampled response, grouped like the samples."""
-    prompts = [c.prompt_ids for g in groups for c in g.completions]
-    responses = [c.token_ids for g in groups for c in g.completions]
-    flat = response_logps(reference, prompts, responses, chunk, timeout_s)
-    out, start = [], 0
-    for g in groups:
-        out.append(flat[start : start + len(g.completions)])
-        start += len(g.completions)
-    return out
+def start_reference(
+    reference, groups: list[list[Completion]], chunk: int, timeout_s: float | None = None
+) -> PendingLogps:
+    """Asks the reference log-probs of every sampled response; the answer is grouped like
+    the samples."""
+    prompts = [c.prompt_ids for g in groups for c in g]
+    responses = [c.token_ids for g in groups for c in g]
+
+    def grouped(flat: list[float]) -> list[list[float]]:
+        out, start = [], 0
+        for g in groups:
+            out.append(flat[start : start + len(g)])
+            start += len(g)
+        return out
+
+    pending = start_response_logps(reference, prompts, responses, chunk, timeout_s)
+    return pending.then(grouped)
 
 
 def preference_table(

@@ -52,7 +52,7 @@ from rlhf.driver.checkpoint import restore_checkpoint, save_checkpoint
 from rlhf.driver.checks import check_local_device
 from rlhf.driver.common import cluster_address, ray_session, resolve_model_path
 from rlhf.driver.online import PhaseTimer, sample_metrics, start_rollout_actors, sync_weights
-from rlhf.driver.reference import moving_reference, reference_server
+from rlhf.driver.reference import PendingLogps, moving_reference, reference_server
 from rlhf.driver.retry import ACTOR_FAILURES, PhaseRetry, bounded_get, named_actors, ranks
 from rlhf.driver.rollout import (
     ActorScorer,
@@ -176,10 +176,14 @@ class OnlineAlgorithm:
     state_type: type  # the loop's state: a dataclass with ``step`` and ``round``, checkpointed
     # The trainer groups, by checkpoint name (the policy's first): (model path, placements).
     start_groups: Callable[[str, dict[str, Any]], dict[str, Any]]
-    # Reference log-probs of every sample: (reference server, all scored groups).
-    reference_logps: Callable[[Any, list[ScoredGroup]], Any]
-    # (round, train groups, held-out groups, their reference log-probs) -> (batch, metrics).
-    build_batch: Callable[[Round, list[ScoredGroup], list[ScoredGroup], Any], tuple[Any, dict]]
+    # Asks the reference log-probs of every sample: (reference server, the samples' groups of
+    # completions) -> a request whose ``get()`` returns them (``rlhf.driver.reference``).
+    start_reference: Callable[[Any, list[list[Completion]]], PendingLogps]
+    # (round, train groups, held-out groups, the reference request) -> (batch, metrics); it
+    # waits for the reference's answer where it needs it, in the round's "reference" phase.
+    build_batch: Callable[
+        [Round, list[ScoredGroup], list[ScoredGroup], PendingLogps], tuple[Any, dict]
+    ]
     # Optimizer steps on the batch (each logged); returns the round's training metrics.
     train: Callable[[Round, Any], dict[str, float]]
     print_table: Callable[[Path], None]  # the rounds' table, read from the run directory
@@ -195,8 +199,8 @@ class OnlineAlgorithm:
     # and what to do when a round has none.
     units: Callable[[Any], int] = len
     empty_hint: str = "check the reward and the sampling settings"
-    # reference_logps's result as each response's log-prob sum, grouped like the samples (the
-    # final evaluation's KL); the default: reference_logps gives those sums already.
+    # The reference's answer as each response's log-prob sum, grouped like the samples (the
+    # final evaluation's KL); the default: the answer holds those sums already.
     response_sums: Callable[[list[ScoredGroup], Any], list[list[float]]] = lambda groups, ref: ref
 
 
@@ -313,8 +317,9 @@ def evaluate_final(job: Job) -> dict[str, float]:
         weights_version=version,
     )
     groups = pending.get(cfg.ray.call_timeout_s)
+    reference = algorithm.start_reference(workers.reference, groups)
     scored = score(groups, workers.reward, [p.given for p in job.eval_prompts])
-    ref = algorithm.response_sums(scored, algorithm.reference_logps(workers.reference, scored))
+    ref = algorithm.response_sums(scored, reference.get())
     return {**sample_metrics("final", scored, ref), "final/policy_version": version}
 
 
@@ -441,7 +446,9 @@ def run_round(job: Job) -> dict[str, float]:
     counts the repeats); the samplers hold weights version ``rnd.index`` during the round.
     With ``max_staleness`` k > 0 the round's samples were started by an earlier round (on the
     weights version it held), and the samplers start rounds up to ``rnd.index + k`` before
-    the trainers train; the sync queues behind them.
+    the trainers train; the sync queues behind them. The reference, the reward and (unless
+    engines must sleep to free the trainers' GPU) the trainers' forward passes before
+    training work on the samples at the same time.
     """
     cfg, algorithm, workers = job.cfg, job.algorithm, job.workers
     timeout_s = cfg.ray.call_timeout_s  # every wait of the round is bounded
@@ -459,20 +466,27 @@ def run_round(job: Job) -> dict[str, float]:
                 workers.policy, workers.samplers, None, rnd.index, timeout_s
             ),
         )
+    # The reference scores the samples while the reward does: it needs only their tokens. It
+    # is asked first, so samplers that serve it answer before they sample the rounds ahead.
+    reference = algorithm.start_reference(workers.reference, groups)
     start_ahead(job, rnd.index)
     with rnd.phase("score"):
         given = [p.given for p in asked]
         scored = retry(
             "score", lambda: score(groups, workers.reward, given), workers.reward_actors()
         )
-    with rnd.phase("reference"):
-        ref = algorithm.reference_logps(workers.reference, scored)
+    train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
+    measure = cfg.samplers.sync_probe.mismatch_kl and not algorithm.reports_mismatch_kl
+    mismatch = None
+    if workers.sleepers:  # the engines free the GPU before the trainers compute
+        with rnd.phase("reference"):
+            reference.get()
+    elif measure:  # scored by the trainers beside the reference, before they train
+        mismatch = start_mismatch_kl(workers.policy, train_groups)
     with engines_asleep(workers.sleepers, timeout_s):  # the GPU is the trainers' until the sync
-        train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
-        # Scored by the trainers while the driver builds the batch, before they train.
-        measure = cfg.samplers.sync_probe.mismatch_kl and not algorithm.reports_mismatch_kl
-        mismatch = start_mismatch_kl(workers.policy, train_groups) if measure else None
-        batch, metrics = algorithm.build_batch(rnd, train_groups, eval_groups, ref)
+        if measure and mismatch is None:
+            mismatch = start_mismatch_kl(workers.policy, train_groups)
+        batch, metrics = algorithm.build_batch(rnd, train_groups, eval_groups, reference)
         if mismatch is not None:
             with rnd.phase("mismatch_kl"):
                 metrics["rollout/mismatch_kl"] = mismatch.get(timeout_s)

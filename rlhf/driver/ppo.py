@@ -49,7 +49,7 @@ from rlhf.driver.online_loop import (
 )
 from rlhf.driver.plan import online_plan
 from rlhf.driver.preference_training import ReferenceConfig
-from rlhf.driver.reference import token_logps
+from rlhf.driver.reference import PendingLogps, start_token_logps
 from rlhf.driver.retry import bounded_get, ranks
 from rlhf.driver.rollout import ScoredGroup
 from rlhf.driver.setup import online_roles
@@ -188,9 +188,9 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
         roles=ppo_roles(cfg),
         state_type=PPOState,
         start_groups=partial(start_groups, cfg),
-        reference_logps=lambda server, groups: token_logps(
+        start_reference=lambda server, groups: start_token_logps(
             server,
-            [c.prompt_ids + c.token_ids for g in groups for c in g.completions],
+            [c.prompt_ids + c.token_ids for g in groups for c in g],
             cfg.reference.chunk_size,
             cfg.ray.call_timeout_s,
         ),
@@ -202,7 +202,7 @@ def ppo(cfg: PPOConfig) -> OnlineAlgorithm:
         units=lambda batch: batch.num_tokens,  # response tokens: what the losses average over
         empty_hint="every sampled response is empty (no token to train on); check samplers.sampling",
         max_staleness=cfg.rounds.max_staleness,
-        response_sums=xp.sequence_sums,  # reference_logps gives per-token log-probs
+        response_sums=xp.sequence_sums,  # the reference answers per-token log-probs
     )
 
 
@@ -249,14 +249,15 @@ def experience(
     rnd: Round,
     train_groups: list[ScoredGroup],
     eval_groups: list[ScoredGroup],
-    ref_lists: list[list[float]],
+    reference: PendingLogps,
 ) -> tuple[RolloutBatch, dict[str, float]]:
-    """The iteration's samples as a batch with old log-probs and values (both groups at once),
-    KL-penalised rewards and advantages; and the metrics of the experience."""
+    """The iteration's samples as a batch with old log-probs and values (both groups at once,
+    while the reference answers), KL-penalised rewards and advantages; and the metrics of the
+    experience."""
     p, groups = cfg.ppo, rnd.job.workers.groups
     kl_coef = kl_controller(p, rnd.job.state.kl_coef).value
     n_train = sum(len(g.completions) for g in train_groups)
-    batch, ref, scores = xp.rollout_batch(train_groups, ref_lists[:n_train], rnd.job.pad_token_id)
+    batch, scores = xp.token_batch(train_groups, rnd.job.pad_token_id)
     with rnd.phase("experience"):
         width = batch.input_ids.shape[1]
         logp_refs, order = xp.sharded_forward(
@@ -266,6 +267,10 @@ def experience(
             value_refs, value_order = xp.sharded_forward(
                 groups["critic"], "values", batch, cfg.critic.micro_batch_sequences
             )
+    with rnd.phase("reference"):
+        ref_lists = reference.get()
+    ref = xp.aligned_reference(batch, ref_lists[:n_train])
+    with rnd.phase("experience"):
         timeout_s = cfg.ray.call_timeout_s
         names = ranks("policy trainer", len(logp_refs))
         batch.old_logps = xp.gather_rows(

@@ -2,10 +2,14 @@
 chunks that are all submitted at once so the engine batches them; results come back in order.
 
 Offline DPO computes them once per table and caches them on disk with it; online DPO and PPO
-ask every round for the round's samples.
+ask every round for the round's samples, and start the request (:func:`start_token_logps`,
+:func:`start_response_logps`) before the reward scores them, so the two run side by side.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -23,29 +27,76 @@ def response_logps(
 
     Each chunk's answer is waited for ``timeout_s`` at most (None: no bound); a server that
     dies or does not answer is named (``rlhf.driver.retry.bounded_get``)."""
-    return _chunked(server.response_logps, (prompt_ids, response_ids), chunk, timeout_s)
+    return start_response_logps(server, prompt_ids, response_ids, chunk, timeout_s).get()
+
+
+def start_response_logps(
+    server,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    chunk: int = 512,
+    timeout_s: float | None = None,
+) -> PendingLogps:
+    """:func:`response_logps`, asked now and waited for by the answer's ``get``."""
+    return PendingLogps.ask(server.response_logps, (prompt_ids, response_ids), chunk, timeout_s)
 
 
 def token_logps(
     server, sequences: list[list[int]], chunk: int = 512, timeout_s: float | None = None
 ) -> list[list[float]]:
     """Per-token reference log-probs of each sequence: L - 1 floats for tokens 1..L-1."""
-    return _chunked(server.token_logprobs, (sequences,), chunk, timeout_s)
+    return start_token_logps(server, sequences, chunk, timeout_s).get()
 
 
-def _chunked(method, columns: tuple[list, ...], chunk: int, timeout_s: float | None) -> list:
-    total = len(columns[0])
-    refs = [
-        method.remote(*(column[i : i + chunk] for column in columns))
-        for i in range(0, total, chunk)
-    ]
-    out: list = []
-    with tqdm(total=total, desc="reference log-probs", unit="seq", leave=False) as bar:
-        for ref in refs:
-            (part,) = bounded_get([ref], ["the reference"], timeout_s, "reference log-probs")
-            out.extend(part)
-            bar.update(len(part))
-    return out
+def start_token_logps(
+    server, sequences: list[list[int]], chunk: int = 512, timeout_s: float | None = None
+) -> PendingLogps:
+    """:func:`token_logps`, asked now and waited for by the answer's ``get``."""
+    return PendingLogps.ask(server.token_logprobs, (sequences,), chunk, timeout_s)
+
+
+class PendingLogps:
+    """Reference log-probs asked of a server, chunk by chunk, all chunks submitted at once.
+
+    :meth:`get` waits for them in order (each chunk ``timeout_s`` at most) and keeps the
+    answer, so a second ``get`` returns it at once; ``then`` reshapes the answer on the way.
+    """
+
+    def __init__(self, refs: list, total: int, timeout_s: float | None) -> None:
+        self.refs, self.total, self.timeout_s = refs, total, timeout_s
+        self.shape: Callable[[list], Any] = list
+        self.answer: Any = None
+        self.done = False
+
+    @classmethod
+    def ask(
+        cls, method, columns: tuple[list, ...], chunk: int, timeout_s: float | None
+    ) -> PendingLogps:
+        """``method.remote`` on each chunk of the columns (rows ``i .. i + chunk``)."""
+        total = len(columns[0])
+        refs = [
+            method.remote(*(column[i : i + chunk] for column in columns))
+            for i in range(0, total, chunk)
+        ]
+        return cls(refs, total, timeout_s)
+
+    def then(self, shape: Callable[[list], Any]) -> PendingLogps:
+        """The same request, whose answer ``get`` passes through ``shape`` (once)."""
+        self.shape = shape
+        return self
+
+    def get(self) -> Any:
+        """The log-probs of every row, in order, once the server has answered them all."""
+        if not self.done:
+            out: list = []
+            with tqdm(total=self.total, desc="reference log-probs", unit="seq", leave=False) as bar:
+                for ref in self.refs:
+                    name, what = ["the reference"], "reference log-probs"
+                    (part,) = bounded_get([ref], name, self.timeout_s, what)
+                    out.extend(part)
+                    bar.update(len(part))
+            self.answer, self.done = self.shape(out), True
+        return self.answer
 
 
 class SamplersReference:

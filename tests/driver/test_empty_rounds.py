@@ -38,7 +38,7 @@ def _job(rounds: int) -> Job:
         roles=[],
         state_type=_State,
         start_groups=None,
-        reference_logps=None,
+        start_reference=None,
         build_batch=None,
         train=None,
         print_table=None,

@@ -35,6 +35,8 @@ def test_rollout_batch_aligns_reference_logps_to_response_positions():
     expected = [[0, 0, -0.2, -0.3, -0.4], [0, 0, -0.6, 0, 0], [0, -0.7, -0.8, 0, 0]]
     assert torch.allclose(ref_logps, torch.tensor(expected))
     assert scores.tolist() == [1.0, 0.0, 0.5]
+    with pytest.raises(ValueError, match="2 reference rows for 3 samples"):
+        xp.aligned_reference(batch, ref[:2])
     # The per-token view sums to what the server's response_logps would give.
     assert xp.sequence_sums(_groups(), ref) == [[pytest.approx(-0.9), -0.6], [-1.5]]
 
