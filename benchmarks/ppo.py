@@ -14,8 +14,9 @@ its KL term on (beta > 0, so it runs a reference model as we do). TRL runs twice
 defaults (gradient checkpointing on) and without gradient checkpointing. Ours runs with
 ``rounds.max_staleness`` 0 (synchronous) and 1 (the next iteration sampled while this one
 trains). Ratios compare samples trained on per second, start-up excluded on both sides and
-reported on its own line: ours over the phases of its steady iterations (every phase of the
-round, the sync probe included), and over their wall time, which adds the driver's logging and
+reported on its own line: ours over the phases of its steady iterations (after the first,
+and at staleness k without the last k, which sample nothing ahead; every phase of the round,
+the sync probe included), and over their wall time, which adds the driver's logging and
 the per-iteration checkpoint (TRL, ``save_strategy="no"``, writes none).
 
 CPU: every job also counts the CPU seconds (user + system) of its process and all its
@@ -175,14 +176,15 @@ def round_seconds(record: dict[str, Any]) -> float:
 
 
 def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
-    """Steady-state numbers of one of our runs (iterations after the first)."""
+    """Steady-state numbers of one of our runs: the iterations after the first, less the last
+    ``staleness`` ones, which sample nothing ahead (:func:`cpu_window`)."""
     its, walls, cpu = result["iterations"], result["walls"], result["cpu"]
     window = cpu_window(len(cpu), result["staleness"])
-    steady = its[1:] or its
+    steady = its[cpu_window(len(its), result["staleness"])]
     per_iter = {p: statistics.mean(r.get(f"time/{p}", 0.0) for r in steady) for p in PHASES}
     iteration_s = statistics.mean(round_seconds(r) for r in steady)
     per_iter["other"] = iteration_s - sum(per_iter.values())  # sync probe, mismatch KL
-    wall_s = statistics.mean(walls[1:] or walls)
+    wall_s = statistics.mean(walls[cpu_window(len(walls), result["staleness"])])
     run_s = sum(round_seconds(r) for r in its)
     samples = result["samples_per_iteration"] * len(its)
     return {
@@ -343,7 +345,10 @@ def report_cpu(rows: list[dict[str, Any]], cores: int) -> None:
 
 
 def report(ours: list[dict], trls: dict[str, dict]) -> None:
-    print("\nPPO iteration by phase (mean seconds over iterations after the first)")
+    print(
+        "\nPPO iteration by phase (mean seconds over the steady iterations: after the first, "
+        "less the last k at staleness k)"
+    )
     print_table(
         ["run", *PHASES, "other", "iteration", "wall", "gen share", "samples/s", "wall samples/s"],
         [
