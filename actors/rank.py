@@ -19,6 +19,7 @@ with its unit count, and the driver divides (``rlhf.driver.metrics.merge_rank_me
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,6 +44,8 @@ from rlhf.models.weight_broadcast import Manifest, WeightSender, manifest_of
 if TYPE_CHECKING:  # annotations only: a rank is built and stepped without Ray
     from actors.deepspeed_rank import Rendezvous
     from actors.group import ActorGroup, SharedPlacement
+
+SCORE_BATCH = 32  # sequences per forward pass of share_token_logprobs
 
 
 class RoleStep(Protocol):
@@ -349,6 +352,21 @@ class TrainerRank:
         rank must be called with the same sequences (ZeRO-3 gathers in the forward)."""
         result = hf_token_logprobs(self.model.engine.module, sequences)
         return result if self.model.rank == 0 else None
+
+    def share_token_logprobs(self, sequences: list[list[int]], most: int) -> list[list[float]]:
+        """:meth:`token_logprobs` of this rank's share of a set of sequences, from every rank.
+
+        ``most``: the largest share any rank got. A rank runs as many forward passes as that
+        share needs, the last ones empty when its own needs fewer, so that ZeRO-3's gathers
+        inside them stay in step across the ranks.
+        """
+        module = self.model.engine.module  # as token_logprobs, the empty passes too
+        result = hf_token_logprobs(module, sequences, SCORE_BATCH)
+        passes = math.ceil(most / SCORE_BATCH) - math.ceil(len(sequences) / SCORE_BATCH)
+        with self._eval_mode(), torch.no_grad():
+            for _ in range(passes):
+                empty_pass(module)
+        return result
 
     def weights_digest(self) -> str:
         """SHA-256 of this rank's view of the full weights (equal on all ranks when in sync)."""

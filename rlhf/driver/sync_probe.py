@@ -159,7 +159,7 @@ class PendingMismatch:
     """``rollout/mismatch_kl`` of a round, scored by the trainers in the background
     (:func:`start_mismatch_kl`); :meth:`get` waits for it."""
 
-    refs: list  # one per trainer rank (rank 0's holds the log-probs)
+    refs: list  # one per trainer rank: the log-probs of its share, in rank order
     completions: list  # the completions scored, in order
 
     def get(self, timeout_s: float) -> float:
@@ -167,7 +167,8 @@ class PendingMismatch:
         if not self.completions:
             return 0.0
         names = ranks("trainer", len(self.refs))
-        per_token = bounded_get(self.refs, names, timeout_s, "mismatch KL")[0]
+        shares = bounded_get(self.refs, names, timeout_s, "mismatch KL")
+        per_token = [logps for share in shares for logps in share]
         trainer = [
             response_logps(lp, len(c.token_ids))
             for lp, c in zip(per_token, self.completions, strict=True)
@@ -177,9 +178,19 @@ class PendingMismatch:
 
 def start_mismatch_kl(trainers, groups: list[Any]) -> PendingMismatch:
     """Starts the trainers scoring every completion (prompt + response) of these scored groups,
-    to compare with the sampler's own log-probs of its tokens. The ranks run calls in order, so
-    the log-probs are those of the weights before any call submitted after this one."""
+    to compare with the sampler's own log-probs of its tokens; each rank scores a contiguous
+    share. The ranks run calls in order, so the log-probs are those of the weights before any
+    call submitted after this one."""
     completions = [c for g in groups for c in g.completions if c.token_ids and c.token_logprobs]
     sequences = [list(c.prompt_ids) + list(c.token_ids) for c in completions]
-    refs = trainers.call("token_logprobs", sequences) if completions else []
+    if not completions:
+        return PendingMismatch([], completions)
+    n = len(trainers.actors)
+    bounds = [len(sequences) * rank // n for rank in range(n + 1)]
+    shares = [sequences[bounds[rank] : bounds[rank + 1]] for rank in range(n)]
+    most = max(len(share) for share in shares)
+    refs = [
+        actor.share_token_logprobs.remote(share, most)
+        for actor, share in zip(trainers.actors, shares, strict=True)
+    ]
     return PendingMismatch(refs, completions)

@@ -25,8 +25,11 @@ from rlhf.data import DataReport, collate
 from rlhf.data.batch import PreferenceBatch
 from rlhf.data.table import build_table, with_ref_logps
 from rlhf.driver.metrics import merge_rank_metrics
+from rlhf.driver.rollout import ScoredGroup
+from rlhf.driver.sync_probe import start_mismatch_kl
 from rlhf.models.deepspeed_config import PreferenceTrainerConfig
 from rlhf.models.hf import batch_logps, load_causal_lm
+from rlhf.models.vllm_engine import Completion
 from tests.models.tiny_llama import random_batch
 
 pytestmark = pytest.mark.integration
@@ -109,6 +112,36 @@ def test_uneven_and_empty_shards_keep_ranks_in_step(zero3) -> None:
         assert _train(zero3, batch)["prompts"] == prompts
     assert _eval(zero3, batch)["prompts"] == 1
     _digests_agree(zero3)
+
+
+def test_mismatch_pass_shares_keep_zero3_ranks_in_step_and_equal_one_whole_pass(zero3) -> None:
+    """The mismatch pass gives each rank a share of the samples (``share_token_logprobs``):
+    shares that need 2 and 1 forward passes (33 and 1 sequences, 32 a pass) finish under ZeRO-3,
+    the short one padded with an empty pass, and give what one rank gives for all of them;
+    ``start_mismatch_kl`` puts the shares back in order (sampler log-probs equal to the
+    trainers' give a KL of 0, any row out of place a positive one)."""
+    g = torch.Generator().manual_seed(14)
+    lengths = torch.randint(4, 12, (34,), generator=g).tolist()
+    sequences = [torch.randint(3, 30, (n,), generator=g).tolist() for n in lengths]
+    whole = ray.get(zero3.call("token_logprobs", sequences), timeout=120)[0]
+    shares = (sequences[:33], sequences[33:])
+    calls = [
+        a.share_token_logprobs.remote(s, 33) for a, s in zip(zero3.actors, shares, strict=True)
+    ]
+    parts = ray.get(calls, timeout=120)
+    assert [len(p) for p in parts] == [33, 1]
+    for got, expected in zip(parts[0] + parts[1], whole, strict=True):
+        assert got == pytest.approx(expected, abs=1e-5)
+
+    def groups(sampler_logps):  # the last 3 tokens as the response, sampled with these
+        completions = [
+            Completion("p", seq[:-3], "r", seq[-3:], True, sum(lp[-3:]), lp[-3:])
+            for seq, lp in zip(sequences, sampler_logps, strict=True)
+        ]
+        return [ScoredGroup("p", completions, [0.0] * len(completions))]
+
+    assert start_mismatch_kl(zero3, groups(whole)).get(120) == pytest.approx(0.0, abs=1e-6)
+    assert start_mismatch_kl(zero3, groups(whole[1:] + whole[:1])).get(120) > 1e-3
 
 
 def test_shared_prompt_logps_equal_a_local_forward_of_each_sequence(zero3, tiny_llama_path):
