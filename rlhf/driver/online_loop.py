@@ -476,16 +476,14 @@ def run_round(job: Job) -> dict[str, float]:
             "score", lambda: score(groups, workers.reward, given), workers.reward_actors()
         )
     train_groups, eval_groups = scored[: len(prompts)], scored[len(prompts) :]
-    measure = cfg.samplers.sync_probe.mismatch_kl and not algorithm.reports_mismatch_kl
-    mismatch = None
     if workers.sleepers:  # the engines free the GPU before the trainers compute
         with rnd.phase("reference"):
             reference.get()
-    elif measure:  # scored by the trainers beside the reference, before they train
-        mismatch = start_mismatch_kl(workers.policy, train_groups)
     with engines_asleep(workers.sleepers, timeout_s):  # the GPU is the trainers' until the sync
-        if measure and mismatch is None:
-            mismatch = start_mismatch_kl(workers.policy, train_groups)
+        # Scored by the trainers beside the reference (unless it answered before the engines
+        # slept) and the driver's batch building, before they train.
+        measure = cfg.samplers.sync_probe.mismatch_kl and not algorithm.reports_mismatch_kl
+        mismatch = start_mismatch_kl(workers.policy, train_groups) if measure else None
         batch, metrics = algorithm.build_batch(rnd, train_groups, eval_groups, reference)
         if mismatch is not None:
             with rnd.phase("mismatch_kl"):

@@ -65,8 +65,7 @@ class PendingLogps:
     def __init__(self, refs: list, total: int, timeout_s: float | None) -> None:
         self.refs, self.total, self.timeout_s = refs, total, timeout_s
         self.shape: Callable[[list], Any] = list
-        self.answer: Any = None
-        self.done = False
+        self.answer: Any = None  # set by the first get
 
     @classmethod
     def ask(
@@ -87,7 +86,7 @@ class PendingLogps:
 
     def get(self) -> Any:
         """The log-probs of every row, in order, once the server has answered them all."""
-        if not self.done:
+        if self.answer is None:
             out: list = []
             with tqdm(total=self.total, desc="reference log-probs", unit="seq", leave=False) as bar:
                 for ref in self.refs:
@@ -95,7 +94,7 @@ class PendingLogps:
                     (part,) = bounded_get([ref], name, self.timeout_s, what)
                     out.extend(part)
                     bar.update(len(part))
-            self.answer, self.done = self.shape(out), True
+            self.answer = self.shape(out)
         return self.answer
 
 
