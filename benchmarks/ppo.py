@@ -177,14 +177,15 @@ def round_seconds(record: dict[str, Any]) -> float:
 
 def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
     """Steady-state numbers of one of our runs: the iterations after the first, less the last
-    ``staleness`` ones, which sample nothing ahead (:func:`cpu_window`)."""
+    ``staleness`` ones, which sample nothing ahead (:func:`steady_window`; one iteration, one
+    wall time and one CPU interval each)."""
     its, walls, cpu = result["iterations"], result["walls"], result["cpu"]
-    window = cpu_window(len(cpu), result["staleness"])
-    steady = its[cpu_window(len(its), result["staleness"])]
+    window = steady_window(len(its), result["staleness"])
+    steady = its[window]
     per_iter = {p: statistics.mean(r.get(f"time/{p}", 0.0) for r in steady) for p in PHASES}
     iteration_s = statistics.mean(round_seconds(r) for r in steady)
     per_iter["other"] = iteration_s - sum(per_iter.values())  # sync probe, mismatch KL
-    wall_s = statistics.mean(walls[cpu_window(len(walls), result["staleness"])])
+    wall_s = statistics.mean(walls[window])
     run_s = sum(round_seconds(r) for r in its)
     samples = result["samples_per_iteration"] * len(its)
     return {
@@ -200,14 +201,13 @@ def summarize(name: str, result: dict[str, Any]) -> dict[str, Any]:
         "generate_share": per_iter["generate"] / iteration_s,
         "reward": (its[0]["eval/reward/mean"], result["final_reward"]),  # SFT -> final weights
         "cpu": cpu_per_iteration(cpu[window], len(cpu[window])),
-        "cpu_wall_s": statistics.mean(walls[window]),
     }
 
 
-def cpu_window(intervals: int, staleness: int) -> slice:
-    """The round-start intervals the CPU counts: the steady ones (after the first), less the
-    last ``staleness``: the last rounds sample nothing ahead (there is no next round), so
-    their CPU and wall time would leave generation out. All where that leaves none."""
+def steady_window(intervals: int, staleness: int) -> slice:
+    """The steady iterations (round-start intervals) the report counts: those after the first,
+    less the last ``staleness``: the last rounds sample nothing ahead (there is no next round),
+    so their time and CPU would leave generation out. All where that leaves none."""
     return slice(1, intervals - staleness) if intervals - staleness > 1 else slice(0, intervals)
 
 
@@ -235,13 +235,13 @@ def cpu_rows(
     """Per job: core-seconds per iteration of ``samples_per_iteration`` samples (by role), the
     wall seconds they took, the measured samples/s and the packing bound on ``cores`` cores.
 
-    Ours: the iterations of :func:`cpu_window`, CPU and samples/s over their wall time
+    Ours: the iterations of :func:`steady_window`, CPU and samples/s over their wall time
     (between round starts: it includes the driver's logging and checkpoint). TRL: its train
     phase (the window of its samples/s), scaled to ``samples_per_iteration`` samples.
     """
     rows = []
     for o in ours:
-        wall_s = o["cpu_wall_s"]
+        wall_s = o["wall_s"]
         rows.append({"name": o["name"], "cpu": o["cpu"], "wall_s": wall_s})
         rows[-1]["samples_per_s"] = samples_per_iteration / wall_s
     for label, trl in trls.items():

@@ -106,7 +106,7 @@ def test_cpu_rows_per_iteration_and_bounds():
     ours = {
         "name": "ours",
         "cpu": ppo.cpu_per_iteration(intervals, 2),
-        "cpu_wall_s": 3.2,
+        "wall_s": 3.2,
     }
     trl = {"samples": 1024, "seconds": {"train": 16.0}}
     trl["cpu"] = {"cpu": {DRIVER: 24.0}, "appeared": 0, "exited": 0}
@@ -156,8 +156,8 @@ def test_sample_tree_cpu_counts_a_child_under_the_driver():
     assert any(role == DRIVER and key[0] != child.pid for key, (role, _) in sample.items())
 
 
-def test_cpu_window_leaves_out_the_first_and_the_last_staleness_intervals():
-    assert ppo.cpu_window(6, 0) == slice(1, 6)
-    assert ppo.cpu_window(6, 1) == slice(1, 5)  # round 5 samples no round 6
-    assert list(range(6))[ppo.cpu_window(6, 1)] == [1, 2, 3, 4]
-    assert ppo.cpu_window(2, 1) == slice(0, 2)  # nothing would be left: all
+def test_steady_window_leaves_out_the_first_and_the_last_staleness_intervals():
+    assert ppo.steady_window(6, 0) == slice(1, 6)
+    assert ppo.steady_window(6, 1) == slice(1, 5)  # round 5 samples no round 6
+    assert list(range(6))[ppo.steady_window(6, 1)] == [1, 2, 3, 4]
+    assert ppo.steady_window(2, 1) == slice(0, 2)  # nothing would be left: all
